@@ -1,0 +1,44 @@
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The install stamp is re-made whenever pyproject.toml changes.
+STAMP := $(VENV)/.installed
+ARGS ?=
+PORT ?= 6006
+LOGDIR ?= logs
+
+.PHONY: help install train test test-all lint tensorboard clean-logs
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@echo "Setting up $(VENV) (first use: a few minutes)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project with its dev extras (the others do it on first use)
+
+train: $(STAMP) ## Train and test with the default config; Hydra overrides go in ARGS="..."
+	$(BIN)/python -m mnistlab.train $(ARGS)
+
+test: lint ## Lint, then the fast test tier (offline)
+	$(BIN)/python -m pytest -m "not real_data" $(PYTEST_ARGS)
+
+test-all: lint ## Every tier; the real-data one needs MNIST_DATA_DIR=<folder holding MNIST/raw/>
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check and ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+tensorboard: $(STAMP) ## TensorBoard on LOGDIR (default logs/), bound to 127.0.0.1:PORT (default 6006)
+	@echo "TensorBoard on $(LOGDIR): http://127.0.0.1:$(PORT)/"
+	$(BIN)/tensorboard --logdir $(LOGDIR) --host 127.0.0.1 --port $(PORT)
+
+clean-logs: ## Delete every run under logs/
+	find logs -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +

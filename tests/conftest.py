@@ -1,0 +1,96 @@
+"""Shared fixtures: synthetic MNIST-format data in tmp folders and the real config, shrunk."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from mnistlab.config import CONF_DIR
+from mnistlab.idx import encode_idx
+
+NAMES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable stand-ins for digits: one blocky template per class, shifted and noisy, uint8."""
+    templates = np.random.default_rng(0).random((10, 7, 7)) > 0.6  # the same for every split
+    templates = templates.repeat(4, axis=1).repeat(4, axis=2)  # (10, 28, 28)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = templates[labels] * 180.0 + rng.random((n, 28, 28)) * 75
+    shifts = rng.integers(-2, 3, (n, 2))
+    images = np.stack(
+        [np.roll(im, tuple(s), axis=(0, 1)) for im, s in zip(images, shifts, strict=True)]
+    )
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def idx_files(n_train: int = 600, n_test: int = 200) -> dict[str, bytes]:
+    files = {}
+    for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
+        images, labels = synthetic_digits(n, seed)
+        files[NAMES[split, "images"]] = encode_idx(images)
+        files[NAMES[split, "labels"]] = encode_idx(labels)
+    return files
+
+
+def checksums_of(files: dict[str, bytes]) -> dict[str, str]:
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+
+
+class SyntheticMNIST:
+    """A data root holding MNIST/raw/ with synthetic IDX files, and their checksums."""
+
+    def __init__(self, root: Path, n_train: int = 600, n_test: int = 200):
+        self.root, self.raw = root, root / "MNIST" / "raw"
+        self.raw.mkdir(parents=True)
+        self.files = idx_files(n_train, n_test)
+        for name, data in self.files.items():
+            (self.raw / name).write_bytes(data)
+        self.checksums = checksums_of(self.files)
+
+
+@pytest.fixture(scope="session")
+def synthetic_mnist(tmp_path_factory) -> SyntheticMNIST:
+    return SyntheticMNIST(tmp_path_factory.mktemp("data"))
+
+
+def compose_train(overrides: list[str] = ()) -> DictConfig:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, synthetic_mnist):
+    """The real train config on synthetic data, CPU, a few batches, everything under tmp_path."""
+
+    def make(*overrides: str) -> DictConfig:
+        cfg = compose_train(
+            [
+                f"paths.data_dir={synthetic_mnist.root}",
+                f"paths.log_dir={tmp_path / 'logs'}",
+                f"paths.output_dir={tmp_path / 'run'}",
+                "data.sources=[local]",
+                "data.val_size=100",
+                "trainer=cpu",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=4",
+                "trainer.limit_val_batches=2",
+                "trainer.limit_test_batches=2",
+                "trainer.log_every_n_steps=1",
+                *overrides,
+            ]
+        )
+        with open_dict(cfg):
+            cfg.data.checksums = synthetic_mnist.checksums
+        return cfg
+
+    return make

@@ -1,0 +1,73 @@
+"""Every shipped config option composes, instantiates, and (for whole-run options) trains."""
+
+import pytest
+import torch
+from conftest import compose_train
+from hydra.utils import instantiate
+
+from mnistlab.config import CONF_DIR
+from mnistlab.train import train
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+COMPONENT_GROUPS = ["data", "model", "model/net", "trainer", "callbacks", "logger"]
+GROUP_OPTIONS = [(g, o) for g in COMPONENT_GROUPS for o in options(g)]
+
+
+def test_every_group_has_options():
+    assert all(options(g) for g in [*COMPONENT_GROUPS, "experiment", "debug"])
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS]
+)
+def test_group_option_composes_and_instantiates(group, option, tmp_path):
+    cfg = compose_train([f"{group}={option}", f"paths.output_dir={tmp_path}"])
+    model = instantiate(cfg.model)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    instantiate(cfg.data)
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c]
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        pytest.skip("trainer=gpu composes, but needs a GPU to instantiate")
+    instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"experiment={o}" for o in options("experiment")] + [f"debug={o}" for o in options("debug")],
+)
+def test_run_option_trains_a_few_steps(override, tiny_cfg):
+    metrics = train(tiny_cfg(override))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+@pytest.mark.parametrize("override", ["logger=csv", "logger=none", "callbacks=early_stopping"])
+def test_component_option_trains_a_few_steps(override, tiny_cfg, tmp_path):
+    metrics = train(tiny_cfg(override))
+    assert "val/acc_best" in metrics
+    if override == "logger=csv":
+        assert (tmp_path / "run" / "metrics.csv").read_text().count("test/acc") == 1
+
+
+def test_reference_experiment_is_the_origin_document():
+    cfg = compose_train(["experiment=reference"])
+    assert cfg.data.batch_size == 64 and cfg.trainer.max_epochs == 5
+    assert list(cfg.data.normalize.mean) == [0.5] and list(cfg.data.normalize.std) == [0.5]
+    assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-3
+    assert cfg.model.scheduler is None and cfg.data.augment is None
+    net = instantiate(cfg.model.net)
+    layers = ["Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear"]
+    assert [type(m).__name__ for m in net.layers] == layers
+    assert (
+        sum(p.numel() for p in net.parameters()) == 16 * 9 + 16 + 3136 * 128 + 128 + 128 * 10 + 10
+    )
+
+
+def test_defaults_equal_the_reference_experiment():
+    """`make train` with no arguments is the reference experiment."""
+    default, reference = compose_train([]), compose_train(["experiment=reference"])
+    assert default == reference

@@ -1,0 +1,103 @@
+"""The DataModule on synthetic IDX files: shapes, values, splits, loaders, the exact transform."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import SequentialSampler
+from torchvision import transforms
+
+from mnistlab import UserError
+from mnistlab.data import MNISTDataModule
+
+REFERENCE = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+
+
+def make_dm(synthetic_mnist, **kwargs) -> MNISTDataModule:
+    kwargs = {
+        "batch_size": 32,
+        "val_size": 100,
+        "normalize": transforms.Normalize((0.5,), (0.5,)),
+    } | kwargs
+    dm = MNISTDataModule(
+        str(synthetic_mnist.root), sources=["local"], checksums=synthetic_mnist.checksums, **kwargs
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_batches_shapes_dtypes_and_range(synthetic_mnist):
+    dm = make_dm(synthetic_mnist)
+    x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert x.shape == (32, 1, 28, 28) and x.dtype == torch.float32
+    assert y.shape == (32,) and y.dtype == torch.int64
+    assert x.min() >= -1 and x.max() <= 1 and x.min() < -0.5 and x.max() > 0.5
+    assert set(y.tolist()) <= set(range(10))
+
+
+def test_batched_transform_equals_totensor_normalize_exactly(synthetic_mnist):
+    dm = make_dm(synthetic_mnist)
+    images, _ = next(iter(dm.test_dataloader()))  # uint8 (B, 1, 28, 28)
+    reference = torch.stack([REFERENCE(Image.fromarray(im[0].numpy(), mode="L")) for im in images])
+    assert torch.equal(dm.to_input(images), reference)  # bitwise, not approximately
+
+
+def test_split_sizes_disjoint_and_deterministic(synthetic_mnist):
+    dm = make_dm(synthetic_mnist)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (500, 100, 200)
+    train, val = set(dm.train_indices.tolist()), set(dm.val_indices.tolist())
+    assert not train & val and len(train | val) == 600
+    assert torch.equal(make_dm(synthetic_mnist).val_indices, dm.val_indices)
+    assert not torch.equal(make_dm(synthetic_mnist, split_seed=7).val_indices, dm.val_indices)
+    assert len(make_dm(synthetic_mnist, val_size=0.25).val_set) == 150
+
+
+@pytest.mark.parametrize("val_size", [0, 600, 1.0])
+def test_impossible_val_size_is_refused(synthetic_mnist, val_size):
+    with pytest.raises(UserError, match=r"data\.val_size"):
+        make_dm(synthetic_mnist, val_size=val_size)
+
+
+def test_eval_loaders_keep_order_and_every_image(synthetic_mnist):
+    dm = make_dm(synthetic_mnist, batch_size=64)
+    for loader, dataset in ((dm.val_dataloader(), dm.val_set), (dm.test_dataloader(), dm.test_set)):
+        assert isinstance(loader.sampler, SequentialSampler) and not loader.drop_last
+        labels = torch.cat([y for _, y in loader])
+        assert torch.equal(labels, dataset.labels)  # 200 test images: 64+64+64+8, none dropped
+    assert isinstance(dm.train_dataloader().sampler, torch.utils.data.RandomSampler)
+
+
+def test_augment_runs_per_training_image_on_uint8(synthetic_mnist):
+    seen = []
+
+    def augment(img):
+        seen.append((img.shape, img.dtype))
+        return torch.flip(img, dims=[-1])
+
+    dm = make_dm(synthetic_mnist, augment=augment)
+    x, _ = next(iter(dm.train_dataloader()))
+    assert x.dtype == torch.uint8 and len(seen) == 32 and seen[0] == ((1, 28, 28), torch.uint8)
+    next(iter(dm.val_dataloader()))
+    assert len(seen) == 32  # evaluation is never augmented
+
+
+def test_workers_deliver_the_same_batches(synthetic_mnist):
+    plain = make_dm(synthetic_mnist)
+    workers = make_dm(synthetic_mnist, num_workers=1, persistent_workers=True)
+    for (xa, ya), (xb, yb) in zip(plain.test_dataloader(), workers.test_dataloader(), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_missing_files_name_the_path(synthetic_mnist, tmp_path):
+    dm = MNISTDataModule(str(tmp_path), sources=["local"], checksums=synthetic_mnist.checksums)
+    with pytest.raises(UserError, match=str(tmp_path / "MNIST" / "raw")):
+        dm.prepare_data()
+
+
+def test_relative_data_dir_is_taken_from_the_project_root():
+    from mnistlab.config import ROOT
+
+    assert MNISTDataModule("data").raw_dir == ROOT / "data" / "MNIST" / "raw"
+    assert MNISTDataModule("/abs/x").raw_dir == Path("/abs/x/MNIST/raw")
