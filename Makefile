@@ -10,7 +10,7 @@ ARGS ?=
 PORT ?= 6006
 LOGDIR ?= logs
 
-.PHONY: help install train test test-all lint tensorboard clean-logs
+.PHONY: help install data train test test-all lint tensorboard clean-logs
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the project with its dev extras (the others do it on first use)
+
+data: $(STAMP) ## Fetch and verify MNIST into data/ without training (overrides in ARGS="...")
+	$(BIN)/python scripts/prepare_data.py $(ARGS)
 
 train: $(STAMP) ## Train and test with the default config; Hydra overrides go in ARGS="..."
 	$(BIN)/python -m mnistlab.train $(ARGS)

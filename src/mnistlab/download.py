@@ -59,7 +59,7 @@ def from_local(raw_dir: Path, names: list[str]) -> dict[str, bytes]:
     found = {n: gzip.decompress((raw_dir / f"{n}.gz").read_bytes()) for n in names
              if (raw_dir / f"{n}.gz").is_file()}  # fmt: skip
     if not found:
-        raise FileNotFoundError(f"not in {raw_dir}: {', '.join(names)} (nor .gz)")
+        raise FileNotFoundError(f"{len(names)} file(s) not there, nor as .gz")
     return found
 
 
@@ -211,7 +211,7 @@ def ensure_mnist(
         f"MNIST files missing or unverified in {raw_dir}: {', '.join(missing)}\n"
         + "tried:\n" + "\n".join(tried) + "\n"
         + f"Place the four uncompressed (or .gz) IDX files in {raw_dir} by hand, "
-        "or point data.data_dir at a folder holding MNIST/raw/."
+        "or point paths.data_dir at a folder holding MNIST/raw/."
     )  # fmt: skip
 
 

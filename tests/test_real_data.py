@@ -1,0 +1,48 @@
+"""Real MNIST (marked `real_data`): set MNIST_DATA_DIR to a folder holding MNIST/raw/ (uncompressed
+or .gz IDX files). `make test-all` runs these; CI unpacks a byte-exact copy for them."""
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import compose_train
+
+from mnistlab.data import MNISTDataModule
+from mnistlab.train import train
+
+pytestmark = pytest.mark.real_data
+
+
+@pytest.fixture(scope="module")
+def mnist_dir() -> Path:
+    root = os.environ.get("MNIST_DATA_DIR")
+    if not root:
+        pytest.skip("real MNIST not given: set MNIST_DATA_DIR to a folder holding MNIST/raw/")
+    if not (Path(root) / "MNIST" / "raw").is_dir():
+        pytest.fail(f"MNIST_DATA_DIR={root} has no MNIST/raw/ folder")
+    return Path(root)
+
+
+def test_real_files_verify_and_split_55k_5k_10k(mnist_dir):
+    dm = MNISTDataModule(str(mnist_dir), sources=["local"])  # canonical checksums
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (55_000, 5_000, 10_000)
+    assert Counter(dm.test_set.labels.tolist())[1] == 1135  # the official test set's count of 1s
+
+
+def test_reference_experiment_one_epoch_reaches_97_percent(mnist_dir, tmp_path):
+    cfg = compose_train(
+        [
+            "experiment=reference",
+            "trainer=cpu",
+            "trainer.max_epochs=1",
+            "data.sources=[local]",
+            f"paths.data_dir={mnist_dir}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ]
+    )
+    metrics = train(cfg)
+    assert metrics["test/acc"] >= 0.97, metrics
