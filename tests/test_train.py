@@ -81,6 +81,7 @@ def test_command_line_run_leaves_a_complete_run_folder(synthetic_mnist, tmp_path
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert config.trainer.max_epochs == 2
     assert "Done:" in (run_dir / "train.log").read_text()
+    assert OmegaConf.load(run_dir / "hparams.yaml").lr == 1e-3
 
     checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
     assert {p.name for p in checkpoints} >= {"last.ckpt"} and len(checkpoints) == 2

@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+import warnings
 
 import hydra
 from hydra.utils import instantiate
@@ -21,6 +22,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     logging.getLogger("lightning").handlers.clear()  # its own console handler would print twice
+    # Lightning 2.6 on torch >= 2.10 warns about its own pytree code on every run; nothing to act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
@@ -29,6 +32,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    hparams = to_plain(cfg.log_hparams)
+    for logger in loggers:
+        logger.log_hyperparams(hparams)  # into hparams.yaml now, so a crashed run has them too
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -40,16 +46,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     metrics.update(test_metrics)
 
-    _log_hparams(trainer, cfg, metrics)
+    _log_results(trainer, hparams, metrics)
     _summarize(metrics, best, cfg.paths.output_dir)
     return metrics
 
 
-def _log_hparams(trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+def _log_results(trainer, hparams: dict, metrics: dict[str, float]) -> None:
     """Fill TensorBoard's HParams tab with real results (not Lightning's `hp_metric` placeholder)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    params = to_plain(cfg.log_hparams)
     results = {
         f"hp/{k.replace('/', '_')}": metrics[k]
         for k in ("test/acc", "val/acc_best")
@@ -57,9 +62,8 @@ def _log_hparams(trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
     }
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(params, results)
+            logger.log_hyperparams(hparams, results)
         else:
-            logger.log_hyperparams(params)
             logger.log_metrics(results, step=trainer.global_step)
         logger.finalize("success")
 
