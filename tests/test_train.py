@@ -119,3 +119,19 @@ def test_command_line_rejects_an_unknown_key(tmp_path):
     proc = run_cli("trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 1
     assert "trainer.max_epoch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_multirun_gives_each_job_a_complete_folder(synthetic_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = [a for a in cli_args(synthetic_mnist, tmp_path / "run") if "hydra.run.dir" not in a]
+    proc = run_cli(
+        "-m", *args, f"hydra.sweep.dir={sweep_dir}", "data.batch_size=32,64", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job, batch_size in (("0", 32), ("1", 64)):
+        assert (
+            OmegaConf.load(sweep_dir / job / ".hydra" / "config.yaml").data.batch_size == batch_size
+        )
+        assert (sweep_dir / job / "checkpoints" / "last.ckpt").is_file()
+        assert list((sweep_dir / job).glob("events.out.tfevents.*"))
+        assert (sweep_dir / job / "train.log").is_file()
