@@ -132,9 +132,8 @@ class MNISTDataModule(LightningDataModule):
         return self._loader(self.test_set)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        x, y = batch
-        x = self.to_input(x)
-        return x, y
+        images, labels = batch
+        return self.to_input(images), labels
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, 1, H, W) to the network's input: ToTensor's x / 255, then normalize."""

@@ -253,6 +253,8 @@ def _make_writable_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create data folder {path}: {e.strerror}; set data.data_dir") from e
+        raise UserError(
+            f"cannot create data folder {path}: {e.strerror}; set paths.data_dir"
+        ) from e
     if not os.access(path, os.W_OK):
-        raise UserError(f"data folder {path} is not writable; set data.data_dir to one that is")
+        raise UserError(f"data folder {path} is not writable; set paths.data_dir to one that is")
