@@ -1,0 +1,309 @@
+"""Benchmark the template's training path against plain PyTorch on this machine.
+
+    python scripts/bench.py [--epochs 2] [--repeats 3] [--batch-size 64] [--quick] [--json F]
+
+Each loop runs in a fresh process, the loops alternating within every repetition:
+  template  `python -m mnistlab.train` with the default config as a user runs it (logging and
+            checkpointing on, progress bar off), timed by a callback added on the command line;
+  plain     a plain eager PyTorch loop over the same in-memory uint8 tensors, same split, model,
+            batch, optimizer (default Adam) and seed: the reference;
+  origin    the origin document's loop: torchvision MNIST, PIL ToTensor + Normalize, DataLoader
+            with 0 workers, training on all 60k images;
+  bound     the compute-bound estimate: FLOPs per epoch over a matmul probe's FLOP/s.
+Epoch time covers training plus the validation pass where the loop has one (template, plain).
+Ratios to origin use seconds per training image, since origin trains on 60k images, not 55k.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+N_VAL, SPLIT_SEED, SEED = 5000, 42, 12345
+# Forward FLOPs per image of the reference CNN: conv 28*28*16*9*2, Linear(3136,128), Linear(128,10).
+FWD_FLOP = 28 * 28 * 16 * 9 * 2 + 3136 * 128 * 2 + 128 * 10 * 2
+# Backward: twice the forward for the linears (input and weight grads); the first conv needs only
+# its weight gradient. Gives 2.87 MFLOP per image for forward + backward.
+TRAIN_FLOP = FWD_FLOP + 2 * (3136 * 128 * 2 + 128 * 10 * 2) + 28 * 28 * 16 * 9 * 2
+
+
+def rss_mb() -> float:
+    """Resident memory now (Linux /proc), in MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Recorder:
+    """Collects a child's figures and writes them as JSON to $BENCH_OUT."""
+
+    def __init__(self):
+        self.t0 = float(os.environ["BENCH_T0"])
+        self.result = {"epoch_s": [], "rss_after_epoch_mb": []}
+        self._epoch_start = 0.0
+
+    def first_step(self):
+        self.result.setdefault("first_step_s", time.time() - self.t0)
+
+    def epoch_start(self):
+        self._epoch_start = time.perf_counter()
+
+    def epoch_end(self):
+        self.result["epoch_s"].append(time.perf_counter() - self._epoch_start)
+        self.result["rss_after_epoch_mb"].append(rss_mb())
+
+    def write(self, test_acc: float, n_train: int):
+        self.result |= {"test_acc": test_acc, "n_train": n_train, "peak_rss_mb": peak_rss_mb()}
+        Path(os.environ["BENCH_OUT"]).write_text(json.dumps(self.result))
+
+
+# ------------------------------------------------------------------------------ template
+
+
+def template_argv(args, run_dir: str) -> list[str]:
+    return [
+        sys.executable, "-m", "mnistlab.train",
+        f"trainer.max_epochs={args.epochs}", f"data.batch_size={args.batch_size}",
+        f"paths.data_dir={args.data_dir}", f"hydra.run.dir={run_dir}",
+        "+trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
+        "+callbacks.bench_timer._target_=bench_timer.BenchTimer",
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ plain, origin
+
+
+def run_plain(args):
+    import torch
+    from torch import nn
+
+    from mnistlab.idx import read_idx
+    from mnistlab.nets import ConvNet
+
+    rec = Recorder()
+    torch.manual_seed(SEED)
+    raw = Path(args.data_dir) / "MNIST" / "raw"
+    images = torch.from_numpy(read_idx(raw / "train-images-idx3-ubyte").copy()).unsqueeze(1)
+    labels = torch.from_numpy(read_idx(raw / "train-labels-idx1-ubyte").copy()).long()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    val, train = order[:N_VAL], order[N_VAL:]
+    test_x = torch.from_numpy(read_idx(raw / "t10k-images-idx3-ubyte").copy()).unsqueeze(1)
+    test_y = torch.from_numpy(read_idx(raw / "t10k-labels-idx1-ubyte").copy()).long()
+    train_x, train_y, val_x, val_y = images[train], labels[train], images[val], labels[val]
+
+    def prep(x):
+        return x.float().div(255).sub(0.5).div(0.5)
+
+    def accuracy(net, xs, ys):
+        net.eval()
+        with torch.no_grad():
+            correct = sum(
+                (net(prep(xs[i : i + 1000])).argmax(1) == ys[i : i + 1000]).sum().item()
+                for i in range(0, len(ys), 1000)
+            )
+        net.train()
+        return correct / len(ys)
+
+    net = ConvNet()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(args.epochs):
+        rec.epoch_start()
+        perm = torch.randperm(len(train_y))
+        for i in range(0, len(perm), args.batch_size):
+            idx = perm[i : i + args.batch_size]
+            loss = loss_fn(net(prep(train_x[idx])), train_y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            rec.first_step()
+        accuracy(net, val_x, val_y)
+        rec.epoch_end()
+    rec.write(accuracy(net, test_x, test_y), len(train_y))
+
+
+def run_origin(args):
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from mnistlab.nets import ConvNet
+
+    rec = Recorder()
+    torch.manual_seed(SEED)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    train_set = datasets.MNIST(args.data_dir, train=True, transform=transform)
+    test_set = datasets.MNIST(args.data_dir, train=False, transform=transform)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
+    net, loss_fn = ConvNet(), nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(args.epochs):
+        rec.epoch_start()
+        for x, y in train_loader:
+            loss = loss_fn(net(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            rec.first_step()
+        rec.epoch_end()
+    correct = 0
+    with torch.no_grad():
+        for x, y in DataLoader(test_set, batch_size=1000):
+            correct += (net(x).argmax(1) == y).sum().item()
+    rec.write(correct / len(test_set), len(train_set))
+
+
+def matmul_flops(n: int = 1024, reps: int = 20) -> float:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------ parent
+
+
+def launch(loop: str, args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, "result.json")
+        env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": str(ROOT / "scripts")}
+        if loop == "template":
+            argv = template_argv(args, str(Path(tmp, "run")))
+        else:
+            argv = [sys.executable, __file__, "--child", loop, *child_flags(args)]
+        env["BENCH_T0"] = repr(time.time())
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.is_file():
+            sys.exit(f"{loop} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
+def child_flags(args) -> list[str]:
+    return [
+        f"--epochs={args.epochs}",
+        f"--batch-size={args.batch_size}",
+        f"--data-dir={args.data_dir}",
+    ]
+
+
+def time_command(argv: list[str], reps: int = 3) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        subprocess.run(argv, capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def summarize(runs: dict[str, list[dict]], flops: float, args) -> dict:
+    summary = {}
+    for loop, results in runs.items():
+        epoch_s = statistics.median(s for r in results for s in r["epoch_s"])
+        n_train = results[0]["n_train"]
+        rss_growth = [r["rss_after_epoch_mb"][-1] - r["rss_after_epoch_mb"][0] for r in results]
+        summary[loop] = {
+            "epoch_s": epoch_s,
+            "images_per_s": n_train / epoch_s,
+            "s_per_image": epoch_s / n_train,
+            "first_step_s": statistics.median(r["first_step_s"] for r in results),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+            "rss_growth_mb": max(rss_growth),
+            "test_acc": statistics.median(r["test_acc"] for r in results),
+        }
+    n_train = runs["template"][0]["n_train"]
+    bound_s = (n_train * TRAIN_FLOP + N_VAL * FWD_FLOP) / flops
+    summary["bound"] = {
+        "epoch_s": bound_s,
+        "images_per_s": n_train / bound_s,
+        "gflops": flops / 1e9,
+    }
+    return summary
+
+
+def report(summary: dict, startup: dict, args) -> None:
+    print(f"\nepochs={args.epochs} repeats={args.repeats} batch={args.batch_size} "
+          f"threads={os.cpu_count()} cores")  # fmt: skip
+    print(f"{'loop':10}{'epoch s':>9}{'img/s':>8}{'1st step s':>11}{'peak RSS MB':>12}"
+          f"{'RSS growth':>11}{'test acc':>9}")  # fmt: skip
+    for loop, s in summary.items():
+        if loop == "bound":
+            print(f"{loop:10}{s['epoch_s']:9.2f}{s['images_per_s']:8.0f}   "
+                  f"(matmul probe {s['gflops']:.0f} GFLOP/s)")  # fmt: skip
+            continue
+        print(f"{loop:10}{s['epoch_s']:9.2f}{s['images_per_s']:8.0f}{s['first_step_s']:11.2f}"
+              f"{s['peak_rss_mb']:12.0f}{s['rss_growth_mb']:11.1f}{s['test_acc']:9.4f}")  # fmt: skip
+    t, p = summary["template"], summary["plain"]
+    ratios = {
+        "template/plain epoch": t["epoch_s"] / p["epoch_s"],
+        "template/bound epoch": t["epoch_s"] / summary["bound"]["epoch_s"],
+        "plain/bound epoch": p["epoch_s"] / summary["bound"]["epoch_s"],
+        "template/plain first step": t["first_step_s"] / p["first_step_s"],
+    }
+    if "origin" in summary:
+        ratios["origin/template per image"] = summary["origin"]["s_per_image"] / t["s_per_image"]
+    for name, value in startup.items():
+        if name != "import torch":
+            ratios[f"{name} / import torch"] = value / startup["import torch"]
+    print()
+    for name, value in ratios.items():
+        print(f"{name:34}{value:7.2f}")
+    print("start-up (median of 3): " + ", ".join(f"{k} {v:.2f}s" for k, v in startup.items()))
+    summary["ratios"], summary["startup_s"] = ratios, startup
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="1 epoch, 1 repeat: about 2 minutes")
+    parser.add_argument("--no-origin", action="store_true", help="skip the origin loop")
+    parser.add_argument("--data-dir", default=str(ROOT / "data"), help="holds MNIST/raw/")
+    parser.add_argument("--json", default=str(ROOT / "logs" / "bench.json"))
+    parser.add_argument("--child", choices=["plain", "origin"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return {"plain": run_plain, "origin": run_origin}[args.child](args)
+    if args.quick:
+        args.epochs, args.repeats = 1, 1
+
+    from mnistlab.download import ensure_mnist  # fetch and verify once, before any timing
+
+    ensure_mnist(Path(args.data_dir) / "MNIST" / "raw")
+    loops = ["template", "plain"] + ([] if args.no_origin else ["origin"])
+    runs = {loop: [] for loop in loops}
+    for rep in range(args.repeats):
+        for loop in loops[rep % len(loops) :] + loops[: rep % len(loops)]:  # rotate the order
+            print(f"repeat {rep + 1}/{args.repeats}: {loop} ...", flush=True)
+            runs[loop].append(launch(loop, args))
+    py = sys.executable
+    startup = {
+        "import torch": time_command([py, "-c", "import torch"]),
+        "--cfg job": time_command([py, "-m", "mnistlab.train", "--cfg", "job"]),
+        "--help": time_command([py, "-m", "mnistlab.train", "--help"]),
+    }
+    summary = summarize(runs, matmul_flops(), args)
+    report(summary, startup, args)
+    summary["args"] = vars(args)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(summary, indent=2))
+    print(f"written: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

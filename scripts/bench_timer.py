@@ -1,0 +1,24 @@
+"""The callback that times the template for scripts/bench.py (kept apart: it imports Lightning)."""
+
+from bench import Recorder
+from lightning.pytorch.callbacks import Callback
+
+
+class BenchTimer(Callback):
+    """Added on the template's command line: `+callbacks.bench_timer._target_=bench_timer.BenchTimer`."""
+
+    def __init__(self):
+        self.rec = Recorder()
+
+    def on_train_batch_end(self, trainer, *args):
+        self.rec.first_step()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.rec.epoch_start()
+
+    def on_train_epoch_end(self, trainer, pl_module):  # runs after this epoch's validation
+        self.rec.epoch_end()
+
+    def on_test_end(self, trainer, pl_module):
+        n_train = trainer.datamodule.train_set.images.shape[0]
+        self.rec.write(float(trainer.callback_metrics["test/acc"]), n_train)
