@@ -56,7 +56,7 @@ def test_component_option_trains_a_few_steps(override, tiny_cfg, tmp_path):
 def test_reference_experiment_is_the_origin_document():
     cfg = compose_train(["experiment=reference"])
     assert cfg.data.batch_size == 64 and cfg.trainer.max_epochs == 5
-    assert list(cfg.data.normalize.mean) == [0.5] and list(cfg.data.normalize.std) == [0.5]
+    assert list(cfg.data.mean) == [0.5] and list(cfg.data.std) == [0.5]
     assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-3
     assert cfg.model.scheduler is None and cfg.data.augment is None
     net = instantiate(cfg.model.net)

