@@ -10,7 +10,7 @@ ARGS ?=
 PORT ?= 6006
 LOGDIR ?= logs
 
-.PHONY: help install data train test test-all lint tensorboard clean-logs
+.PHONY: help install data train bench test test-all lint tensorboard clean-logs
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ data: $(STAMP) ## Fetch and verify MNIST into data/ without training (overrides 
 
 train: $(STAMP) ## Train and test with the default config; Hydra overrides go in ARGS="..."
 	$(BIN)/python -m mnistlab.train $(ARGS)
+
+bench: $(STAMP) ## Time the template against plain PyTorch and the origin loop (ARGS="--quick" for ~2 min)
+	$(BIN)/python scripts/bench.py $(ARGS)
 
 test: lint ## Lint, then the fast test tier (offline)
 	$(BIN)/python -m pytest -m "not real_data" $(PYTEST_ARGS)

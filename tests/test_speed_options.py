@@ -47,7 +47,7 @@ def test_fused_adam_takes_the_same_steps():
 
 def test_logged_test_accuracy_equals_a_plain_evaluation_of_the_best_checkpoint(tiny_cfg):
     """The per-epoch metric accumulation reports exactly what a plain loop counts."""
-    cfg = tiny_cfg("trainer.limit_test_batches=null", "data.batch_size=48")
+    cfg = tiny_cfg("trainer.limit_test_batches=null", "data.eval_batch_size=48")
     metrics = train(cfg)
     best = next((Path(cfg.paths.output_dir) / "checkpoints").glob("epoch*.ckpt"))
     ckpt = torch.load(best, weights_only=True)
@@ -63,3 +63,14 @@ def test_logged_test_accuracy_equals_a_plain_evaluation_of_the_best_checkpoint(t
             loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
     assert metrics["test/acc"] == pytest.approx(correct / 200, abs=1e-7)  # float32
     assert abs(metrics["test/loss"] - loss / 200) < 1e-6
+
+
+def test_step_loss_is_logged_on_every_logging_step(tiny_cfg, tmp_path):
+    """train/loss skips self.log on the steps the logger would not write; none may go missing."""
+    cfg = tiny_cfg("logger=csv", "trainer.max_epochs=2", "trainer.log_every_n_steps=2")
+    train(cfg)  # 4 steps per epoch: written after steps 2, 4, 6, 8
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col, step = header.index("train/loss"), header.index("step")
+    logged = [int(r.split(",")[step]) for r in rows[1:] if r.split(",")[col]]
+    assert logged == [1, 3, 5, 7]

@@ -49,6 +49,7 @@ class MNISTDataModule(LightningDataModule):
         self,
         data_dir: str = "data",
         batch_size: int = 64,
+        eval_batch_size: int | None = None,
         val_size: int | float = 5000,
         split_seed: int = 42,
         num_workers: int = 0,
@@ -61,12 +62,14 @@ class MNISTDataModule(LightningDataModule):
         checksums: Mapping[str, str] | None = None,
     ):
         """`val_size`: images held out of the 60k training set (a count, or a fraction in (0, 1)).
+        `eval_batch_size`: for validation and test (default: `batch_size`); results do not depend on it.
         `mean`, `std`: per channel, normalizing batches after ToTensor's scaling to [0, 1].
         `augment`: a transform per training image, on uint8 (C, H, W) tensors.
         `checksums`: sha256 per raw file name; None means the canonical MNIST ones."""
         super().__init__()
         self.raw_dir = project_path(data_dir) / "MNIST" / "raw"
-        self.batch_size, self.val_size, self.split_seed = batch_size, val_size, split_seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.val_size, self.split_seed = val_size, split_seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.mean, self.std, self.augment = list(mean), list(std), augment
@@ -114,10 +117,10 @@ class MNISTDataModule(LightningDataModule):
             )
         return n_val
 
-    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             shuffle=shuffle,
             collate_fn=_already_batched,
             num_workers=self.num_workers,
@@ -126,13 +129,13 @@ class MNISTDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return self._loader(self.val_set, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, self.eval_batch_size)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
