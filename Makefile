@@ -10,7 +10,7 @@ ARGS ?=
 PORT ?= 6006
 LOGDIR ?= logs
 
-.PHONY: help install data train bench test test-all lint tensorboard clean-logs
+.PHONY: help install data train bench test test-slow test-all lint tensorboard clean-logs
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,7 +33,10 @@ bench: $(STAMP) ## Time the template against plain PyTorch and the origin loop (
 	$(BIN)/python scripts/bench.py $(ARGS)
 
 test: lint ## Lint, then the fast test tier (offline)
-	$(BIN)/python -m pytest -m "not real_data" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not real_data and not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## The slow tier: kill -9, SIGTERM, SIGINT and SLURM requeue on real processes
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: lint ## Every tier; the real-data one needs MNIST_DATA_DIR=<folder holding MNIST/raw/>
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -5,7 +5,8 @@ import torch
 from conftest import compose_train
 from hydra.utils import instantiate
 
-from mnistlab.config import CONF_DIR
+from mnistlab.config import CONF_DIR, to_plain
+from mnistlab.schema import validate
 from mnistlab.train import train
 
 
@@ -26,6 +27,7 @@ def test_every_group_has_options():
 )
 def test_group_option_composes_and_instantiates(group, option, tmp_path):
     cfg = compose_train([f"{group}={option}", f"paths.output_dir={tmp_path}"])
+    validate(to_plain(cfg))  # the schema knows every key a shipped option sets
     model = instantiate(cfg.model)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     instantiate(cfg.data)

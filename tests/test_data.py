@@ -9,7 +9,7 @@ from torch.utils.data import SequentialSampler
 from torchvision import transforms
 
 from mnistlab import UserError
-from mnistlab.data import MNISTDataModule
+from mnistlab.data import EpochSampler, MNISTDataModule
 
 
 def make_dm(synthetic_mnist, **kwargs) -> MNISTDataModule:
@@ -67,7 +67,22 @@ def test_eval_loaders_keep_order_and_every_image(synthetic_mnist):
         assert isinstance(loader.sampler, SequentialSampler) and not loader.drop_last
         labels = torch.cat([y for _, y in loader])
         assert torch.equal(labels, dataset.labels)  # 200 test images: 64+64+64+8, none dropped
-    assert isinstance(dm.train_dataloader().sampler, torch.utils.data.RandomSampler)
+    assert isinstance(dm.train_dataloader().sampler, EpochSampler)
+
+
+def test_training_order_is_a_function_of_seed_and_epoch():
+    """What an exact resume rests on: any epoch's order can be rebuilt, and part of it skipped."""
+    sampler = EpochSampler(100, seed=7)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert sorted(first) == sorted(second) == list(range(100)) and first != second
+    again = EpochSampler(100, seed=7)
+    again.set_epoch(1)
+    again.skip = 30
+    assert list(again) == second[30:] and len(again) == 100
+    again.set_epoch(2)  # a new epoch starts from its beginning
+    assert again.skip == 0 and list(again) != second
 
 
 def test_augment_runs_per_training_image_on_uint8(synthetic_mnist):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mnistlab import UserError
 from mnistlab.config import project_path
@@ -44,6 +44,26 @@ def _already_batched(batch):
     return batch  # `__getitems__` returns whole batches
 
 
+class EpochSampler(Sampler[int]):
+    """A fresh shuffle every epoch, a pure function of (seed, epoch), so that any epoch's order can
+    be rebuilt after a restart; `skip` drops the indices a resumed epoch has already trained on."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning before every epoch
+        if epoch != self.epoch:
+            self.epoch, self.skip = epoch, 0
+
+    def __len__(self) -> int:
+        return self.n  # the whole epoch, even when resuming part-way: Lightning counts from there
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=generator)
+        yield from order[self.skip :].tolist()
+
+
 class MNISTDataModule(LightningDataModule):
     def __init__(
         self,
@@ -52,6 +72,7 @@ class MNISTDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         val_size: int | float = 5000,
         split_seed: int = 42,
+        seed: int = 0,
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -62,6 +83,7 @@ class MNISTDataModule(LightningDataModule):
         checksums: Mapping[str, str] | None = None,
     ):
         """`val_size`: images held out of the 60k training set (a count, or a fraction in (0, 1)).
+        `seed`: the training order, epoch by epoch (independent of the global RNG, so resumable).
         `eval_batch_size`: for validation and test (default: `batch_size`); results do not depend on it.
         `mean`, `std`: per channel, normalizing batches after ToTensor's scaling to [0, 1].
         `augment`: a transform per training image, on uint8 (C, H, W) tensors.
@@ -69,13 +91,15 @@ class MNISTDataModule(LightningDataModule):
         super().__init__()
         self.raw_dir = project_path(data_dir) / "MNIST" / "raw"
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.val_size, self.split_seed = val_size, split_seed
+        self.val_size, self.split_seed, self.seed = val_size, split_seed, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.mean, self.std, self.augment = list(mean), list(std), augment
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.sources, self.checksums = list(sources), checksums
         self.train_set = self.val_set = self.test_set = None
+        self.sampler: EpochSampler | None = None
+        self._position = (0, 0)  # (epoch, batches done) to start from, set when resuming
 
     def prepare_data(self) -> None:
         ensure_mnist(self.raw_dir, self.checksums, self.sources)
@@ -94,6 +118,8 @@ class MNISTDataModule(LightningDataModule):
         )
         self.val_set = InMemoryImages(images[self.val_indices], labels[self.val_indices])
         self.test_set = InMemoryImages(*self._load("t10k"))
+        self.sampler = EpochSampler(len(self.train_set), self.seed)
+        self._seek(*self._position)
 
     def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         paths = [
@@ -117,25 +143,48 @@ class MNISTDataModule(LightningDataModule):
             )
         return n_val
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             collate_fn=_already_batched,
+            # Its own generator: creating an iterator then draws no number from the global RNG,
+            # which stays the model's alone (dropout), as resuming exactly requires.
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        return self._loader(self.train_set, self.batch_size, self.sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in the data: saved in every checkpoint, for an exact resume."""
+        if self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epoch = self.trainer.current_epoch
+        if done >= self.trainer.num_training_batches:  # a finished epoch: the next one is due
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if not state:
+            return
+        self._position = (state["epoch"], state["batches_done"])
+        if self.sampler is not None:
+            self._seek(*self._position)
+
+    def _seek(self, epoch: int, batches_done: int) -> None:
+        self.sampler.epoch, self.sampler.skip = epoch, batches_done * self.batch_size
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch

@@ -9,6 +9,8 @@ from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnistlab import UserError
+
 STAGES = ("train", "val", "test")
 
 
@@ -41,6 +43,9 @@ class Classifier(LightningModule):
             # per-image losses below rather than batch means.)
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
         self.val_acc_best = MaxMetric()
+        # Saved in checkpoints, so that a run resumed part-way reports what an unbroken one would.
+        for metric in (self.train_acc, self.train_loss, self.val_acc_best):
+            metric.persistent(True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.contiguous(memory_format=self.memory_format))
@@ -55,6 +60,13 @@ class Classifier(LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
+        # Checked before backward, while the weights are still those of the last good step.
+        if not torch.isfinite(loss):
+            raise NonFinite(
+                f"loss is {loss.item()} at epoch {self.current_epoch + 1}, step {self.global_step + 1}:"
+                " training stopped, no checkpoint of this state written; lower model.optimizer.lr"
+                " or check the data"
+            )
         # Logged only on the steps the logger writes (Lightning's rule), as each call costs ~1 ms.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, prog_bar=True)
@@ -74,18 +86,25 @@ class Classifier(LightningModule):
         loss.reset()
         return value
 
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # forget the sanity check's validation
-
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train", "train/loss_epoch")
 
     def on_validation_epoch_end(self) -> None:
-        self.val_acc_best(self._log_epoch("val", "val/loss"))
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        acc = self._log_epoch("val", "val/loss")
+        if not self.trainer.sanity_checking:
+            self.val_acc_best(acc)
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test", "test/loss")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # never written: a checkpoint that cannot be resumed from is worse than none
+            raise NonFinite(
+                f"weights {', '.join(bad[:3])} are not finite at step {self.global_step}:"
+                " checkpoint not written; lower model.optimizer.lr or check the data"
+            )
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
@@ -100,3 +119,7 @@ class Classifier(LightningModule):
                 "monitor": "val/loss",
             },
         }
+
+
+class NonFinite(UserError):
+    """The loss or the weights became NaN or infinite."""

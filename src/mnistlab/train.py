@@ -2,53 +2,104 @@
 
 import logging
 import os
+import signal
 import sys
 import warnings
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mnistlab import UserError
+from mnistlab.cli import NothingToDo, prepare
 from mnistlab.config import CONF_DIR, to_plain
+from mnistlab.runs import write_results
+from mnistlab.schema import validate
 
 log = logging.getLogger("mnistlab.train")  # not "__main__" under `python -m`
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Seed, build, fit, test the best checkpoint; return the final metrics."""
-    # Imported here rather than at the top: `--help` and `--cfg job` stay fast, and Lightning,
-    # imported after Hydra configured logging, sends its messages to the run's log file too.
+    """Seed, build, fit (or resume), test the best checkpoint; return the final metrics."""
+    validate(to_plain(cfg))  # the command line checked it already; API callers get the same check
+    # Imported here rather than at the top: `--help`, `--cfg job` and a bad override stay fast,
+    # and Lightning, imported after Hydra configured logging, sends its messages to the run's log.
     import lightning as L
+
+    from mnistlab.checkpoint import AtomicCheckpointIO, RNGState
+    from mnistlab.preemption import Preemption
+    from mnistlab.resume import resume_point
 
     logging.getLogger("lightning").handlers.clear()  # its own console handler would print twice
     # Lightning 2.6 on torch >= 2.10 warns about its own pytree code on every run; nothing to act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    # The whole resolved config as plain data: enough to rebuild the run, loads with weights_only.
-    model.save_hyperparameters(to_plain(cfg), logger=False)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    hparams = to_plain(cfg.log_hparams)
-    for logger in loggers:
-        logger.log_hyperparams(hparams)  # into hparams.yaml now, so a crashed run has them too
+    with Preemption() as preemption:
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data)
+        model = instantiate(cfg.model)
+        # The whole resolved config as plain data: enough to rebuild the run, loads with weights_only.
+        model.save_hyperparameters(to_plain(cfg), logger=False)
+        ckpt_path, resumed_step = resume_point(cfg, model, datamodule)
+        loggers = _loggers(cfg, resumed_step)
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+        # Always on: the RNG states in every checkpoint, atomic verified checkpoint files, and a
+        # clean stop on signals. Without them a run cannot be resumed exactly or trusted.
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=[*callbacks, RNGState(), preemption],
+            logger=loggers or False,
+            plugins=[*_instantiate_all(cfg.trainer.get("plugins")), AtomicCheckpointIO()],
+        )
+        hparams = to_plain(cfg.log_hparams)
+        for logger in loggers:
+            logger.log_hyperparams(hparams)  # into hparams.yaml now, so a crashed run has them too
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if not best:
-        log.warning("No checkpoint was saved: testing the weights as they are after training")
-    (test_metrics,) = trainer.test(
-        model, datamodule=datamodule, ckpt_path=best or None, verbose=False
-    )
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("No checkpoint was saved: testing the weights as they are after training")
+        (test_metrics,) = trainer.test(
+            model, datamodule=datamodule, ckpt_path=best or None, verbose=False
+        )
     metrics.update(test_metrics)
 
     _log_results(trainer, hparams, metrics)
+    write_results(cfg.paths.output_dir, _results(cfg, trainer, metrics, best))
     _summarize(metrics, best, cfg.paths.output_dir)
     return metrics
+
+
+def _loggers(cfg: DictConfig, resumed_step: int | None) -> list:
+    """The configured loggers; when resuming, TensorBoard hides what the old run logged after
+    the checkpoint (its `purge_step`), so the curves continue without a doubled stretch."""
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if not node:
+            continue
+        extra = {}
+        if resumed_step is not None and node._target_.endswith("TensorBoardLogger"):
+            extra["purge_step"] = resumed_step
+        loggers.append(instantiate(node, **extra))
+    return loggers
+
+
+def _instantiate_all(node) -> list:
+    """A config node holding nothing, one object or a list of them, as a list of objects."""
+    if node is None:
+        return []
+    return [instantiate(n) for n in node] if OmegaConf.is_list(node) else [instantiate(node)]
+
+
+def _results(cfg: DictConfig, trainer, metrics: dict[str, float], best: str) -> dict:
+    return {
+        "metrics": metrics,
+        "best_checkpoint": best,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "max_steps": cfg.trainer.get("max_steps"),
+    }
 
 
 def _log_results(trainer, hparams: dict, metrics: dict[str, float]) -> None:
@@ -79,15 +130,50 @@ def _summarize(metrics: dict[str, float], best: str, output_dir: str) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _run(cfg: DictConfig) -> float | None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from mnistlab.preemption import Interrupted
+
     try:
         metrics = train(cfg)
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(e, UserError | Interrupted):
             raise
+        if isinstance(e, Interrupted):
+            _report_interrupted(e)
+            sys.exit(e.exit_code)
         log.error("%s", e)
         sys.exit(1)
+    except SIGTERMException:  # Lightning's own handler, should a SIGTERM reach it first
+        log.warning("Stopped by SIGTERM; resume with the same command and resume=auto")
+        sys.exit(128 + signal.SIGTERM)
     return metrics.get("val/acc_best")
+
+
+def _report_interrupted(e) -> None:
+    where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no checkpoint"
+    log.warning(
+        "%s: %s%s. Continue with the same command and resume=auto",
+        e,
+        where,
+        ", job requeued" if e.requeued else "",
+    )
+
+
+def main() -> None:
+    """`mnistlab-train` and `python -m mnistlab.train`: check the command line, then run it."""
+    try:
+        sys.argv[1:] = prepare(sys.argv[1:], "train")
+    except (UserError, NothingToDo) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if isinstance(e, NothingToDo):
+            print(e)
+            sys.exit(0)
+        print(f"mnistlab-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    _run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,185 @@
+"""Checkpoints that are never lost, never trusted blindly, and hold all a run needs to go on exactly.
+
+- Written atomically: a temporary file in the same folder, fsync, rename, with a sha256 beside it
+  (`last.ckpt.sha256`, in `sha256sum` format). A save that fails leaves the previous file as it was.
+- Read only after the checksum matches, and only with `torch.load(weights_only=True)`: a damaged
+  file is refused in one line, and a file crafted to run code when unpickled never runs it.
+- `last.ckpt` is rewritten after every epoch, and hold the global RNG states too.
+"""
+
+import hashlib
+import logging
+import os
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from mnistlab import UserError
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: missing, damaged, or not plain data."""
+
+
+def sidecar(path: Path) -> Path:
+    return Path(f"{path}.sha256")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save(checkpoint: dict, path: str | Path) -> None:
+    """Write `checkpoint` to `path` and its checksum beside it, each replaced only when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp_sum = path.with_name(f".{path.name}.sha256.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _write_synced(tmp_sum, f"{file_sha256(tmp)}  {path.name}\n".encode())
+        os.replace(tmp, path)
+        os.replace(tmp_sum, sidecar(path))  # a crash between the two renames reads as damage
+        _sync_dir(path.parent)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {e.strerror or e}; the previous one is kept"
+        ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_sum.unlink(missing_ok=True)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def verify(path: str | Path) -> str | None:
+    """Why `path` cannot be trusted, or None when it matches its checksum."""
+    path = Path(path)
+    if not path.is_file():
+        return "no such file"
+    if path.stat().st_size == 0:
+        return "empty file"
+    if not sidecar(path).is_file():
+        return f"no checksum beside it ({sidecar(path).name})"
+    expected = sidecar(path).read_text().split()[0]
+    actual = file_sha256(path)
+    return None if actual == expected else f"sha256 {actual[:12]}..., expected {expected[:12]}..."
+
+
+def load(path: str | Path, map_location="cpu", require_checksum: bool = True) -> dict:
+    """A verified checkpoint as plain data; CheckpointError (one line, naming the file) otherwise.
+    `require_checksum=False` accepts a file with no checksum beside it (one from elsewhere)."""
+    path = Path(path)
+    problem = verify(path)
+    if problem and not (problem.startswith("no checksum") and not require_checksum):
+        raise CheckpointError(f"checkpoint {path} is not usable: {problem}")
+    if problem:
+        log.warning("%s has no checksum beside it: loading it unverified", path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused checkpoint {path}: it holds objects other than tensors and plain data, which"
+            f" could run code when loaded ({str(e).splitlines()[-1][:120]})"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged: {str(e).splitlines()[0]}") from None
+
+
+def latest_intact(folder: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint in `folder` that matches its checksum, and why newer ones did not."""
+    rejected = []
+    candidates = sorted(Path(folder).glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        if (problem := verify(path)) is None:
+            return path, rejected
+        rejected.append(f"{path.name} ({problem})")
+    return None, rejected
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, writing with `save` and reading with `load`."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load(path, map_location or "cpu", require_checksum=False)
+
+    def remove_checkpoint(self, path) -> None:
+        Path(path).unlink(missing_ok=True)
+        sidecar(Path(path)).unlink(missing_ok=True)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose `last.ckpt` is rewritten after every epoch: Lightning 2.6 rewrites it
+    only when a top-k checkpoint is saved, so it falls behind once the monitored metric stalls.
+    `save_latest` also writes it on demand, when a signal stops a run part-way."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self.save_latest(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self.save_latest(trainer)
+
+    def save_latest(self, trainer) -> str | None:
+        """Write last.ckpt unless it already holds this step; return its path."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        return self.last_model_path or None
+
+
+class RNGState(Callback):
+    """Puts the global random states (torch, CUDA, numpy, random) in every checkpoint and restores
+    them on resume. The data loaders draw from their own generators, so these states are the
+    model's alone (dropout) and an interrupted run goes on drawing what an unbroken one would."""
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, py_state, py_gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": [version, list(py_state), py_gauss],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        version, py_state, py_gauss = state["python"]
+        random.setstate((version, tuple(py_state), py_gauss))

@@ -1,0 +1,168 @@
+"""The command line, checked before Hydra acts on it.
+
+Hydra creates the run folder and its log before the task function runs, reports a bad override
+in several lines, and its hint for an unknown key (`+key=...`) leads to a key nobody reads. So a
+command is composed here first, exactly as Hydra will compose it, and checked against the schema
+(mnistlab.schema): any mistake ends in one line within a second or two, with nothing loaded or
+written. This is also where `resume=` picks the run folder to continue, as Hydra needs it before
+it starts.
+"""
+
+import difflib
+import re
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf.errors import OmegaConfBaseException
+
+from mnistlab import UserError
+from mnistlab.config import CONF_DIR, project_path
+from mnistlab.runs import POLICIES, find_run, finished
+from mnistlab.schema import validate
+
+MAX_VARIANTS = 64  # sweep values checked one at a time, up to this many configs
+
+
+class NothingToDo(Exception):
+    """The command names a run that has already finished."""
+
+
+def prepare(argv: list[str], config_name: str) -> list[str]:
+    """Check a command line (Hydra's flags and overrides) and return the one to give Hydra:
+    the same, or with `hydra.run.dir` set to the run that `resume=` continues."""
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir:
+        return argv  # nothing to run, or configs from elsewhere: Hydra alone handles those
+    name = args.config_name or config_name
+    overrides = [o for o in args.overrides]
+    variants = _variants(overrides) if args.multirun else [overrides]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=name):
+        configs = [_compose_checked(name, v) for v in variants]
+    if args.multirun or args.cfg:
+        return argv
+    run = _run_to_resume(configs[0], overrides)
+    if run is None:
+        return argv
+    return [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run}"]
+
+
+def _compose_checked(name: str, overrides: list[str]) -> DictConfig:
+    try:
+        cfg = compose(name, overrides, return_hydra_config=True)
+    except MissingConfigException as e:
+        raise UserError(_missing_option(e, overrides)) from None
+    except HydraException as e:
+        raise UserError(_composition_error(e, name, overrides)) from None
+    except OmegaConfBaseException as e:
+        raise UserError(_first_line(e)) from None
+    validate(_resolved(cfg))
+    return cfg
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    """The task config as plain data, resolved as it will be in the run (`${hydra:...}` too)."""
+    with read_write(cfg.hydra):
+        cfg.hydra.runtime.output_dir = cfg.hydra.run.dir  # set by Hydra only once it runs
+    HydraConfig.instance().set_config(cfg)
+    try:
+        return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                for k, v in cfg.items() if k != "hydra"}  # fmt: skip
+    except OmegaConfBaseException as e:
+        raise UserError(_first_line(e)) from None
+
+
+def _missing_option(e: MissingConfigException, overrides: list[str]) -> str:
+    missing = (e.missing_cfg_file or "").strip("/")
+    group, _, option = missing.rpartition("/")
+    if not group or e.options is None:
+        return _first_line(e)
+    close = difflib.get_close_matches(option, e.options, n=1, cutoff=0.5)
+    hint = f"did you mean {group}={close[0]}? " if close else ""
+    return f"{group}={option}: no such option; {hint}(options: {', '.join(sorted(e.options))})"
+
+
+def _composition_error(e: HydraException, name: str, overrides: list[str]) -> str:
+    """Hydra refuses `key=value` for a key not in the config: name the key, then either suggest
+    the key meant or, when the key is a real argument of its node, say how to add it."""
+    match = re.match(r"Could not override '([^']+)'", str(e))
+    if not match:
+        return _first_line(e)
+    key = match.group(1)
+    forced = [f"++{o}" if o.split("=", 1)[0] == key else o for o in overrides]
+    try:
+        _compose_checked(name, forced)
+    except UserError as unknown:
+        return str(unknown)
+    value = next(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key)
+    return f"{key} is not in the config; to set this argument, add it: +{key}={value}"
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    cause = e.__cause__
+    if cause is not None and str(cause).strip() and len(lines) < 2:
+        lines.append(str(cause).strip().splitlines()[0])
+    return " ".join(lines[:2]) or type(e).__name__
+
+
+def _variants(overrides: list[str]) -> list[list[str]]:
+    """For a sweep: the first value of every swept key, then each other value changed alone."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise UserError(_first_line(e)) from None
+    base = [o.input_line for o in parsed]
+    variants = [base]
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override():
+            values = _sweep_values(o)
+            base[i] = values[0]
+            variants += [[*base[:i], v, *base[i + 1 :]] for v in values[1:]]
+    return variants[:MAX_VARIANTS]
+
+
+def _sweep_values(o) -> list[str]:
+    key = o.get_key_element()
+    try:
+        return [f"{key}={v}" for v in o.sweep_string_iterator()]
+    except Exception:  # an interval (for an optimizing sweeper): check both ends
+        sweep = o.value()
+        return [f"{key}={getattr(sweep, end)}" for end in ("start", "end") if hasattr(sweep, end)]
+
+
+def _run_to_resume(cfg: DictConfig, overrides: list[str]) -> Path | None:
+    """The run folder `resume=` continues, or None for a new one; NothingToDo if it has finished."""
+    policy = str(cfg.resume)
+    if policy == "never":
+        return None
+    if policy in POLICIES:
+        runs_dir = Path(cfg.hydra.run.dir).parent
+        run = find_run(runs_dir, overrides)
+        if run is None and policy == "must":
+            raise UserError(
+                f"resume=must: no earlier run of this command in {runs_dir}; "
+                "use resume=auto to start one when there is none"
+            )
+    else:
+        run = project_path(policy) if not Path(policy).exists() else Path(policy).resolve()
+        if not (run / ".hydra").is_dir():
+            raise UserError(
+                f"resume={policy}: not {', '.join(POLICIES)} or a run folder (one holding .hydra/)"
+            )
+    if run is not None and (results := finished(run, *_limits(cfg))):
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in results.get("metrics", {}).items()
+                          if k in ("val/acc_best", "test/acc"))  # fmt: skip
+        raise NothingToDo(
+            f"{run} has already finished ({shown}); nothing to do. "
+            "resume=never starts a new run; a larger trainer.max_epochs continues this one."
+        )
+    return run
+
+
+def _limits(cfg: DictConfig) -> tuple:
+    return cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")

@@ -1,0 +1,130 @@
+"""Stopping cleanly on a signal: SIGTERM (preemption), SIGINT (Ctrl-C), SIGUSR1 (SLURM's warning).
+
+Inside training the handler only notes the signal; at the next batch boundary `last.ckpt` is
+written and the run stops with exit status 128 + the signal's number (143, 130), so that a
+scheduler sees an interrupted job, not a finished one (Lightning 2.6 exits 0 on SIGTERM). The
+same command with `resume=auto` continues from that checkpoint. Outside training there is
+nothing to save and the run stops at once; so does a second Ctrl-C. Under SLURM (SLURM_JOB_ID
+set), SIGUSR1 also requeues the job, once.
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+
+from lightning.pytorch.callbacks import Callback
+
+from mnistlab.checkpoint import RunCheckpoint
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """The run was stopped by a signal; `checkpoint` is where it can resume from."""
+
+    def __init__(self, signum: int, checkpoint: str | None = None, requeued: bool = False):
+        self.signum, self.checkpoint, self.requeued = signum, checkpoint, requeued
+        super().__init__(f"Stopped by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class Preemption(Callback):
+    """Use as a context manager around the whole run, and as a callback of its Trainer."""
+
+    def __init__(self):
+        self.slurm_job = _slurm_job_id()
+        self.signals = [signal.SIGTERM, signal.SIGINT] + (
+            [signal.SIGUSR1] if self.slurm_job else []
+        )
+        self.pending: int | None = None
+        self.armed = False  # inside training, where stopping waits for a batch boundary
+        self.requeued = False
+        self._previous = {}
+
+    def __enter__(self):
+        self._install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers (a threaded launcher keeps its own)
+        for sig in self.signals:
+            previous = signal.signal(sig, self._handle)
+            self._previous.setdefault(sig, previous)
+
+    def _handle(self, signum: int, frame) -> None:
+        if not self.armed or (signum == signal.SIGINT and self.pending == signal.SIGINT):
+            raise Interrupted(signum)
+        if self.pending is not None:
+            return  # already stopping
+        self.pending = signum
+        log.warning(
+            "%s received: stopping after this batch with a checkpoint%s",
+            signal.Signals(signum).name,
+            " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "",
+        )
+
+    # Lightning registers its own SIGTERM handler (which exits 0) when fit starts: ours replaces it.
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._install()
+        self.armed = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._stop_if_asked(trainer)  # a signal during validation: last.ckpt is already current
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.pending is not None:
+            # What Lightning does right after this hook, so that this step's metrics are logged:
+            # the resumed run starts with the next step and would never log them.
+            trainer._logger_connector.update_train_step_metrics()
+        self._stop_if_asked(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._stop_if_asked(trainer)
+        self.armed = False
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.armed = False
+
+    def _stop_if_asked(self, trainer) -> None:
+        if self.pending is None:
+            return
+        self.armed = False
+        path = None
+        ckpt = trainer.checkpoint_callback
+        if isinstance(ckpt, RunCheckpoint):
+            path = ckpt.save_latest(trainer)
+        if self.pending == signal.SIGUSR1 and trainer.is_global_zero:
+            self.requeued = self._requeue()
+        raise Interrupted(self.pending, path, self.requeued)
+
+    def _requeue(self) -> bool:
+        if self.requeued:
+            return True
+        try:
+            proc = subprocess.run(["scontrol", "requeue", self.slurm_job],
+                                  capture_output=True, text=True, timeout=30)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.error("scontrol requeue %s failed: %s", self.slurm_job, e)
+            return False
+        if proc.returncode != 0:
+            log.error("scontrol requeue %s failed: %s", self.slurm_job, proc.stderr.strip())
+            return False
+        log.info("Requeued SLURM job %s", self.slurm_job)
+        return True
+
+
+def _slurm_job_id() -> str | None:
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")

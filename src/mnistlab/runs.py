@@ -1,0 +1,52 @@
+"""Run folders: a run's identity (the command that started it), and whether it has finished.
+
+Light on purpose (no torch): the command line uses it to pick the folder to resume before Hydra
+creates a new one.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+RESULTS = "results.json"  # written when a run has trained and tested; its presence means "finished"
+POLICIES = ("auto", "must", "never")
+
+
+def identity(overrides: list[str]) -> list[str]:
+    """What makes two commands the same run: their overrides in any order, `resume=` aside."""
+    return sorted(o for o in overrides if not o.lstrip("+~").startswith("resume="))
+
+
+def find_run(runs_dir: Path, overrides: list[str]) -> Path | None:
+    """The newest run folder under `runs_dir` started with the same overrides, if any."""
+    wanted = identity(overrides)
+    matches = []
+    for recorded in Path(runs_dir).glob("*/.hydra/overrides.yaml"):
+        try:
+            same = identity(yaml.safe_load(recorded.read_text()) or []) == wanted
+        except (OSError, yaml.YAMLError):
+            continue  # a folder we cannot read is not the run we are looking for
+        if same:
+            matches.append(recorded.parent.parent)
+    return max(matches, key=lambda p: p.name, default=None)
+
+
+def finished(run_dir: Path, max_epochs, max_steps) -> dict | None:
+    """The results of `run_dir` if it finished training to these limits, else None."""
+    try:
+        results = json.loads((Path(run_dir) / RESULTS).read_text())
+    except (OSError, ValueError):
+        return None
+    if (results.get("max_epochs"), results.get("max_steps")) != (max_epochs, max_steps):
+        return None  # the limits were raised since: there is more to train
+    return results
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    """Atomically, so that a run is never marked finished by half a file."""
+    path = Path(run_dir) / RESULTS
+    tmp = path.with_name(f".{RESULTS}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, path)

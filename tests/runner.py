@@ -1,0 +1,93 @@
+"""Running the real command line in a subprocess, on synthetic data, everything under tmp folders."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+
+TESTS = Path(__file__).parent
+
+
+def cli_env(env: dict | None = None) -> dict:
+    """This environment, with the tests folder importable (for test callbacks named in configs)."""
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **(env or {})}
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mnistlab.train", *args],
+        cwd=cwd,
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def cli_args(synthetic_mnist, run_dir: Path) -> list[str]:
+    sums = ",".join(f"{k}:{v}" for k, v in synthetic_mnist.checksums.items())
+    return [
+        f"hydra.run.dir={run_dir}",
+        f"paths.data_dir={synthetic_mnist.root}",
+        f"paths.log_dir={run_dir.parent}",
+        f"data.checksums={{{sums}}}",
+        "data.sources=[local]",
+        "data.val_size=100",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_test_batches=2",
+        "trainer.log_every_n_steps=1",
+    ]
+
+
+def base_args(synthetic_mnist, log_dir: Path, *overrides: str) -> list[str]:
+    """cli_args without a fixed run folder: runs land in log_dir/train/runs/<timestamp>."""
+    args = [a for a in cli_args(synthetic_mnist, log_dir / "x") if not a.startswith("hydra.run")]
+    return [*args, *overrides]
+
+
+def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnistlab.train", *args],
+        cwd=cwd,
+        env=cli_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"run ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.05)
+
+
+class PauseAt(Callback):
+    """At training step `step`, once (the file `marker` records it): create `marker`, then wait
+    until a stop signal has been noted (or a minute), so that a test can signal or kill the run
+    at a known step. Named in configs as `runner.PauseAt`."""
+
+    def __init__(self, step: int, marker: str):
+        self.step, self.marker = step, Path(marker)
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step != self.step or self.marker.exists():
+            return
+        self.marker.touch()
+        (preemption,) = [c for c in trainer.callbacks if type(c).__name__ == "Preemption"]
+        deadline = time.monotonic() + 60
+        while preemption.pending is None and time.monotonic() < deadline:
+            time.sleep(0.02)

@@ -1,0 +1,91 @@
+"""Bad command lines end in one line on stderr, before anything heavy is imported, loaded or written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from runner import cli_env
+
+from mnistlab import UserError
+from mnistlab.cli import NothingToDo, prepare
+
+BAD = {
+    "trainer.max_epoch=3": "unknown key trainer.max_epoch; did you mean trainer.max_epochs?",
+    "+trainer.max_epoch=3": "unknown key trainer.max_epoch; did you mean trainer.max_epochs?",
+    "+model.optimizer.lrr=0.1": "unknown key model.optimizer.lrr; did you mean model.optimizer.lr?",
+    "+seeed=1": "unknown key seeed; did you mean seed?",
+    "trainer.max_epochs=abc": "trainer.max_epochs=abc: expected an integer or null",
+    "trainer.max_epochs=0": "trainer.max_epochs=0: must be >= 1, or -1 for no limit",
+    "model.optimizer.lr=-0.001": "model.optimizer.lr=-0.001: must be > 0",
+    "data.batch_size=0": "data.batch_size=0: must be >= 1",
+    "data.val_size=1.5": "data.val_size=1.5: must be a count >= 1 or a fraction in (0, 1)",
+    "data.val_size=0.0": "data.val_size=0.0: must be a count >= 1 or a fraction in (0, 1)",
+    "model/net=cnnn": "model/net=cnnn: no such option; did you mean model/net=cnn?",
+    "experiment=two_conf": "experiment=two_conf: no such option; did you mean experiment=two_conv?",
+    "trainer.precision=bf16mixed": "did you mean bf16-mixed?",
+    "resume=maybe": "resume=maybe: not auto, must, never or a run folder",
+    "trainer.gradient_clip_val=1": "add it: +trainer.gradient_clip_val=1",
+}
+
+
+@pytest.mark.parametrize("override", list(BAD))
+def test_a_bad_override_is_named_in_one_line(override):
+    with pytest.raises(UserError) as err:
+        prepare([override], "train")
+    assert BAD[override] in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sweeps_check_every_value():
+    with pytest.raises(UserError, match=r"data\.batch_size=0: must be >= 1"):
+        prepare(["-m", "data.batch_size=32,0"], "train")
+    assert prepare(["-m", "data.batch_size=32,64"], "train") == ["-m", "data.batch_size=32,64"]
+
+
+def test_the_command_line_fails_before_torch_data_or_logs(tmp_path):
+    """The same process the user runs: one line on stderr, exit 2, nothing written, and neither
+    torch nor Lightning imported (importing them alone takes seconds)."""
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['mnistlab-train', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('mnistlab.train', run_name='__main__')\n"
+        "finally:\n"
+        "    print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+    )
+    logs, data = tmp_path / "logs", tmp_path / "data"
+    args = [f"paths.log_dir={logs}", f"paths.data_dir={data}", "+trainer.max_epoch=3"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=cli_env(),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "mnistlab-train: error: unknown key trainer.max_epoch; did you mean trainer.max_epochs?"
+    ]
+    assert proc.stdout.strip() == "[]"
+    assert not logs.exists() and not data.exists()
+
+
+def test_resume_picks_the_newest_run_of_the_same_command(tmp_path):
+    runs = tmp_path / "train" / "runs"
+    command = [f"paths.log_dir={tmp_path}", "trainer.max_epochs=2", "resume=auto"]
+    for name, overrides in [
+        ("2026-01-01_00-00-00", command),
+        ("2026-01-02_00-00-00", [*reversed(command[:2]), "resume=must"]),  # same command
+        ("2026-01-03_00-00-00", [*command, "seed=1"]),  # another one
+    ]:
+        (runs / name / ".hydra").mkdir(parents=True)
+        (runs / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    chosen = runs / "2026-01-02_00-00-00"
+    assert prepare(command, "train") == [*command, f"hydra.run.dir={chosen}"]
+
+    results = {"max_epochs": 2, "max_steps": None, "metrics": {"test/acc": 0.98}}
+    (chosen / "results.json").write_text(json.dumps(results))
+    with pytest.raises(NothingToDo, match=r"has already finished \(test/acc 0\.9800\)"):
+        prepare(command, "train")
+    longer = [f"resume={chosen}", "trainer.max_epochs=3"]  # a named run, to train it further
+    assert prepare(longer, "train") == [*longer, f"hydra.run.dir={chosen}"]
+
+    with pytest.raises(UserError, match=rf"resume=must: no earlier run of this command in {runs}"):
+        prepare([*command[:2], "seed=5", "resume=must"], "train")
+    assert prepare([*command[:2], "seed=5", "resume=auto"], "train")[-1] == "resume=auto"
