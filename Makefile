@@ -7,10 +7,17 @@ BIN := $(VENV)/bin
 # The install stamp is re-made whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed
 ARGS ?=
+RUN ?=
+CKPT ?=
+INPUT ?=
+OUTPUT ?=
+# A run (RUN=folder) or a checkpoint (CKPT=file) for eval, predict and export; neither: the newest run.
+FROM = $(if $(RUN),run=$(RUN)) $(if $(CKPT),ckpt=$(CKPT))
+EXPORT_STAMP := $(VENV)/.export-installed
 PORT ?= 6006
 LOGDIR ?= logs
 
-.PHONY: help install data train bench test test-slow test-all lint tensorboard clean-logs
+.PHONY: help install install-export data train eval predict export bench test test-slow test-all lint tensorboard clean-logs
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,11 +30,26 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its dev extras (the others do it on first use)
 
+$(EXPORT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev,export]"
+	@touch $(EXPORT_STAMP)
+
+install-export: $(EXPORT_STAMP) ## Also install the optional ONNX export extras (onnx, onnxruntime, onnxscript)
+
 data: $(STAMP) ## Fetch and verify MNIST into data/ without training (overrides in ARGS="...")
 	$(BIN)/python scripts/prepare_data.py $(ARGS)
 
 train: $(STAMP) ## Train and test with the default config; Hydra overrides go in ARGS="..."
 	$(BIN)/python -m mnistlab.train $(ARGS)
+
+eval: $(STAMP) ## Test a run as it was trained: RUN=<run folder> or CKPT=<checkpoint>, overrides in ARGS
+	$(BIN)/python -m mnistlab.eval $(FROM) $(ARGS)
+
+predict: $(STAMP) ## Classify images or an IDX file: INPUT=<file or folder> [RUN=|CKPT=] [OUTPUT=x.csv|x.json]
+	$(BIN)/python -m mnistlab.predict input=$(INPUT) $(FROM) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
+
+export: $(EXPORT_STAMP) ## safetensors + JSON + ONNX beside a run's checkpoints (RUN=|CKPT=), parity-checked
+	$(BIN)/python -m mnistlab.export $(FROM) $(ARGS)
 
 bench: $(STAMP) ## Time the template against plain PyTorch and the origin loop (ARGS="--quick" for ~2 min)
 	$(BIN)/python scripts/bench.py $(ARGS)

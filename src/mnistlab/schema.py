@@ -90,6 +90,7 @@ class Classifier:
     scheduler_interval: Literal["epoch", "step"]
     num_classes: Annotated[int, Rule(lambda v: v >= 2, ">= 2")]
     channels_last: bool
+    compile: bool
 
 
 class ConvNet:

@@ -23,13 +23,17 @@ class Classifier(LightningModule):
         scheduler_interval: str = "epoch",
         num_classes: int = 10,
         channels_last: bool = False,
+        compile: bool = False,
     ):
         """`optimizer` and `scheduler` are factories (Hydra `_partial_` nodes) called with the
         parameters and the optimizer. Lightning's `monitor` for a plateau scheduler is val/loss.
-        `channels_last`: NHWC memory layout, which CPU convolution and pooling kernels run faster."""
+        `channels_last`: NHWC memory layout, which CPU convolution and pooling kernels run faster.
+        `compile`: `torch.compile` the network in place, so its weights keep their names."""
         super().__init__()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)
+        if compile:
+            self.net.compile()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval = scheduler_interval
         self.criterion = nn.CrossEntropyLoss(reduction="none")  # per image, for the epoch mean
@@ -97,6 +101,14 @@ class Classifier(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test", "test/loss")
+
+    @staticmethod
+    def strip_compile_prefix(state_dict: dict) -> dict:
+        """Weights saved from a module wrapped by `torch.compile(net)` carry `_orig_mod.`."""
+        return {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = self.strip_compile_prefix(checkpoint["state_dict"])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]

@@ -1,0 +1,95 @@
+"""Test a trained run as it was trained: `python -m mnistlab.eval run=<folder>` or `make eval RUN=...`."""
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from mnistlab import UserError
+from mnistlab.restore import locate, parse_args, run_config
+
+log = logging.getLogger("mnistlab.eval")
+
+USAGE = """usage: python -m mnistlab.eval [run=FOLDER | ckpt=FILE] [which=best|last] [overrides...]
+
+Tests a run's best checkpoint (which=last: its latest) on the 10k test set, with the config the
+run was trained with; overrides apply on top, e.g. data.batch_size=512 trainer=cpu. Without run=
+or ckpt=, the newest finished run under logs/train/runs. Metrics go to stdout and, with the run
+and checkpoint they belong to, to logs/eval/runs/<timestamp>/metrics.json."""
+
+
+def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:
+    """Test the checkpoint with the run's data and model; return the test metrics."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from mnistlab.callbacks import progress_bar
+    from mnistlab.checkpoint import AtomicCheckpointIO
+
+    logging.getLogger("lightning").handlers.clear()
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Testing needs none of the callbacks that saved the checkpoint (they hold training state).
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
+    L.seed_everything(cfg.seed, verbose=False)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=[progress_bar()],
+        logger=False,
+        plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False,
+    )
+    (metrics,) = trainer.test(
+        model, datamodule=datamodule, ckpt_path=str(checkpoint_path), verbose=False
+    )
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    own = {"run": None, "ckpt": None, "which": "best"}
+    try:
+        args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
+        run_dir, path = locate(args["run"], args["ckpt"], args["which"])
+        cfg = run_config(run_dir, _config_source(run_dir, path), overrides, "eval")
+    except UserError as e:
+        print(f"mnistlab-eval: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(cfg.paths.output_dir)
+    _log_to(out)
+    log.info("Evaluating %s (run %s)", path, run_dir or "unknown")
+    try:
+        metrics = evaluate(cfg, path)
+    except UserError as e:
+        log.error("%s", e)
+        return 1
+    record = {"run": str(run_dir) if run_dir else None, "checkpoint": str(path),
+              "overrides": overrides, "metrics": metrics}  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    print("  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+    log.info("Metrics: %s", out / "metrics.json")
+    return 0
+
+
+def _config_source(run_dir: Path | None, path: Path) -> dict:
+    """The checkpoint, read (and verified) only when its stored config is needed."""
+    if run_dir is not None:
+        return {}
+    from mnistlab.checkpoint import load
+
+    return load(path, require_checksum=False)
+
+
+def _log_to(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
+        handlers=[logging.StreamHandler(sys.stderr), logging.FileHandler(folder / "eval.log")],
+        force=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

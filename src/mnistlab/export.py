@@ -1,0 +1,157 @@
+"""Export a trained network for use outside this project: `python -m mnistlab.export run=...` or
+`make export RUN=...`.
+
+Next to the run's checkpoints it writes `model.safetensors` (the network's weights, no pickle),
+`model.json` (how to rebuild the network and prepare its input) and, with the `export` extras
+installed, `model.onnx`. `load_exported` rebuilds a ready-to-use model from the first two with
+torch and safetensors alone: no Lightning, no Hydra.
+"""
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger("mnistlab.export")
+
+USAGE = """usage: python -m mnistlab.export [run=FOLDER | ckpt=FILE] [which=best|last]
+
+Writes model.safetensors, model.json and (with `pip install -e .[export]`) model.onnx next to
+the checkpoint, then checks that all three give the checkpoint's logits on 256 test images."""
+
+
+class Exported(nn.Module):
+    """The network with its input preparation: uint8 images (B, 1, 28, 28), light digit on dark,
+    to logits (B, classes), with exactly the arithmetic used in training."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], channels_last=False):
+        super().__init__()
+        # The memory layout the network was trained in: same numbers, bit for bit, on a CPU.
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = net.to(memory_format=self.layout)
+        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.to(torch.float32).div(255).sub(self.mean).div(self.std)
+        return self.net(x.contiguous(memory_format=self.layout))
+
+
+def load_exported(folder: str | Path) -> Exported:
+    """The exported model in eval mode, from `model.json` and `model.safetensors` in `folder`."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    spec = json.loads((folder / "model.json").read_text())
+    module, _, name = spec["network"]["class"].rpartition(".")
+    net = getattr(importlib.import_module(module), name)(**spec["network"]["arguments"])
+    net.load_state_dict(load_file(folder / "model.safetensors"))
+    prep = spec["input"]
+    return Exported(net, prep["mean"], prep["std"], prep.get("channels_last", False)).eval()
+
+
+def export(cfg, checkpoint: dict, path: Path) -> dict[str, Path]:
+    """Write the files beside `path`; return them by kind."""
+    from safetensors.torch import save_file
+
+    from mnistlab.config import to_plain
+    from mnistlab.restore import build_model
+
+    model = build_model(cfg, checkpoint, path)
+    net_cfg = to_plain(cfg.model.net)
+    weights = {k: v.contiguous() for k, v in model.net.state_dict().items()}
+    folder = path.parent
+    files = {"safetensors": folder / "model.safetensors", "json": folder / "model.json"}
+    save_file(weights, files["safetensors"], metadata={"checkpoint": path.name})
+    spec = {
+        "network": {"class": net_cfg.pop("_target_"), "arguments": net_cfg},
+        "input": {"shape": [1, 28, 28], "dtype": "uint8", "background": "dark (0), digit light",
+                  "scale": "1/255", "mean": list(cfg.data.mean), "std": list(cfg.data.std),
+                  "channels_last": bool(cfg.model.get("channels_last", False))},
+        "classes": list(range(cfg.model.num_classes)),
+        "checkpoint": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
+    }  # fmt: skip
+    files["json"].write_text(json.dumps(spec, indent=2) + "\n")
+    exported = load_exported(folder)
+    if _onnx_available():
+        files["onnx"] = folder / "model.onnx"
+        _to_onnx(exported, files["onnx"])
+    else:
+        log.warning("onnx/onnxruntime not installed: no model.onnx (pip install -e '.[export]')")
+    return files
+
+
+def _onnx_available() -> bool:
+    return all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
+
+
+def _to_onnx(model: nn.Module, path: Path) -> None:
+    example = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: batch},),
+                                input_names=["images"], output_names=["logits"], verbose=False)  # fmt: skip
+    program.save(str(path))
+
+
+def onnx_logits(path: Path, images: Tensor) -> Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"images": images.numpy()})
+    return torch.from_numpy(logits)
+
+
+def parity(model, datamodule, files: dict[str, Path], images: Tensor) -> dict[str, float]:
+    """Max |logit difference| from the checkpoint's model, per exported form; UserError if any
+    predicts another digit for any image."""
+    from mnistlab import UserError
+
+    with torch.inference_mode():
+        reference = model(datamodule.to_input(images))
+        logits = {"safetensors": load_exported(files["json"].parent)(images)}
+    if "onnx" in files:
+        logits["onnx"] = onnx_logits(files["onnx"], images)
+    for kind, values in logits.items():
+        if not torch.equal(values.argmax(1), reference.argmax(1)):
+            raise UserError(f"the {kind} export predicts other digits than the checkpoint")
+    return {k: float((v - reference).abs().max()) for k, v in logits.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hydra.utils import instantiate
+
+    from mnistlab import UserError
+    from mnistlab.checkpoint import load
+    from mnistlab.restore import build_model, locate, parse_args, run_config
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    try:
+        args, overrides = parse_args(sys.argv[1:] if argv is None else argv,
+                                     {"run": None, "ckpt": None, "which": "best"}, USAGE)  # fmt: skip
+        run_dir, path = locate(args["run"], args["ckpt"], args["which"])
+        checkpoint = load(path, require_checksum=False)
+        cfg = run_config(run_dir, checkpoint, overrides, "export")
+        files = export(cfg, checkpoint, path)
+        datamodule = instantiate(cfg.data)
+        datamodule.prepare_data()
+        datamodule.setup("test")
+        images = datamodule.test_set.images[:256]
+        gaps = parity(build_model(cfg, checkpoint, path), datamodule, files, images)
+    except UserError as e:
+        print(f"mnistlab-export: error: {e}", file=sys.stderr)
+        return 1
+    for kind, file in files.items():
+        print(f"{kind:12s} {file}")
+    print("parity on 256 test images, max |logit difference| vs the checkpoint: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in gaps.items()))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""A trained run, brought back as it was trained: its config, its checkpoints, its model.
+
+Eval, predict and export start here. The config is the one the run was composed with (its
+`.hydra/config.yaml`, or the config stored in the checkpoint when only a checkpoint is given), so
+a run trained with any experiment or overrides comes back with no flags repeated; overrides on
+the command line still apply on top, group options (`trainer=cpu`) included.
+"""
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mnistlab import UserError
+from mnistlab.config import CONF_DIR, ROOT, project_path, to_plain
+from mnistlab.runs import RESULTS
+from mnistlab.schema import validate
+
+log = logging.getLogger(__name__)
+WHICH = ("best", "last")
+
+
+def parse_args(argv: list[str], own: dict[str, str | None], usage: str) -> tuple[dict, list[str]]:
+    """Split `key=value` arguments into this command's own keys (with defaults) and overrides
+    of the training config; `-h`/`--help` prints `usage` and exits."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage)
+        sys.exit(0)
+    values, overrides = dict(own), []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise UserError(f"{arg}: expected key=value (see --help)")
+        if key in own:
+            values[key] = value
+        else:
+            overrides.append(arg)
+    return values, overrides
+
+
+def locate(run: str | None, ckpt: str | None, which: str = "best") -> tuple[Path | None, Path]:
+    """The run folder (None when only a checkpoint is given) and the checkpoint to use; with
+    neither, the newest finished run under logs/train/runs."""
+    if which not in WHICH:
+        raise UserError(f"which={which}: choose best or last")
+    if ckpt:
+        path = _existing(ckpt, "ckpt")
+        run_dir = path.parent.parent if (path.parent.parent / ".hydra").is_dir() else None
+        return run_dir, path
+    run_dir = _existing(run, "run") if run else _newest_finished_run()
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise UserError(f"run={run_dir}: not a run folder (no .hydra/config.yaml in it)")
+    return run_dir, _checkpoint_of(run_dir, which)
+
+
+def _existing(given: str, key: str) -> Path:
+    path = Path(given) if Path(given).exists() else project_path(given)
+    if not path.exists():
+        raise UserError(f"{key}={given}: no such file or folder")
+    return path.resolve()
+
+
+def _newest_finished_run() -> Path:
+    runs = sorted((ROOT / "logs" / "train" / "runs").glob(f"*/{RESULTS}"))
+    if not runs:
+        raise UserError("no finished run under logs/train/runs: name one with RUN=... or CKPT=...")
+    log.info("No run named: using the newest finished one, %s", runs[-1].parent)
+    return runs[-1].parent
+
+
+def _checkpoint_of(run_dir: Path, which: str) -> Path:
+    folder = run_dir / "checkpoints"
+    if which == "last":
+        path = folder / "last.ckpt"
+    else:  # the best, as the run recorded it; else the newest epoch checkpoint
+        best = _recorded_best(run_dir)
+        candidates = [folder / best] if best else []
+        candidates += sorted(folder.glob("epoch*.ckpt"), key=lambda p: p.stat().st_mtime)[::-1]
+        path = next((p for p in candidates if p.is_file()), folder / "last.ckpt")
+    if not path.is_file():
+        raise UserError(f"no {which} checkpoint in {folder}")
+    return path
+
+
+def _recorded_best(run_dir: Path) -> str | None:
+    try:
+        return Path(json.loads((run_dir / RESULTS).read_text())["best_checkpoint"]).name or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_config(run_dir: Path | None, checkpoint: dict, overrides: list[str], task: str):
+    """The training config of the run with `overrides` applied; its `paths.output_dir` is a new
+    folder for this task, `<paths.log_dir>/<task>/runs/<timestamp>` (not created here)."""
+    if run_dir is not None:
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    elif "hyper_parameters" in checkpoint:
+        cfg = OmegaConf.create(checkpoint["hyper_parameters"])
+    else:
+        raise UserError("the checkpoint holds no config (hyper_parameters): name its run with RUN=")
+    _apply(cfg, overrides)
+    # It was ${hydra:runtime.output_dir}, and Hydra is not running.
+    cfg.paths.output_dir = str(_new_folder(Path(cfg.paths.log_dir) / task / "runs"))
+    try:
+        validate(to_plain(cfg))
+    except OmegaConfBaseException as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    return cfg
+
+
+def _new_folder(parent: Path) -> Path:
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    folder, n = parent / stamp, 1
+    while folder.exists():  # two in the same second
+        folder, n = parent / f"{stamp}_{n}", n + 1
+    return folder
+
+
+def _apply(cfg: DictConfig, overrides: list[str]) -> None:
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    for o in parsed:
+        key = o.key_or_group
+        if (CONF_DIR / key).is_dir() and isinstance(o.value(), str):  # a group option
+            OmegaConf.update(cfg, key.replace("/", "."), _group_node(o.input_line), merge=False)
+        elif o.is_delete():
+            OmegaConf.update(cfg, key, None, merge=False)
+        else:
+            OmegaConf.update(cfg, key, o.value(), merge=True, force_add=True)
+
+
+def _group_node(override: str) -> DictConfig:
+    group = override.split("=", 1)[0].lstrip("+")
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            composed = compose("train", [override])
+    except HydraException as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    return OmegaConf.select(composed, group.replace("/", "."))
+
+
+def build_model(cfg: DictConfig, checkpoint: dict, path: Path):
+    """The configured LightningModule with the weights of `checkpoint` (read from `path`)."""
+    from hydra.utils import instantiate
+
+    from mnistlab.resume import check_fits
+
+    model = instantiate(cfg.model)
+    state = model.strip_compile_prefix(checkpoint["state_dict"])
+    check_fits(state, model, path)
+    model.load_state_dict(state)
+    return model.eval()

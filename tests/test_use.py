@@ -1,0 +1,172 @@
+"""Using a trained run: eval as it was trained, predict on image files, export with parity."""
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_train
+from hydra.utils import instantiate
+from PIL import Image
+from runner import cli_args, cli_env, run_cli
+
+from mnistlab import eval as evaluation
+from mnistlab import export, predict
+from mnistlab.idx import decode_idx
+
+TRAINED_WITH = [  # not the defaults: another experiment, another width
+    "experiment=two_conv",
+    "model.net.hidden=64",
+    "trainer.max_epochs=5",
+    "trainer.limit_train_batches=null",
+    "trainer.limit_val_batches=null",
+    "trainer.limit_test_batches=null",
+    "data.batch_size=32",
+]
+
+
+@pytest.fixture(scope="module")
+def run(synthetic_mnist, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    proc = run_cli(*cli_args(synthetic_mnist, run_dir), *TRAINED_WITH, cwd=run_dir.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def trained_test_acc(run) -> float:
+    return json.loads((run / "results.json").read_text())["metrics"]["test/acc"]
+
+
+def last_metrics(capsys) -> dict[str, float]:
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    words = line.split()
+    return {words[i]: float(words[i + 1]) for i in range(0, len(words), 2)}
+
+
+def test_eval_with_no_overrides_reproduces_the_run_s_test_accuracy(run, capsys):
+    assert evaluation.main([f"run={run}"]) == 0
+    assert last_metrics(capsys)["test/acc"] == round(trained_test_acc(run), 4)
+    (record,) = [json.loads(p.read_text())  # in the run's paths.log_dir: here, the tmp folder
+                 for p in sorted((run.parent / "eval" / "runs").glob("*/metrics.json"))[:1]]  # fmt: skip
+    assert record["metrics"]["test/acc"] == trained_test_acc(run)  # every digit
+    assert record["run"] == str(run) and "epoch" in record["checkpoint"]
+
+
+def test_eval_from_a_checkpoint_alone_and_with_overrides(run, capsys):
+    (best,) = (run / "checkpoints").glob("epoch*.ckpt")
+    assert evaluation.main([f"ckpt={best}", "data.eval_batch_size=7", "trainer=cpu"]) == 0
+    assert last_metrics(capsys)["test/acc"] == round(trained_test_acc(run), 4)
+    assert evaluation.main([f"run={run}", "which=last"]) == 0
+    assert evaluation.main([f"run={run}", "model.net.hiden=3"]) == 2
+    assert "did you mean model.net.hidden?" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def images(synthetic_mnist, tmp_path_factory):
+    """PNGs from the synthetic test IDX: as stored, inverted (dark on light), a colour JPEG, an odd
+    size; and a file that is not an image. Returns the folder and the true labels by name."""
+    folder = tmp_path_factory.mktemp("images")
+    pixels = decode_idx(synthetic_mnist.files["t10k-images-idx3-ubyte"])[:40]
+    labels = decode_idx(synthetic_mnist.files["t10k-labels-idx1-ubyte"])[:40]
+    truth = {}
+    for i, (img, label) in enumerate(zip(pixels, labels, strict=True)):
+        kind = ("plain", "inverted", "colour", "odd")[i % 4]
+        image = Image.fromarray(255 - img if kind in ("inverted", "colour") else img)
+        if kind == "colour":  # dark blue ink on a warm paper colour
+            rgb = np.stack([np.asarray(image) * f for f in (0.95, 0.9, 1.0)], axis=-1)
+            image = Image.fromarray(rgb.astype(np.uint8), "RGB")
+        if kind == "odd":
+            image = image.resize((84, 84), Image.Resampling.BILINEAR)
+        name = f"{i:03d}_{kind}.{'jpg' if kind == 'colour' else 'png'}"
+        image.save(folder / name, quality=95)
+        truth[str(folder / name)] = int(label)
+    (folder / "zzz_broken.png").write_bytes(b"not an image at all")
+    return folder, truth
+
+
+@pytest.mark.parametrize("output", ["preds.csv", "preds.json"])
+def test_predict_images_in_order_with_probabilities_and_errors(run, images, tmp_path, output):
+    folder, truth = images
+    out = tmp_path / output
+    assert predict.main([f"input={folder}", f"run={run}", f"output={out}"]) == 1  # one unreadable
+    if output.endswith(".csv"):
+        rows = list(csv.DictReader(out.open()))
+    else:
+        rows = [{**r, "digit": "" if r["digit"] is None else str(r["digit"])}
+                for r in json.loads(out.read_text())]  # fmt: skip
+    assert [r["file"] for r in rows] == [*truth, str(folder / "zzz_broken.png")]
+    assert rows[-1]["digit"] == "" and "cannot read" in rows[-1]["error"]
+    right = {kind: [] for kind in ("plain", "inverted", "colour", "odd")}
+    for r in rows[:-1]:
+        right[r["file"].rsplit("_", 1)[1].split(".")[0]].append(int(r["digit"]) == truth[r["file"]])
+        assert r["error"] == "" and len(r["top3"]) > 0
+    accuracy = {kind: sum(v) / len(v) for kind, v in right.items()}
+    assert all(a >= 0.6 for a in accuracy.values()), accuracy  # chance is 0.1
+
+
+def test_predict_an_idx_file_matches_the_test_set(run, synthetic_mnist, capsys):
+    idx = synthetic_mnist.raw / "t10k-images-idx3-ubyte"
+    assert predict.main([f"input={idx}", f"run={run}"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["file", "digit", "prob", "top3"] and len(table) == 1 + 200
+    assert table[1].startswith(f"{idx}#0 ")
+    digits = np.array([int(line.split()[1]) for line in table[1:]])
+    labels = decode_idx(synthetic_mnist.files["t10k-labels-idx1-ubyte"])
+    assert (digits == labels).mean() == pytest.approx(trained_test_acc(run), abs=1e-6)
+
+
+def test_dark_on_light_is_detected_and_can_be_forced():
+    digit = np.zeros((28, 28), np.uint8)
+    digit[8:20, 12:16] = 255
+    drawn = Image.fromarray(255 - digit)
+    assert np.array_equal(predict.to_mnist(drawn), digit)  # auto: inverted back
+    assert np.array_equal(predict.to_mnist(drawn, "false"), 255 - digit)
+    assert np.array_equal(predict.to_mnist(Image.fromarray(digit), "true"), 255 - digit)
+    wide = predict.to_mnist(Image.fromarray(np.full((10, 40), 255, np.uint8)), "false")
+    assert wide.shape == (28, 28) and wide[:10].max() == 0 and wide[14].min() == 255  # padded
+
+
+def test_export_round_trip_and_parity(run, synthetic_mnist, capsys):
+    assert export.main([f"run={run}"]) == 0
+    output = capsys.readouterr().out
+    folder = run / "checkpoints"
+    assert (folder / "model.safetensors").is_file() and (folder / "model.json").is_file()
+    assert "safetensors 0.00e+00" in output  # bitwise
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("ONNX part: onnx/onnxruntime not installed (make install-export)")
+    gap = float(output.split("onnx ")[-1].split()[0])
+    assert (folder / "model.onnx").is_file() and gap <= 1e-5
+
+
+def test_exported_model_loads_without_lightning_or_hydra(run, synthetic_mnist):
+    if not (run / "checkpoints" / "model.json").is_file():
+        export.main([f"run={run}"])
+    code = (
+        "import sys, torch\n"
+        "sys.modules.update(lightning=None, hydra=None, omegaconf=None)  # importing them fails\n"
+        "from mnistlab.export import load_exported\n"
+        f"model = load_exported({str(run / 'checkpoints')!r})\n"
+        "print(model(torch.zeros(3, 1, 28, 28, dtype=torch.uint8)).shape)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "torch.Size([3, 10])"
+
+
+def test_compiled_networks_keep_their_weight_names(tiny_cfg):
+    plain = instantiate(compose_train([]).model)
+    compiled = instantiate(compose_train(["model.compile=true"]).model)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    wrapped = {
+        f"net._orig_mod.{k[4:]}" if k.startswith("net.") else k: v
+        for k, v in plain.state_dict().items()
+    }  # what torch.compile(net) would save
+    checkpoint = {"state_dict": wrapped}
+    plain.on_load_checkpoint(checkpoint)
+    plain.load_state_dict(checkpoint["state_dict"])  # strict: no key mismatch
+    assert torch.equal(checkpoint["state_dict"]["net.layers.0.weight"], plain.net.layers[0].weight)
