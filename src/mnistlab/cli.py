@@ -39,7 +39,7 @@ def prepare(argv: list[str], config_name: str) -> list[str]:
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir:
         return argv  # nothing to run, or configs from elsewhere: Hydra alone handles those
     name = args.config_name or config_name
-    overrides = [o for o in args.overrides]
+    overrides = list(args.overrides)
     variants = _variants(overrides) if args.multirun else [overrides]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=name):
         configs = [_compose_checked(name, v) for v in variants]
