@@ -14,10 +14,11 @@ OUTPUT ?=
 # A run (RUN=folder) or a checkpoint (CKPT=file) for eval, predict and export; neither: the newest run.
 FROM = $(if $(RUN),run=$(RUN)) $(if $(CKPT),ckpt=$(CKPT))
 EXPORT_STAMP := $(VENV)/.export-installed
+SWEEP_STAMP := $(VENV)/.sweep-installed
 PORT ?= 6006
 LOGDIR ?= logs
 
-.PHONY: help install install-export data train eval predict export bench test test-slow test-all lint tensorboard clean-logs
+.PHONY: help install install-export install-sweep data train sweep eval predict export bench test test-slow test-all lint tensorboard clean-logs
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,11 +37,20 @@ $(EXPORT_STAMP): $(STAMP)
 
 install-export: $(EXPORT_STAMP) ## Also install the optional ONNX export extras (onnx, onnxruntime, onnxscript)
 
+$(SWEEP_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev,sweep]"
+	@touch $(SWEEP_STAMP)
+
+install-sweep: $(SWEEP_STAMP) ## Also install the sweep extras (optuna, joblib and submitit launchers)
+
 data: $(STAMP) ## Fetch and verify MNIST into data/ without training (overrides in ARGS="...")
 	$(BIN)/python scripts/prepare_data.py $(ARGS)
 
 train: $(STAMP) ## Train and test with the default config; Hydra overrides go in ARGS="..."
 	$(BIN)/python -m mnistlab.train $(ARGS)
+
+sweep: $(SWEEP_STAMP) ## A multirun: ARGS="model.optimizer.lr=1e-3,3e-4" or ARGS="hparams_search=mnist_optuna"
+	$(BIN)/python -m mnistlab.train -m $(ARGS)
 
 eval: $(STAMP) ## Test a run as it was trained: RUN=<run folder> or CKPT=<checkpoint>, overrides in ARGS
 	$(BIN)/python -m mnistlab.eval $(FROM) $(ARGS)

@@ -91,3 +91,17 @@ class PauseAt(Callback):
         deadline = time.monotonic() + 60
         while preemption.pending is None and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+class FailOnce(Callback):
+    """Raises at the start of epoch 2 of a run with learning rate `lr`, the first time only (the
+    file `marker` records it): a job that crashes after its first checkpoint, once."""
+
+    def __init__(self, lr: float, marker: str):
+        self.lr, self.marker = lr, Path(marker)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        if trainer.current_epoch == 1 and abs(lr - self.lr) < 1e-12 and not self.marker.exists():
+            self.marker.touch()
+            raise RuntimeError("injected failure in epoch 2")

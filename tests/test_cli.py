@@ -1,5 +1,6 @@
 """Bad command lines end in one line on stderr, before anything heavy is imported, loaded or written."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -41,6 +42,8 @@ def test_sweeps_check_every_value():
     with pytest.raises(UserError, match=r"data\.batch_size=0: must be >= 1"):
         prepare(["-m", "data.batch_size=32,0"], "train")
     assert prepare(["-m", "data.batch_size=32,64"], "train") == ["-m", "data.batch_size=32,64"]
+    with pytest.raises(UserError, match=r"model\.optimizer\.lr=-1\.0: must be > 0"):
+        prepare(["-m", "data.batch_size=32,64", "model.optimizer.lr=1e-3,-1.0"], "train")
 
 
 def test_the_command_line_fails_before_torch_data_or_logs(tmp_path):
@@ -89,3 +92,12 @@ def test_resume_picks_the_newest_run_of_the_same_command(tmp_path):
     with pytest.raises(UserError, match=rf"resume=must: no earlier run of this command in {runs}"):
         prepare([*command[:2], "seed=5", "resume=must"], "train")
     assert prepare([*command[:2], "seed=5", "resume=auto"], "train")[-1] == "resume=auto"
+
+
+def test_the_shipped_search_composes_or_says_what_to_install():
+    argv = ["-m", "hparams_search=mnist_optuna", "hydra.sweeper.n_trials=3"]
+    if importlib.util.find_spec("optuna") is None:
+        with pytest.raises(UserError, match="make install-sweep"):
+            prepare(argv, "train")
+    else:
+        assert prepare(argv, "train") == argv

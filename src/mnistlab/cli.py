@@ -10,6 +10,7 @@ it starts.
 
 import difflib
 import re
+from importlib.util import find_spec
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -22,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mnistlab import UserError
 from mnistlab.config import CONF_DIR, project_path
-from mnistlab.runs import POLICIES, find_run, finished
+from mnistlab.runs import POLICIES, find_run, finished, identity
 from mnistlab.schema import validate
 
 MAX_VARIANTS = 64  # sweep values checked one at a time, up to this many configs
@@ -36,6 +37,8 @@ def prepare(argv: list[str], config_name: str) -> list[str]:
     """Check a command line (Hydra's flags and overrides) and return the one to give Hydra:
     the same, or with `hydra.run.dir` set to the run that `resume=` continues."""
     args = get_args_parser().parse_args(argv)
+    if args.multirun and (args.cfg or args.info):
+        raise UserError("--cfg and --info print one config: drop -m/--multirun")
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir:
         return argv  # nothing to run, or configs from elsewhere: Hydra alone handles those
     name = args.config_name or config_name
@@ -43,12 +46,41 @@ def prepare(argv: list[str], config_name: str) -> list[str]:
     variants = _variants(overrides) if args.multirun else [overrides]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=name):
         configs = [_compose_checked(name, v) for v in variants]
-    if args.multirun or args.cfg:
+    if "Optuna" in str(configs[0].hydra.sweeper.get("_target_")) and not find_spec("optuna"):
+        raise UserError("this search needs Optuna: make install-sweep (pip install -e '.[sweep]')")
+    if args.cfg:
         return argv
+    if args.multirun:
+        sweep = _sweep_to_continue(configs[0], overrides)
+        return argv if sweep is None else _with(argv, "hydra.sweep.dir", sweep)
     run = _run_to_resume(configs[0], overrides)
     if run is None:
         return argv
-    return [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run}"]
+    return _with(argv, "hydra.run.dir", run)
+
+
+def _with(argv: list[str], key: str, value: Path) -> list[str]:
+    return [a for a in argv if not a.startswith(f"{key}=")] + [f"{key}={value}"]
+
+
+def _sweep_to_continue(cfg: DictConfig, overrides: list[str]) -> Path | None:
+    """The newest grid sweep of the same command that did not complete, to continue in place
+    (its completed jobs are skipped); None to start a new sweep."""
+    if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("GridSweeper"):
+        return None
+    wanted = identity(overrides)
+    for sweep in sorted(Path(cfg.hydra.sweep.dir).parent.glob("*/multirun.yaml"), reverse=True):
+        try:
+            recorded = OmegaConf.load(sweep).hydra.overrides.task
+        except (OSError, OmegaConfBaseException):
+            continue
+        if identity(list(recorded)) == wanted:
+            summary = sweep.parent / "summary.csv"
+            done = summary.is_file() and all(
+                row.split(",")[1] == "completed" for row in summary.read_text().splitlines()[1:]
+            )
+            return None if done else sweep.parent
+    return None
 
 
 def _compose_checked(name: str, overrides: list[str]) -> DictConfig:
@@ -83,7 +115,11 @@ def _missing_option(e: MissingConfigException, overrides: list[str]) -> str:
         return _first_line(e)
     close = difflib.get_close_matches(option, e.options, n=1, cutoff=0.5)
     hint = f"did you mean {group}={close[0]}? " if close else ""
-    return f"{group}={option}: no such option; {hint}(options: {', '.join(sorted(e.options))})"
+    extras = "; the joblib, submitit and slurm launchers come with `make install-sweep`"
+    return (
+        f"{group}={option}: no such option; {hint}(options: {', '.join(sorted(e.options))})"
+        + (extras if group.startswith("hydra/launcher") else "")
+    )
 
 
 def _composition_error(e: HydraException, name: str, overrides: list[str]) -> str:
@@ -116,13 +152,11 @@ def _variants(overrides: list[str]) -> list[list[str]]:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
         raise UserError(_first_line(e)) from None
-    base = [o.input_line for o in parsed]
+    values = [_sweep_values(o) if o.is_sweep_override() else [o.input_line] for o in parsed]
+    base = [v[0] for v in values]
     variants = [base]
-    for i, o in enumerate(parsed):
-        if o.is_sweep_override():
-            values = _sweep_values(o)
-            base[i] = values[0]
-            variants += [[*base[:i], v, *base[i + 1 :]] for v in values[1:]]
+    for i, options in enumerate(values):
+        variants += [[*base[:i], v, *base[i + 1 :]] for v in options[1:]]
     return variants[:MAX_VARIANTS]
 
 

@@ -56,6 +56,7 @@ class TrainConfig:
     task_name: str
     seed: int
     ckpt_path: str | None
+    optimized_metric: str
     resume: str  # auto | must | never | a run folder: checked by mnistlab.cli
     log_hparams: dict[str, Any]
     paths: Paths

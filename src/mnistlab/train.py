@@ -4,6 +4,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import warnings
 
 import hydra
@@ -131,10 +132,14 @@ def _summarize(metrics: dict[str, float], best: str, output_dir: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _run(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from mnistlab.preemption import Interrupted
 
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return _sweep_job(cfg)
     try:
         metrics = train(cfg)
     except Exception as e:
@@ -148,7 +153,69 @@ def _run(cfg: DictConfig) -> float | None:
     except SIGTERMException:  # Lightning's own handler, should a SIGTERM reach it first
         log.warning("Stopped by SIGTERM; resume with the same command and resume=auto")
         sys.exit(128 + signal.SIGTERM)
-    return metrics.get("val/acc_best")
+    return _objective(cfg, metrics)
+
+
+_stopped_by: int | None = None  # a signal that stopped a job of this process: the sweep stops
+
+
+def _sweep_job(cfg: DictConfig) -> float:
+    """One job of a sweep. Its status goes to job.json in its folder (the sweep's summary reads
+    it); a failure is logged with its traceback and raised for the sweeper to note, never an
+    exit that would end the other jobs."""
+    global _stopped_by
+    from hydra.core.hydra_config import HydraConfig
+
+    from mnistlab import sweeps
+    from mnistlab.preemption import Interrupted
+
+    folder, hc = cfg.paths.output_dir, HydraConfig.get()
+    sweeps.record(folder, overrides=list(hc.overrides.task), status="running")
+    if _stopped_by:
+        sweeps.record(folder, status="not started")
+        raise Interrupted(_stopped_by)
+    _share_cores(hc.launcher)
+    start = time.perf_counter()
+    try:
+        objective = _objective(cfg, train(cfg))
+    except Interrupted as e:
+        _stopped_by = e.signum
+        _report_interrupted(e)
+        sweeps.record(folder, status="interrupted", signal=e.signum, error=str(e),
+                      wall_s=time.perf_counter() - start)  # fmt: skip
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        log.error("Job failed: %s: %s", type(e).__name__, first)
+        logging.getLogger("mnistlab.traceback").error("Job failed", exc_info=True)  # train.log
+        sweeps.record(folder, status="failed", error=f"{type(e).__name__}: {first}"[:300],
+                      wall_s=time.perf_counter() - start)  # fmt: skip
+        raise
+    sweeps.record(folder, status="completed", wall_s=time.perf_counter() - start)
+    return objective
+
+
+def _objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The metric sweeps optimize (`optimized_metric`), returned to Hydra's sweeper."""
+    name = cfg.get("optimized_metric") or "val/acc_best"
+    if name not in metrics:
+        raise UserError(f"optimized_metric={name} is not a metric of this run: {sorted(metrics)}")
+    return metrics[name]
+
+
+def _share_cores(launcher: DictConfig) -> None:
+    """Parallel jobs on one machine (hydra/launcher=joblib) split the cores between them instead
+    of each taking them all: torch threads per job = cores // n_jobs."""
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return
+    import torch
+
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or 1
+    n_jobs = cores if n_jobs < 0 else n_jobs
+    torch.set_num_threads(max(1, cores // n_jobs))
+    log.info("%d parallel jobs on %d cores: %d torch threads each", n_jobs, cores,
+             torch.get_num_threads())  # fmt: skip
 
 
 def _report_interrupted(e) -> None:

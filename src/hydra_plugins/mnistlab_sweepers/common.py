@@ -1,0 +1,69 @@
+"""What both sweepers share: launching jobs by number, and the summary at the end."""
+
+import logging
+import sys
+from pathlib import Path
+
+from hydra.core.utils import JobStatus
+from omegaconf import DictConfig
+
+from mnistlab import sweeps
+
+log = logging.getLogger(__name__)
+
+
+def job_dir(config: DictConfig, number: int) -> Path:
+    return Path(config.hydra.sweep.dir) / str(number)
+
+
+def launch(launcher, jobs: list[tuple[int, list[str]]], batch_size: int | None = None) -> dict:
+    """Launch jobs given by (number, overrides) and return their results by number. Numbers
+    (and so folders) are kept when jobs in between were skipped: one launch per run of
+    consecutive numbers, at most `batch_size` jobs each. A job stopped by a signal stops the
+    sweep: the jobs after it are not started."""
+    results: dict = {}
+    for chunk in _chunks(jobs, batch_size):
+        returns = launcher.launch([o for _, o in chunk], initial_job_idx=chunk[0][0])
+        results |= {n: r for (n, _), r in zip(chunk, returns, strict=True)}
+        if any(stopped_by_signal(r) for r in returns):
+            break
+    return results
+
+
+def _chunks(jobs: list[tuple[int, list[str]]], size: int | None):
+    chunk: list = []
+    for job in jobs:
+        if chunk and (job[0] != chunk[-1][0] + 1 or len(chunk) == (size or len(jobs))):
+            yield chunk
+            chunk = []
+        chunk.append(job)
+    if chunk:
+        yield chunk
+
+
+def finish(config: DictConfig, jobs: list[tuple[int, list[str]]], objective: str) -> None:
+    """Print and write the summary; exit non-zero if any job did not complete."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    table = sweeps.rows([(n, o, job_dir(config, n)) for n, o in jobs], objective)
+    markdown = sweeps.write(sweep_dir, table, objective)
+    print(markdown, end="")
+    bad = [r for r in table if r["status"] != "completed"]
+    # Printed, not logged: the jobs' logging setup (Hydra's, per job) has replaced the sweep's.
+    if not bad:
+        print(f"Summary: {sweep_dir / 'summary.md'}", file=sys.stderr)
+        return
+    for r in bad:
+        where = f": {r['error']}" if r["error"] else ""
+        log_file = Path(r["folder"]) / "train.log"
+        print(f"Job {r['job']} {r['status']}{where} (log: {log_file})", file=sys.stderr)
+    signum = max((sweeps.read_job(Path(r["folder"])).get("signal") or 0 for r in bad), default=0)
+    print(f"{len(bad)} of {len(table)} jobs did not complete; the same command continues the sweep"
+          f" (completed jobs are skipped). Summary: {sweep_dir / 'summary.md'}", file=sys.stderr)  # fmt: skip
+    sys.exit(128 + signum if signum else 1)
+
+
+def stopped_by_signal(result) -> int | None:
+    """The signal number if this job was stopped by one."""
+    if result is None or result.status != JobStatus.FAILED:
+        return None
+    return getattr(result._return_value, "signum", None)

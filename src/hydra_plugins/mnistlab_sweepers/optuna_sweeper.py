@@ -1,0 +1,162 @@
+"""`hydra/sweeper=optuna`: a search with current Optuna (ask and tell), stored in SQLite inside the
+sweep folder under a stable study name, so that running the same command again continues the
+study: its trials are kept and new ones are added until `n_trials` in all.
+
+Search spaces use Hydra's override syntax, in `hydra.sweeper.params` or on the command line:
+`choice(32, 64)` (categorical), `interval(1e-4, 1e-2)` (float, or int when both ends are),
+`tag(log, interval(...))` (log scale), `range(16, 129, 16)` (int with a step).
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.mnistlab_sweepers.common import finish, launch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.mnistlab_sweepers.optuna_sweeper.OptunaSweeper"
+    study_name: str = "search"
+    direction: str = "maximize"  # or minimize
+    n_trials: int = 20  # in the whole study, over every run of the command
+    n_jobs: int = 1  # trials launched together (with hydra/launcher=joblib, in parallel)
+    seed: int | None = None  # TPE's seed
+    storage: str | None = None  # default: sqlite:///<sweep folder>/optuna.db
+    params: dict[str, str] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="mnistlab"
+)
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, study_name, direction, n_trials, n_jobs, seed, storage, params):
+        self.study_name, self.direction = study_name, direction
+        self.n_trials, self.n_jobs, self.seed = n_trials, n_jobs, seed
+        self.storage, self.params = storage, dict(params or {})
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+        self.parser = OverridesParser.create(config_loader=hydra_context.config_loader)
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+
+        fixed, space = self._search_space(arguments)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}",
+            direction=self.direction,
+            sampler=optuna.samplers.TPESampler(seed=self.seed),
+            load_if_exists=True,
+        )
+        _fail_stale_trials(study)
+        done = len(study.trials)
+        log.info(
+            "Study %s: %d trials so far, %d to go", self.study_name, done, self.n_trials - done
+        )
+        while len(study.trials) < self.n_trials:
+            trials = [
+                study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - len(study.trials)))
+            ]
+            jobs = [(t.number, [*fixed, *_as_overrides(t.params)]) for t in trials]
+            results = launch(self.launcher, jobs)
+            for trial in trials:
+                _tell(study, trial, results.get(trial.number))
+            if any(getattr(r, "status", None) == JobStatus.FAILED and getattr(r._return_value, "signum", None)
+                   for r in results.values()):  # fmt: skip
+                break  # stopped by a signal: so is the search
+        _write_best(study, sweep_dir)
+        jobs = [(t.number, [*fixed, *_as_overrides(t.params)]) for t in study.trials]
+        finish(self.config, jobs, self.config.get("optimized_metric") or "val/acc_best")
+
+    def _search_space(self, arguments: list[str]) -> tuple[list[str], dict]:
+        """The fixed overrides, and a distribution for every searched key."""
+        given = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        fixed, space = [], {}
+        for override in self.parser.parse_overrides(given):
+            if override.is_sweep_override():
+                space[override.get_key_element()] = _distribution(override)
+            else:
+                fixed.append(override.input_line)
+        if not space:
+            raise ValueError("nothing to search: set hydra.sweeper.params (see hparams_search/)")
+        return fixed, space
+
+
+def _distribution(override: Override):
+    import optuna.distributions as d
+
+    sweep = override.value()
+    log_scale = "log" in sweep.tags
+    if isinstance(sweep, ChoiceSweep):
+        return d.CategoricalDistribution(sweep.list)
+    if isinstance(sweep, RangeSweep):  # Hydra's range excludes its end
+        return d.IntDistribution(
+            int(sweep.start), int(sweep.stop) - int(sweep.step), step=int(sweep.step)
+        )
+    if isinstance(sweep, IntervalSweep):
+        if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+            return d.IntDistribution(sweep.start, sweep.end, log=log_scale)
+        return d.FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
+    raise ValueError(f"{override.input_line}: not a search space Optuna can sample")
+
+
+def _as_overrides(params: dict) -> list[str]:
+    return [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()]
+
+
+def _tell(study, trial, result) -> None:
+    import optuna
+
+    if (
+        result is not None
+        and result.status == JobStatus.COMPLETED
+        and result.return_value is not None
+    ):
+        study.tell(trial, float(result.return_value))
+    else:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+
+def _fail_stale_trials(study) -> None:
+    """Trials left running by a sweep that died are marked failed, so that they count as done."""
+    import optuna
+
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        log.warning("Trial %d was left running by an earlier sweep: marked failed", trial.number)
+
+
+def _write_best(study, sweep_dir: Path) -> None:
+    import optuna
+
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        log.error("No trial of study %s completed", study.study_name)
+        return
+    best = study.best_trial
+    record = {"study": study.study_name, "trial": best.number, "value": best.value,
+              "params": best.params, "trials": len(study.trials), "completed": len(complete)}  # fmt: skip
+    (sweep_dir / "best.json").write_text(json.dumps(record, indent=2) + "\n")
+    log.info("Best trial %d: %s = %.4f with %s", best.number, study.direction.name.lower(),
+             best.value, " ".join(_as_overrides(best.params)))  # fmt: skip

@@ -1,0 +1,96 @@
+"""Sweeps through the real command line (the `slow` tier): grid, a failing job and its re-run,
+Optuna continued on the same study, joblib and submitit_local launchers."""
+
+import csv
+import importlib.util
+import json
+
+import pytest
+from runner import base_args, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("optuna") is None or importlib.util.find_spec("submitit") is None,
+        reason="sweep extras not installed (make install-sweep)",
+    ),
+]
+TINY = ["trainer.max_epochs=2", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
+
+
+def sweep(synthetic_mnist, tmp_path, *overrides: str, dir_name: str = "sweep"):
+    args = base_args(synthetic_mnist, tmp_path, *TINY, f"hydra.sweep.dir={tmp_path / dir_name}")
+    return run_cli("-m", *args, *overrides, cwd=tmp_path)
+
+
+def summary(folder) -> list[dict]:
+    return list(csv.DictReader((folder / "summary.csv").open()))
+
+
+def test_grid_2x2_one_complete_folder_per_job_and_a_summary(synthetic_mnist, tmp_path):
+    proc = sweep(synthetic_mnist, tmp_path, "model.optimizer.lr=1e-3,2e-3", "data.batch_size=32,64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = summary(tmp_path / "sweep")
+    assert sorted(int(r["job"]) for r in rows) == [0, 1, 2, 3]
+    assert {r["status"] for r in rows} == {"completed"}
+    objectives = [float(r["objective"]) for r in rows]
+    assert objectives == sorted(objectives, reverse=True)  # best first
+    for job in range(4):
+        folder = tmp_path / "sweep" / str(job)
+        assert (folder / "checkpoints" / "last.ckpt").is_file()
+        assert (folder / "results.json").is_file() and (folder / ".hydra/config.yaml").is_file()
+        tags = EventAccumulator(str(folder)).Reload().Tags()["scalars"]
+        assert {"hp/test_acc", "hp/val_acc_best"} <= set(tags)  # the HParams tab compares jobs
+    assert "| job | status | objective |" in proc.stdout
+    assert "4 completed" in (tmp_path / "sweep" / "summary.md").read_text()
+
+
+def test_a_failed_job_does_not_stop_the_others_and_the_rerun_finishes_it(synthetic_mnist, tmp_path):
+    fail = ["+callbacks.fail._target_=runner.FailOnce", "+callbacks.fail.lr=0.002",
+            f"+callbacks.fail.marker={tmp_path / 'failed-once'}"]  # fmt: skip
+    proc = sweep(synthetic_mnist, tmp_path, *fail, "model.optimizer.lr=1e-3,2e-3,3e-3")
+    assert proc.returncode == 1
+    rows = {int(r["job"]): r for r in summary(tmp_path / "sweep")}
+    assert [rows[j]["status"] for j in range(3)] == ["completed", "failed", "completed"]
+    assert rows[1]["error"] == "RuntimeError: injected failure in epoch 2"
+    assert "Job 1 failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Traceback" in (tmp_path / "sweep" / "1" / "train.log").read_text()
+
+    again = sweep(synthetic_mnist, tmp_path, *fail, "model.optimizer.lr=1e-3,2e-3,3e-3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Job 0 completed in an earlier run of this sweep: skipped" in again.stderr
+    assert "Job 2 completed in an earlier run of this sweep: skipped" in again.stderr
+    assert "Resuming from" in (tmp_path / "sweep" / "1" / "train.log").read_text()
+    assert {r["status"] for r in summary(tmp_path / "sweep")} == {"completed"}
+
+
+def test_optuna_3_trials_then_the_same_study_continued_to_5(synthetic_mnist, tmp_path):
+    search = ["hparams_search=mnist_optuna", "hydra.sweeper.n_trials=3"]
+    first = sweep(synthetic_mnist, tmp_path, *search)
+    assert first.returncode == 0, first.stderr[-3000:]
+    best = json.loads((tmp_path / "sweep" / "best.json").read_text())
+    assert best["trials"] == 3 and set(best["params"]) == {
+        "model.optimizer.lr", "data.batch_size", "model.net.hidden"}  # fmt: skip
+    before = {r["job"]: r["overrides"] for r in summary(tmp_path / "sweep")}
+
+    more = sweep(
+        synthetic_mnist, tmp_path, "hparams_search=mnist_optuna", "hydra.sweeper.n_trials=5"
+    )
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "Study mnist_optuna: 3 trials so far, 2 to go" in more.stderr
+    after = {r["job"]: r["overrides"] for r in summary(tmp_path / "sweep")}
+    assert sorted(after) == ["0", "1", "2", "3", "4"] and all(after[j] == before[j] for j in before)
+    assert json.loads((tmp_path / "sweep" / "best.json").read_text())["trials"] == 5
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_launchers_run_a_sweep_end_to_end(synthetic_mnist, tmp_path, launcher):
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    proc = sweep(synthetic_mnist, tmp_path, f"hydra/launcher={launcher}", *extra,
+                 "model.optimizer.lr=1e-3,2e-3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["status"] for r in summary(tmp_path / "sweep")] == ["completed", "completed"]
+    if launcher == "joblib":
+        log = (tmp_path / "sweep" / "0" / "train.log").read_text()
+        assert "2 parallel jobs on" in log
