@@ -101,3 +101,19 @@ def test_the_shipped_search_composes_or_says_what_to_install():
             prepare(argv, "train")
     else:
         assert prepare(argv, "train") == argv
+
+
+def test_the_same_sweep_command_continues_an_incomplete_sweep(tmp_path):
+    sweeps = tmp_path / "train" / "multiruns"
+    command = [f"paths.log_dir={tmp_path}", "model.optimizer.lr=1e-3,2e-3"]
+    statuses = {"2026-01-01_00-00-00": "completed", "2026-01-02_00-00-00": "failed"}
+    for name, status in statuses.items():
+        (sweeps / name).mkdir(parents=True)
+        (sweeps / name / "multirun.yaml").write_text(
+            yaml.safe_dump({"hydra": {"overrides": {"task": command}}})
+        )
+        (sweeps / name / "summary.csv").write_text(f"job,status\n0,completed\n1,{status}\n")
+    incomplete = sweeps / "2026-01-02_00-00-00"
+    assert prepare(["-m", *command], "train") == ["-m", *command, f"hydra.sweep.dir={incomplete}"]
+    (incomplete / "summary.csv").write_text("job,status\n0,completed\n1,completed\n")
+    assert prepare(["-m", *command], "train") == ["-m", *command]  # all done: a new sweep
