@@ -115,11 +115,9 @@ def _missing_option(e: MissingConfigException, overrides: list[str]) -> str:
         return _first_line(e)
     close = difflib.get_close_matches(option, e.options, n=1, cutoff=0.5)
     hint = f"did you mean {group}={close[0]}? " if close else ""
-    extras = "; the joblib, submitit and slurm launchers come with `make install-sweep`"
-    return (
-        f"{group}={option}: no such option; {hint}(options: {', '.join(sorted(e.options))})"
-        + (extras if group.startswith("hydra/launcher") else "")
-    )
+    if group.startswith("hydra/launcher"):
+        hint += "(joblib, submitit_local and slurm come with `make install-sweep`) "
+    return f"{group}={option}: no such option; {hint}(options: {', '.join(sorted(e.options))})"
 
 
 def _composition_error(e: HydraException, name: str, overrides: list[str]) -> str:
