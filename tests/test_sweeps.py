@@ -81,6 +81,7 @@ def test_optuna_3_trials_then_the_same_study_continued_to_5(synthetic_mnist, tmp
     assert "Study mnist_optuna: 3 trials so far, 2 to go" in more.stderr
     after = {r["job"]: r["overrides"] for r in summary(tmp_path / "sweep")}
     assert sorted(after) == ["0", "1", "2", "3", "4"] and all(after[j] == before[j] for j in before)
+    assert len(set(after.values())) == 5  # new trials, not the first ones drawn again
     assert json.loads((tmp_path / "sweep" / "best.json").read_text())["trials"] == 5
 
 

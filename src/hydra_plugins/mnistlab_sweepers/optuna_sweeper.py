@@ -66,11 +66,13 @@ class OptunaSweeper(Sweeper):
             study_name=self.study_name,
             storage=self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}",
             direction=self.direction,
-            sampler=optuna.samplers.TPESampler(seed=self.seed),
             load_if_exists=True,
         )
         _fail_stale_trials(study)
         done = len(study.trials)
+        # Seeded from the trials so far: a continued study must not draw its first trials again.
+        seed = None if self.seed is None else self.seed + done
+        study.sampler = optuna.samplers.TPESampler(seed=seed)
         log.info(
             "Study %s: %d trials so far, %d to go", self.study_name, done, self.n_trials - done
         )
