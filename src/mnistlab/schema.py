@@ -103,6 +103,12 @@ class ConvNet:
     dropout: Annotated[float, PROBABILITY]
 
 
+class Dashboard:
+    sample_size: Annotated[int, NON_NEGATIVE]
+    histograms: bool
+    graph: bool
+
+
 class ProgressBar:
     refresh_rate: Annotated[int, NON_NEGATIVE]
 
@@ -269,6 +275,7 @@ SCHEMAS: dict[str, type] = {
     "mnistlab.system.Classifier": Classifier,
     "mnistlab.nets.ConvNet": ConvNet,
     "mnistlab.callbacks.progress_bar": ProgressBar,
+    "mnistlab.dashboard.Dashboard": Dashboard,
     "mnistlab.checkpoint.RunCheckpoint": ModelCheckpoint,
     "torch.optim.Adam": Adam,
     "torch.optim.AdamW": AdamW,
