@@ -97,3 +97,11 @@ def test_multirun_gives_each_job_a_complete_folder(synthetic_mnist, tmp_path):
         assert (sweep_dir / job / "checkpoints" / "last.ckpt").is_file()
         assert list((sweep_dir / job).glob("events.out.tfevents.*"))
         assert (sweep_dir / job / "train.log").is_file()
+
+
+def test_optional_histograms_and_graph_are_written(tiny_cfg, tmp_path):
+    train(tiny_cfg("callbacks.dashboard.histograms=true", "callbacks.dashboard.graph=true"))
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"histograms": 0}).Reload()
+    histograms = set(events.Tags()["histograms"])
+    assert {"weights/layers.0.weight", "grads/layers.0.weight"} <= histograms
+    assert events.Tags()["graph"]

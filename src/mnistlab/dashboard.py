@@ -62,6 +62,14 @@ class Dashboard(Callback):
         if self.histograms and writer is not None:
             for name, p in pl_module.net.named_parameters():
                 writer.add_histogram(f"weights/{name}", p, trainer.global_step)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        """The gradients of the epoch's last step (they are cleared after each step)."""
+        writer = self._writer(trainer)
+        if not (self.histograms and writer is not None):
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            for name, p in pl_module.net.named_parameters():
                 if p.grad is not None:
                     writer.add_histogram(f"grads/{name}", p.grad, trainer.global_step)
 
