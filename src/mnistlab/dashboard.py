@@ -77,6 +77,8 @@ class Dashboard(Callback):
         writer = self._writer(trainer)
         if writer is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
+        if not _draws(trainer.datamodule):
+            return
         dataset = trainer.datamodule.val_set
         images, labels = dataset.images[: self.sample_size], dataset.labels[: self.sample_size]
         with torch.no_grad():
@@ -96,6 +98,9 @@ class Dashboard(Callback):
         writer = self._writer(trainer)
         if writer is None or not self._test or not trainer.is_global_zero:
             return
+        if not _draws(trainer.datamodule):
+            self._test.clear()
+            return
         x, y, probs = (torch.cat(parts) for parts in zip(*self._test, strict=True))
         self._test.clear()
         confidence, predicted = probs.max(1)
@@ -113,6 +118,12 @@ class Dashboard(Callback):
         grid = labelled_grid(pixels, captions, wrong=[True] * len(worst))  # "none" when none
         writer.add_image("test/most_confident_errors", grid, trainer.global_step, dataformats="HWC")
         writer.flush()
+
+
+def _draws(datamodule) -> bool:
+    """Digits are drawn from data modules shaped like MNISTDataModule (uint8 images in `val_set`,
+    `to_input`, `mean`, `std`); with any other, the pictures are left out and the rest stays."""
+    return all(hasattr(datamodule, a) for a in ("val_set", "to_input", "mean", "std"))
 
 
 def labelled_grid(
