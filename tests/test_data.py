@@ -5,11 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import SequentialSampler
 from torchvision import transforms
 
 from mnistlab import UserError
-from mnistlab.data import EpochSampler, MNISTDataModule
+from mnistlab.data import EpochSampler, MNISTDataModule, ShardSampler
 
 
 def make_dm(synthetic_mnist, **kwargs) -> MNISTDataModule:
@@ -64,7 +63,7 @@ def test_impossible_val_size_is_refused(synthetic_mnist, val_size):
 def test_eval_loaders_keep_order_and_every_image(synthetic_mnist):
     dm = make_dm(synthetic_mnist, batch_size=64)
     for loader, dataset in ((dm.val_dataloader(), dm.val_set), (dm.test_dataloader(), dm.test_set)):
-        assert isinstance(loader.sampler, SequentialSampler) and not loader.drop_last
+        assert isinstance(loader.sampler, ShardSampler) and not loader.drop_last
         labels = torch.cat([y for _, y in loader])
         assert torch.equal(labels, dataset.labels)  # 200 test images: 64+64+64+8, none dropped
     assert isinstance(dm.train_dataloader().sampler, EpochSampler)

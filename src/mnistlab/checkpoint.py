@@ -166,6 +166,23 @@ class RNGState(Callback):
     model's alone (dropout) and an interrupted run goes on drawing what an unbroken one would."""
 
     def state_dict(self) -> dict:
+        """Under DDP, every process's states (each draws its own dropout masks), by rank."""
+        state = self._states()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)
+            return {"ranks": states}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if "ranks" in state:
+            ranks = state["ranks"]
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            state = ranks[rank] if rank < len(ranks) else ranks[0]  # more processes than before
+        self._restore(state)
+
+    @staticmethod
+    def _states() -> dict:
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         version, py_state, py_gauss = random.getstate()
         return {
@@ -175,7 +192,8 @@ class RNGState(Callback):
             "python": [version, list(py_state), py_gauss],
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    @staticmethod
+    def _restore(state: dict) -> None:
         torch.set_rng_state(state["torch"])
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])

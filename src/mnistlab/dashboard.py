@@ -55,9 +55,9 @@ class Dashboard(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = time.perf_counter() - self._epoch_start
-        pl_module.log_dict(
-            {"perf/epoch_time_s": seconds, "perf/images_per_s": self._images / seconds}
-        )
+        # Under DDP: the slowest process's time, and the images of all processes per second.
+        pl_module.log("perf/epoch_time_s", seconds, sync_dist=True, reduce_fx="max")
+        pl_module.log("perf/images_per_s", self._images / seconds, sync_dist=True, reduce_fx="sum")
         writer = self._writer(trainer)
         if self.histograms and writer is not None:
             for name, p in pl_module.net.named_parameters():
@@ -95,27 +95,31 @@ class Dashboard(Callback):
         self._test.append((x.cpu(), y.cpu(), probs.cpu()))
 
     def on_test_end(self, trainer, pl_module) -> None:
-        writer = self._writer(trainer)
-        if writer is None or not self._test or not trainer.is_global_zero:
+        parts, self._test = self._test, []
+        if not parts or not _draws(trainer.datamodule):
             return
-        if not _draws(trainer.datamodule):
-            self._test.clear()
-            return
-        x, y, probs = (torch.cat(parts) for parts in zip(*self._test, strict=True))
-        self._test.clear()
+        x, y, probs = (torch.cat(p) for p in zip(*parts, strict=True))
         confidence, predicted = probs.max(1)
         classes = probs.shape[1]
-        matrix = torch.bincount(y * classes + predicted, minlength=classes**2).view(
-            classes, classes
-        )
-        writer.add_image("test/confusion_matrix", confusion_image(matrix), trainer.global_step,
-                         dataformats="HWC")  # fmt: skip
+        matrix = torch.bincount(y * classes + predicted, minlength=classes**2)
         wrong = (predicted != y).nonzero().flatten()
         worst = wrong[confidence[wrong].argsort(descending=True)][:16]
         mean, std = trainer.datamodule.mean[0], trainer.datamodule.std[0]
         pixels = ((x[worst] * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-        captions = [f"{predicted[i]} ({y[i]}) {confidence[i]:.2f}" for i in worst.tolist()]
-        grid = labelled_grid(pixels, captions, wrong=[True] * len(worst))  # "none" when none
+        errors = [(confidence[i].item(), pixels[k], f"{predicted[i]} ({y[i]}) {confidence[i]:.2f}")
+                  for k, i in enumerate(worst.tolist())]  # fmt: skip
+        if trainer.world_size > 1:  # each process tested its share: combine them on rank 0
+            shares = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, (matrix, errors))
+            matrix = sum(m for m, _ in shares)
+            errors = sorted((e for _, es in shares for e in es), key=lambda e: -e[0])[:16]
+        writer = self._writer(trainer)
+        if writer is None or not trainer.is_global_zero:
+            return
+        writer.add_image("test/confusion_matrix", confusion_image(matrix.view(classes, classes)),
+                         trainer.global_step, dataformats="HWC")  # fmt: skip
+        pixels = torch.stack([e[1] for e in errors]) if errors else pixels
+        grid = labelled_grid(pixels, [e[2] for e in errors], wrong=[True] * len(errors))
         writer.add_image("test/most_confident_errors", grid, trainer.global_step, dataformats="HWC")
         writer.flush()
 

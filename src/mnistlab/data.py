@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mnistlab import UserError
 from mnistlab.config import project_path
@@ -33,7 +33,7 @@ class InMemoryImages(Dataset):
         return (self.transform(x) if self.transform else x), self.labels[i]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices)
+        idx = torch.as_tensor(indices, device=self.images.device)
         x = self.images[idx]  # (B, 1, 28, 28) uint8
         if self.transform is not None:
             x = torch.stack([self.transform(img) for img in x])
@@ -44,24 +44,47 @@ def _already_batched(batch):
     return batch  # `__getitems__` returns whole batches
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(DistributedSampler):
     """A fresh shuffle every epoch, a pure function of (seed, epoch), so that any epoch's order can
-    be rebuilt after a restart; `skip` drops the indices a resumed epoch has already trained on."""
+    be rebuilt after a restart; `skip` drops the indices a resumed epoch has already trained on.
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+    Under DDP each of the `num_replicas` processes takes every `num_replicas`-th index of that
+    order, padded with its first indices (as DistributedSampler pads) so that every process has as
+    many batches. A DistributedSampler, so Lightning uses it as it is instead of replacing it."""
+
+    def __init__(self, n: int, seed: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(range(n), num_replicas, rank, shuffle=True, seed=seed)
+        self.n, self.skip = n, 0
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning before every epoch
         if epoch != self.epoch:
             self.epoch, self.skip = epoch, 0
 
     def __len__(self) -> int:
-        return self.n  # the whole epoch, even when resuming part-way: Lightning counts from there
+        return self.num_samples  # the whole epoch, even when resuming part-way: Lightning counts
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=generator)
-        yield from order[self.skip :].tolist()
+        if self.total_size > self.n:
+            order = torch.cat([order, order[: self.total_size - self.n]])
+        yield from order[self.rank :: self.num_replicas][self.skip :].tolist()
+
+
+class ShardSampler(DistributedSampler):
+    """Validation and test, in order. Under DDP each process takes every `num_replicas`-th image,
+    none padded and none twice, so metrics synced across processes count each image exactly once
+    (DistributedSampler would pad 10,000 test images to a multiple of the process count)."""
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(range(n), num_replicas, rank, shuffle=False)
+        self.n = n
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.num_replicas))
 
 
 class MNISTDataModule(LightningDataModule):
@@ -76,6 +99,7 @@ class MNISTDataModule(LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        on_device: bool = False,
         mean: Sequence[float] = (0.0,),
         std: Sequence[float] = (1.0,),
         augment: Callable | None = None,
@@ -84,7 +108,10 @@ class MNISTDataModule(LightningDataModule):
     ):
         """`val_size`: images held out of the 60k training set (a count, or a fraction in (0, 1)).
         `seed`: the training order, epoch by epoch (independent of the global RNG, so resumable).
+        `batch_size`: per process; under DDP each step trains on `batch_size` x processes images.
         `eval_batch_size`: for validation and test (default: `batch_size`); results do not depend on it.
+        `on_device`: keep the whole dataset on the accelerator (MNIST is 55 MB as uint8) and
+        gather each batch there, so a GPU is never waiting on host-side loading.
         `mean`, `std`: per channel, normalizing batches after ToTensor's scaling to [0, 1].
         `augment`: a transform per training image, on uint8 (C, H, W) tensors.
         `checksums`: sha256 per raw file name; None means the canonical MNIST ones."""
@@ -94,6 +121,12 @@ class MNISTDataModule(LightningDataModule):
         self.val_size, self.split_seed, self.seed = val_size, split_seed, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        if on_device and (num_workers or pin_memory):
+            raise UserError(
+                "data.on_device=true gathers batches on the accelerator itself:"
+                " set data.num_workers=0 and data.pin_memory=false"
+            )
+        self.on_device = on_device
         self.mean, self.std, self.augment = list(mean), list(std), augment
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.sources, self.checksums = list(sources), checksums
@@ -118,8 +151,20 @@ class MNISTDataModule(LightningDataModule):
         )
         self.val_set = InMemoryImages(images[self.val_indices], labels[self.val_indices])
         self.test_set = InMemoryImages(*self._load("t10k"))
-        self.sampler = EpochSampler(len(self.train_set), self.seed)
+        self.sampler = EpochSampler(len(self.train_set), self.seed, *self._shard())
         self._seek(*self._position)
+
+    def _shard(self) -> tuple[int, int]:
+        """(processes, this process's rank) of the trainer using this data module."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _on_device(self, dataset: InMemoryImages) -> InMemoryImages:
+        if self.on_device and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            dataset.images, dataset.labels = dataset.images.to(device), dataset.labels.to(device)
+        return dataset
 
     def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         paths = [
@@ -158,13 +203,20 @@ class MNISTDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, self.sampler)
+        if (self.sampler.num_replicas, self.sampler.rank) != self._shard():  # set up elsewhere
+            self.sampler = EpochSampler(len(self.train_set), self.seed, *self._shard())
+            self._seek(*self._position)
+        return self._loader(self._on_device(self.train_set), self.batch_size, self.sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size)
+        return self._eval_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size)
+        return self._eval_loader(self.test_set)
+
+    def _eval_loader(self, dataset: InMemoryImages) -> DataLoader:
+        sampler = ShardSampler(len(dataset), *self._shard())
+        return self._loader(self._on_device(dataset), self.eval_batch_size, sampler)
 
     def state_dict(self) -> dict[str, int]:
         """Where training stands in the data: saved in every checkpoint, for an exact resume."""
@@ -174,11 +226,18 @@ class MNISTDataModule(LightningDataModule):
         epoch = self.trainer.current_epoch
         if done >= self.trainer.num_training_batches:  # a finished epoch: the next one is due
             epoch, done = epoch + 1, 0
-        return {"epoch": epoch, "batches_done": done}
+        return {"epoch": epoch, "batches_done": done, "processes": self._shard()[0]}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if not state:
             return
+        processes, now = state.get("processes", 1), self._shard()[0]
+        if state["batches_done"] and processes != now:
+            raise UserError(
+                f"the checkpoint was written part-way through an epoch by {processes} process(es);"
+                f" this run has {now}: resume with the same number of processes, or from an"
+                " end-of-epoch checkpoint (ckpt_path=.../checkpoints/epoch...ckpt)"
+            )
         self._position = (state["epoch"], state["batches_done"])
         if self.sampler is not None:
             self._seek(*self._position)

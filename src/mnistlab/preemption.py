@@ -79,7 +79,8 @@ class Preemption(Callback):
         self.armed = True
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._stop_if_asked(trainer)  # a signal during validation: last.ckpt is already current
+        if trainer.world_size == 1:  # a signal during validation: last.ckpt is already current
+            self._stop_if_asked(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.pending is not None:
@@ -96,6 +97,8 @@ class Preemption(Callback):
         self.armed = False
 
     def _stop_if_asked(self, trainer) -> None:
+        if trainer.world_size > 1:
+            self._agree(trainer)
         if self.pending is None:
             return
         self.armed = False
@@ -106,6 +109,16 @@ class Preemption(Callback):
         if self.pending == signal.SIGUSR1 and trainer.is_global_zero:
             self.requeued = self._requeue()
         raise Interrupted(self.pending, path, self.requeued)
+
+    def _agree(self, trainer) -> None:
+        """Under DDP the processes stop at the same step, or those still training would wait for
+        the others forever: a signal any of them received stops them all (one all-reduce)."""
+        import torch
+
+        flag = torch.tensor([self.pending or 0], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and self.pending is None:
+            self.pending = int(flag.item())
 
     def _requeue(self) -> bool:
         if self.requeued:

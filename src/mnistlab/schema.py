@@ -77,6 +77,7 @@ class MNISTDataModule:
     num_workers: Annotated[int, NON_NEGATIVE]
     pin_memory: bool
     persistent_workers: bool
+    on_device: bool
     mean: list[float]
     std: Annotated[list[float], ALL_POSITIVE]
     augment: Node | None

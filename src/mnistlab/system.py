@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnistlab import UserError
@@ -47,6 +47,8 @@ class Classifier(LightningModule):
             # per-image losses below rather than batch means.)
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
         self.val_acc_best = MaxMetric()
+        # How many test images the accuracy covers, summed over processes: 10,000 under DDP too.
+        self.test_images = SumMetric(nan_strategy="disable")
         # Saved in checkpoints, so that a run resumed part-way reports what an unbroken one would.
         for metric in (self.train_acc, self.train_loss, self.val_acc_best):
             metric.persistent(True)
@@ -60,14 +62,20 @@ class Classifier(LightningModule):
         losses = self.criterion(logits, y)  # (B,)
         getattr(self, f"{stage}_acc").update(logits, y)
         getattr(self, f"{stage}_loss").update(losses.detach())  # weighs every image equally
+        if stage == "test":
+            self.test_images.update(float(len(y)))
         return losses.mean()
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
-        # Checked before backward, while the weights are still those of the last good step.
-        if not torch.isfinite(loss):
+        # Checked before backward, while the weights are still those of the last good step;
+        # under DDP by every process together, or the others would wait for this one forever.
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             raise NonFinite(
-                f"loss is {loss.item()} at epoch {self.current_epoch + 1}, step {self.global_step + 1}:"
+                f"loss is {loss.item() if not torch.isfinite(loss) else 'not finite in another process'} at epoch {self.current_epoch + 1}, step {self.global_step + 1}:"
                 " training stopped, no checkpoint of this state written; lower model.optimizer.lr"
                 " or check the data"
             )
@@ -85,7 +93,9 @@ class Classifier(LightningModule):
     def _log_epoch(self, stage: str, loss_name: str) -> Tensor:
         acc, loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
         value = acc.compute()  # synchronised across processes by torchmetrics
-        self.log_dict({f"{stage}/acc": value, loss_name: loss.compute()}, prog_bar=stage != "train")
+        self.log_global(
+            {f"{stage}/acc": value, loss_name: loss.compute()}, prog_bar=stage != "train"
+        )
         acc.reset()
         loss.reset()
         return value
@@ -97,10 +107,18 @@ class Classifier(LightningModule):
         acc = self._log_epoch("val", "val/loss")
         if not self.trainer.sanity_checking:
             self.val_acc_best(acc)
-            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+            self.log_global({"val/acc_best": self.val_acc_best.compute()}, prog_bar=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test", "test/loss")
+        self.log_global({"test/images": self.test_images.compute()})
+        self.test_images.reset()
+
+    def log_global(self, values: dict, prog_bar: bool = False) -> None:
+        """Log epoch values that are the same in every process (torchmetrics synced them). Under
+        DDP Lightning asks for `sync_dist`; the max of equal values is exact, where a mean of
+        three equal floats need not be."""
+        self.log_dict(values, prog_bar=prog_bar, sync_dist=True, reduce_fx="max")
 
     @staticmethod
     def strip_compile_prefix(state_dict: dict) -> dict:
