@@ -16,9 +16,20 @@ def project_path(path: str | Path) -> Path:
 
 
 def register_resolvers() -> None:
-    """`${project_root:}` in configs; idempotent, so tests and entry points may call it freely."""
+    """`${project_root:}` and `${slurm_gpus:accelerator,devices}` in configs; idempotent, so
+    tests and entry points may call it freely."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(ROOT))
+    if not OmegaConf.has_resolver("slurm_gpus"):
+        OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus)
+
+
+def slurm_gpus(accelerator, devices) -> int:
+    """GPUs per node (= tasks per node) to ask SLURM for: none for a CPU trainer; one per
+    device for a GPU one (`auto`: one)."""
+    if str(accelerator) == "cpu":
+        return 0
+    return devices if isinstance(devices, int) and devices > 0 else 1
 
 
 def to_plain(cfg: DictConfig) -> dict:

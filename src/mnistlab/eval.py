@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"run": str(run_dir) if run_dir else None, "checkpoint": str(path),
               "overrides": overrides, "metrics": metrics}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-    print("  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+    print("  ".join(f"{k} {v:.0f}" if k.endswith("/images") else f"{k} {v:.4f}"
+                    for k, v in sorted(metrics.items())))  # fmt: skip
     log.info("Metrics: %s", out / "metrics.json")
     return 0
 

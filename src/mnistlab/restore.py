@@ -105,6 +105,7 @@ def run_config(run_dir: Path | None, checkpoint: dict, overrides: list[str], tas
         cfg = OmegaConf.create(checkpoint["hyper_parameters"])
     else:
         raise UserError("the checkpoint holds no config (hyper_parameters): name its run with RUN=")
+    _one_process(cfg)
     _apply(cfg, overrides)
     # It was ${hydra:runtime.output_dir}, and Hydra is not running.
     cfg.paths.output_dir = str(_new_folder(Path(cfg.paths.log_dir) / task / "runs"))
@@ -113,6 +114,15 @@ def run_config(run_dir: Path | None, checkpoint: dict, overrides: list[str], tas
     except OmegaConfBaseException as e:
         raise UserError(str(e).splitlines()[0]) from None
     return cfg
+
+
+def _one_process(cfg: DictConfig) -> None:
+    """A run trained with DDP is used in one process: testing 10,000 images takes seconds, and
+    Lightning would start the other processes by re-running this command, each in its own folder."""
+    trainer = cfg.get("trainer")
+    if trainer is None or "ddp" not in str(trainer.get("strategy", "")):
+        return
+    trainer.strategy, trainer.devices, trainer.num_nodes = "auto", 1, 1
 
 
 def _new_folder(parent: Path) -> Path:

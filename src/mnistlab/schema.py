@@ -59,6 +59,7 @@ class TrainConfig:
     optimized_metric: str
     resume: str  # auto | must | never | a run folder: checked by mnistlab.cli
     log_hparams: dict[str, Any]
+    float32_matmul_precision: Literal["highest", "high", "medium"] | None
     paths: Paths
     data: Node
     model: Node

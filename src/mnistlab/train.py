@@ -32,6 +32,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from mnistlab.resume import resume_point
 
     logging.getLogger("lightning").handlers.clear()  # its own console handler would print twice
+    if cfg.get("float32_matmul_precision"):  # "high"/"medium": TF32/bf16 matmuls on recent GPUs
+        import torch
+
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     # Lightning 2.6 on torch >= 2.10 warns about its own pytree code on every run; nothing to act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     with Preemption() as preemption:
@@ -51,6 +55,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger=loggers or False,
             plugins=[*_instantiate_all(cfg.trainer.get("plugins")), AtomicCheckpointIO()],
         )
+        _explain_batch(cfg, trainer)
         hparams = to_plain(cfg.log_hparams)
         for logger in loggers:
             logger.log_hyperparams(hparams)  # into hparams.yaml now, so a crashed run has them too
@@ -66,9 +71,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update(test_metrics)
 
     _log_results(trainer, hparams, metrics)
-    write_results(cfg.paths.output_dir, _results(cfg, trainer, metrics, best))
-    _summarize(metrics, best, cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        write_results(cfg.paths.output_dir, _results(cfg, trainer, metrics, best))
+        _summarize(metrics, best, cfg.paths.output_dir)
     return metrics
+
+
+def _explain_batch(cfg: DictConfig, trainer) -> None:
+    """Under DDP each process trains on its own `data.batch_size` images per step."""
+    batch = OmegaConf.select(cfg, "data.batch_size")
+    if trainer.world_size > 1 and trainer.is_global_zero and batch:
+        log.info(
+            "DDP, %d processes: each step trains on %d x data.batch_size %d = %d images;"
+            " model.optimizer.lr %g is used as it is (not scaled with the batch)",
+            trainer.world_size, trainer.world_size, batch, trainer.world_size * batch,
+            OmegaConf.select(cfg, "model.optimizer.lr", default=float("nan")),
+        )  # fmt: skip
 
 
 def _loggers(cfg: DictConfig, resumed_step: int | None) -> list:
@@ -136,9 +154,13 @@ def _run(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from mnistlab import distributed
     from mnistlab.preemption import Interrupted
 
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
+    hc = HydraConfig.get()
+    distributed.quiet_file_logs()
+    distributed.pass_job_to_workers(list(hc.overrides.task), cfg.paths.output_dir)
+    if hc.mode == RunMode.MULTIRUN:
         return _sweep_job(cfg)
     try:
         metrics = train(cfg)
@@ -229,9 +251,27 @@ def _report_interrupted(e) -> None:
 
 
 def main() -> None:
-    """`mnistlab-train` and `python -m mnistlab.train`: check the command line, then run it."""
+    """`mnistlab-train` and `python -m mnistlab.train`: check the command line, then run it.
+    Under DDP, rank 0 settles the command and every other process runs the same one."""
+    from mnistlab import distributed
+
+    worker = distributed.worker_argv()
+    if worker is not None:  # started by Lightning's DDP for a job of ours: checked already
+        sys.argv[1:] = worker
+        _run()
+        return
     try:
-        sys.argv[1:] = prepare(sys.argv[1:], "train")
+        sys.argv[1:] = distributed.agree(sys.argv[1:], _settle)
+    except distributed.Outcome as e:  # rank 0 said why
+        sys.exit(e.code)
+    _run()
+
+
+def _settle(argv: list[str]) -> list[str]:
+    from mnistlab.distributed import launched_world_size
+
+    try:
+        return prepare(argv, "train", processes=launched_world_size())
     except (UserError, NothingToDo) as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -240,7 +280,6 @@ def main() -> None:
             sys.exit(0)
         print(f"mnistlab-train: error: {e}", file=sys.stderr)
         sys.exit(2)
-    _run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,159 @@
+"""One run folder for all the processes of a distributed run, however they were started.
+
+Hydra names a run folder after the time each process starts, and every process writes its own
+`.hydra/` and log there. Under DDP that makes one folder per process, checkpoints in one and
+events in another. So the command line is settled once, by rank 0, and every other process runs
+exactly that command in that folder, writing nothing but what Lightning gives rank 0 to write:
+
+- processes Lightning starts itself (`trainer=ddp_cpu trainer.devices=2`) inherit the job of the
+  process that started them (`MNISTLAB_DDP_JOB`), instead of the command Lightning passes, which
+  under `-m` would run the whole sweep again in every process;
+- processes started by `torchrun` learn rank 0's command through torchrun's own key-value store;
+- tasks started by `srun` learn it through a file named after the SLURM job step.
+
+Light on purpose (no torch until a store is needed): it runs before the command line is checked.
+"""
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+JOB_ENV = "MNISTLAB_DDP_JOB"
+WORKER_OVERRIDES = ["hydra.output_subdir=null"]  # `.hydra/` is rank 0's to write
+WAIT_S = 600.0  # how long a process waits for rank 0's command
+
+
+def launched_rank() -> int:
+    """This process's global rank as its launcher set it (0 when not launched for DDP)."""
+    env = os.environ
+    if "RANK" in env:  # torchrun, or any launcher following torch.distributed's env:// contract
+        return int(env["RANK"])
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"])
+    return int(env.get("NODE_RANK", "0") or 0) + int(env.get("LOCAL_RANK", "0") or 0)
+
+
+def launched_world_size() -> int:
+    """How many processes an external launcher (torchrun, srun) started for this run."""
+    env = os.environ
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return int(env["WORLD_SIZE"])
+    return int(env.get("SLURM_NTASKS", "1")) if "SLURM_PROCID" in env else 1
+
+
+def pass_job_to_workers(task_overrides: list[str], output_dir: str) -> None:
+    """In the process running a job: the processes Lightning's DDP starts from here will run
+    exactly this job (not the whole sweep) in this job's folder."""
+    argv = [*task_overrides, f'hydra.run.dir="{output_dir}"']
+    os.environ[JOB_ENV] = json.dumps({"pid": os.getpid(), "argv": argv})
+
+
+def worker_argv() -> list[str] | None:
+    """The command line of a process Lightning started for a job of ours, else None."""
+    job = os.environ.get(JOB_ENV)
+    if not job or os.environ.get("LOCAL_RANK", "0") == "0":
+        return None
+    job = json.loads(job)
+    if job["pid"] == os.getpid():
+        return None
+    return [*job["argv"], *WORKER_OVERRIDES]
+
+
+def quiet_file_logs() -> None:
+    """In processes other than rank 0: log to the console only; the run's log is rank 0's."""
+    if launched_rank() == 0:
+        return
+    for name in (None, "mnistlab.traceback"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+class Outcome(Exception):
+    """Rank 0 ended the command before running it (a bad command line, nothing to do)."""
+
+    def __init__(self, code: int):
+        self.code = code
+        super().__init__(f"rank 0 ended with exit status {code}")
+
+
+def agree(argv: list[str], decide: Callable[[list[str]], list[str]]) -> list[str]:
+    """Under torchrun or srun: rank 0 runs `decide` on the command line and every process gets
+    its answer (a command, or the exit status rank 0 ended with: `Outcome`). Otherwise: `decide`."""
+    exchange = _exchange()
+    if exchange is None:
+        return decide(argv)
+    if launched_rank() == 0:
+        try:
+            settled = decide(argv)
+        except SystemExit as e:
+            exchange.put({"exit": e.code if isinstance(e.code, int) else 1})
+            raise
+        except BaseException:
+            exchange.put({"exit": 1})
+            raise
+        exchange.put({"argv": settled})
+        return settled
+    answer = exchange.get()
+    if "exit" in answer:
+        raise Outcome(answer["exit"])
+    return [*answer["argv"], *WORKER_OVERRIDES]
+
+
+def _exchange():
+    env = os.environ
+    if launched_world_size() <= 1:
+        return None
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and "MASTER_PORT" in env:
+        return StoreExchange(env["MASTER_ADDR"], int(env["MASTER_PORT"]),
+                             f"mnistlab/command/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}")  # fmt: skip
+    if "SLURM_JOB_ID" in env:
+        step = f"{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
+        name = f"slurm-{step}-{env.get('SLURM_RESTART_COUNT', '0')}.json"
+        from mnistlab.config import project_path
+
+        return FileExchange(project_path("logs") / ".launch" / name)
+    return None
+
+
+class StoreExchange:
+    """torchrun's agent store (MASTER_ADDR:MASTER_PORT), shared by all workers of one launch."""
+
+    def __init__(self, host: str, port: int, key: str):
+        from datetime import timedelta
+
+        from torch.distributed import TCPStore
+
+        self.key = key
+        self.store = TCPStore(host, port, is_master=False, timeout=timedelta(seconds=WAIT_S))
+
+    def put(self, answer: dict) -> None:
+        self.store.set(self.key, json.dumps(answer))
+
+    def get(self) -> dict:
+        return json.loads(self.store.get(self.key))  # waits until rank 0 has set it
+
+
+class FileExchange:
+    """A file beside the logs, named after the SLURM job step (one per srun, per requeue)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def put(self, answer: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(answer))
+        os.replace(tmp, self.path)
+
+    def get(self) -> dict:
+        deadline = time.monotonic() + WAIT_S
+        while not self.path.is_file():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank 0 did not write {self.path} within {WAIT_S:.0f} s")
+            time.sleep(0.2)
+        return json.loads(self.path.read_text())
