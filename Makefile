@@ -67,7 +67,7 @@ bench: $(STAMP) ## Time the template against plain PyTorch and the origin loop (
 test: lint ## Lint, then the fast test tier (offline)
 	$(BIN)/python -m pytest -m "not real_data and not slow" $(PYTEST_ARGS)
 
-test-slow: $(STAMP) ## The slow tier: signals and kill -9 on real processes, sweeps, a TensorBoard server
+test-slow: $(STAMP) ## The slow tier: signals and kill -9 on real processes, sweeps, DDP, a TensorBoard server
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: lint ## Every tier; the real-data one needs MNIST_DATA_DIR=<folder holding MNIST/raw/>

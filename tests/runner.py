@@ -84,8 +84,8 @@ class PauseAt(Callback):
         self.step, self.marker = step, Path(marker)
 
     def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step != self.step or self.marker.exists():
-            return
+        if trainer.global_step != self.step or self.marker.exists() or not trainer.is_global_zero:
+            return  # under DDP rank 0 pauses; the others wait for it at their next collective
         self.marker.touch()
         (preemption,) = [c for c in trainer.callbacks if type(c).__name__ == "Preemption"]
         deadline = time.monotonic() + 60

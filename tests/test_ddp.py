@@ -4,6 +4,7 @@ torchrun; sweeps, SLURM parameters, mixed precision, compiled checkpoints, the o
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import SyntheticMNIST
-from runner import cli_args, cli_env, run_cli
+from runner import base_args, cli_args, cli_env, run_cli
 
 from mnistlab import UserError
 from mnistlab import eval as evaluation
@@ -252,3 +253,69 @@ def test_a_compiled_run_s_checkpoint_evaluates_without_compiling(synthetic_mnist
     assert evaluation.main([f"run={run}", "model.compile=false"]) == 0
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "eval").rglob("metrics.json")]
     assert record["metrics"]["test/acc"] == trained
+
+
+@pytest.mark.slow
+def test_two_srun_tasks_make_one_run(odd_mnist, tmp_path):
+    """What `srun` starts for `#SBATCH --ntasks-per-node=2`: two processes with SLURM's
+    variables, each running the same command; Lightning's SLURM environment makes them ranks."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2",
+             "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+             "SLURM_NODELIST": "localhost", "SLURM_JOB_NAME": "mnist", "MASTER_PORT": str(port),
+             "MNISTLAB_LAUNCH_DIR": str(tmp_path / "launch")}  # fmt: skip
+    args = [a for a in cli_args(odd_mnist, tmp_path / "x") if not a.startswith("hydra.run")]
+    command = [sys.executable, "-m", "mnistlab.train", *args, *DDP_ARGS]
+    tasks = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env({**slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}),
+        )
+        for i in (1, 0)
+    ]  # fmt: skip  (rank 1 first: it waits for rank 0's command)
+    outputs = [t.communicate(timeout=300) for t in tasks]
+    for task, (_, err) in zip(tasks, outputs, strict=True):
+        assert task.returncode == 0, err[-3000:]
+    run = the_only_run(tmp_path)
+    assert json.loads((run / "results.json").read_text())["metrics"]["test/images"] == N_TEST
+    assert "Done:" in outputs[1][1] and "Done:" not in outputs[0][1]  # rank 0 sums up, alone
+
+
+@pytest.mark.slow
+def test_a_signal_to_rank_0_stops_every_process_at_one_step_and_resume_is_exact(
+    synthetic_mnist, tmp_path
+):
+    from runner import start_cli, wait_for
+    from test_signals import EXACT, only_run, pause_at
+
+    ddp = [*EXACT, "trainer=ddp_cpu", "trainer.devices=2"]  # 250 images a process: 8 steps an epoch
+    whole = run_cli(*base_args(synthetic_mnist, tmp_path / "a", *ddp), cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    command = base_args(synthetic_mnist, tmp_path / "b", *ddp, *pause_at(12, tmp_path / "m"))
+    proc = start_cli(*command, cwd=tmp_path)
+    wait_for(tmp_path / "m", proc)  # rank 0 held at step 12 of 24, in epoch 2; rank 1 waits
+    proc.send_signal(signal.SIGTERM)  # rank 0 only: rank 1 learns it at the step's end
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert weights_and_step(only_run(tmp_path / "b"))[1] == 12
+
+    again = run_cli(*command, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(epoch 2, step 12)" in again.stderr
+    (a, a_step), (b, b_step) = (weights_and_step(only_run(tmp_path / d)) for d in "ab")
+    assert a_step == b_step == 24
+    for key, value in a.items():  # dropout masks and data order continued in both processes
+        assert torch.equal(value, b[key]), key
+
+
+def weights_and_step(run: Path) -> tuple[dict, int]:
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    return checkpoint["state_dict"], checkpoint["global_step"]

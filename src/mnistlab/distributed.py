@@ -9,7 +9,8 @@ exactly that command in that folder, writing nothing but what Lightning gives ra
   process that started them (`MNISTLAB_DDP_JOB`), instead of the command Lightning passes, which
   under `-m` would run the whole sweep again in every process;
 - processes started by `torchrun` learn rank 0's command through torchrun's own key-value store;
-- tasks started by `srun` learn it through a file named after the SLURM job step.
+- tasks started by `srun` learn it through a file named after the SLURM job step, in
+  `logs/.launch/` (or `$MNISTLAB_LAUNCH_DIR`), on the file system the tasks share.
 
 Light on purpose (no torch until a store is needed): it runs before the command line is checked.
 """
@@ -116,7 +117,8 @@ def _exchange():
         name = f"slurm-{step}-{env.get('SLURM_RESTART_COUNT', '0')}.json"
         from mnistlab.config import project_path
 
-        return FileExchange(project_path("logs") / ".launch" / name)
+        folder = env.get("MNISTLAB_LAUNCH_DIR") or project_path("logs") / ".launch"
+        return FileExchange(Path(folder) / name)  # a small file, left for the record
     return None
 
 
