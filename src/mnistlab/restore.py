@@ -120,9 +120,11 @@ def _one_process(cfg: DictConfig) -> None:
     """A run trained with DDP is used in one process: testing 10,000 images takes seconds, and
     Lightning would start the other processes by re-running this command, each in its own folder."""
     trainer = cfg.get("trainer")
-    if trainer is None or "ddp" not in str(trainer.get("strategy", "")):
+    if trainer is None:
         return
-    trainer.strategy, trainer.devices, trainer.num_nodes = "auto", 1, 1
+    trainer.devices, trainer.num_nodes = 1, 1
+    if "ddp" in str(trainer.get("strategy", "")):
+        trainer.strategy = "auto"
 
 
 def _new_folder(parent: Path) -> Path:

@@ -74,8 +74,9 @@ class Classifier(LightningModule):
         if self.trainer.world_size > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
+            value = loss.item() if not torch.isfinite(loss) else "not finite in another process"
             raise NonFinite(
-                f"loss is {loss.item() if not torch.isfinite(loss) else 'not finite in another process'} at epoch {self.current_epoch + 1}, step {self.global_step + 1}:"
+                f"loss is {value} at epoch {self.current_epoch + 1}, step {self.global_step + 1}:"
                 " training stopped, no checkpoint of this state written; lower model.optimizer.lr"
                 " or check the data"
             )
