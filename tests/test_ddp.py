@@ -1,5 +1,6 @@
-"""DDP on this CPU (gloo): one run folder, exact metrics, the same run from the Trainer and from
-torchrun; sweeps, SLURM parameters, mixed precision, compiled checkpoints, the on-device data path."""
+"""DDP on this CPU (gloo): one run folder, exact metrics, the same run from the Trainer, from
+torchrun and from srun; sweeps of DDP jobs, SLURM parameters, mixed precision, compiled
+checkpoints, the on-device data path."""
 
 import json
 import os
@@ -103,13 +104,38 @@ def test_ddp_from_the_trainer_and_from_torchrun_is_one_run_with_exact_metrics(
     assert record["metrics"]["test/images"] == N_TEST
 
 
-def test_a_sweep_of_ddp_jobs_is_refused_in_one_line(synthetic_mnist, tmp_path):
-    args = [a for a in cli_args(synthetic_mnist, tmp_path / "x") if not a.startswith("hydra.run")]
-    proc = run_cli("-m", *args, "trainer=ddp_cpu", "model.optimizer.lr=1e-3,2e-3", cwd=tmp_path)
-    assert proc.returncode == 2
-    (line,) = proc.stderr.strip().splitlines()
-    assert "-m with a DDP trainer (trainer.devices=2)" in line and "hydra/launcher=slurm" in line
-    assert not (tmp_path / "train").exists()
+@pytest.mark.slow
+def test_a_sweep_of_ddp_jobs_one_folder_each_a_failure_reported_and_the_rerun_finishes(
+    odd_mnist, tmp_path
+):
+    import csv
+
+    args = [a for a in cli_args(odd_mnist, tmp_path / "x") if not a.startswith("hydra.run")]
+    fail = ["+callbacks.fail._target_=runner.FailOnce", "+callbacks.fail.lr=0.002",
+            f"+callbacks.fail.marker={tmp_path / 'failed-once'}"]  # fmt: skip
+    command = ["-m", *args, *DDP_ARGS, *fail, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+               "model.optimizer.lr=1e-3,2e-3"]  # fmt: skip
+    proc = run_cli(*command, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr  # in job 1's train.log instead
+    rows = {r["job"]: r for r in csv.DictReader((tmp_path / "sweep" / "summary.csv").open())}
+    assert (rows["0"]["status"], rows["1"]["status"]) == ("completed", "failed")
+    assert rows["1"]["error"] == "RuntimeError: injected failure in epoch 2"
+    assert "Traceback" in (tmp_path / "sweep" / "1" / "train.log").read_text()
+    for job in ("0", "1"):
+        folder = tmp_path / "sweep" / job
+        assert [p.name for p in folder.glob("*.log")] == ["train.log"]
+        writers = {p.name.split(".")[-2] for p in folder.glob("events.out.tfevents.*")}
+        assert len(writers) == 1, writers
+    assert sorted(p.parent.name for p in tmp_path.rglob(".hydra")) == ["0", "1"]
+    results = json.loads((tmp_path / "sweep" / "0" / "results.json").read_text())
+    assert results["metrics"]["test/images"] == N_TEST
+
+    again = run_cli(*command, cwd=tmp_path)  # the sweep continues: job 1 resumes and finishes
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Job 0 completed in an earlier run of this sweep: skipped" in again.stderr
+    rows = list(csv.DictReader((tmp_path / "sweep" / "summary.csv").open()))
+    assert {r["status"] for r in rows} == {"completed"}
 
 
 @pytest.mark.slow

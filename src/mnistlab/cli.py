@@ -59,7 +59,6 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
     if args.cfg:
         return argv
     if args.multirun:
-        _refuse_ddp_jobs(configs[0])
         sweep = _sweep_to_continue(configs[0], overrides)
         return argv if sweep is None else _with(argv, "hydra.sweep.dir", sweep)
     run = _run_to_resume(configs[0], overrides)
@@ -68,31 +67,6 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
     if run is None:
         return argv
     return _with(argv, "hydra.run.dir", run)
-
-
-def _refuse_ddp_jobs(cfg: DictConfig) -> None:
-    """Jobs of a sweep run one after another in this process, and Lightning starts a DDP job's
-    other processes by re-running this process's command (the whole sweep). Under SLURM the
-    processes of each job are SLURM's tasks instead, which works."""
-    if "submitit" in str(cfg.hydra.launcher.get("_target_", "")) and "Slurm" in str(
-        cfg.hydra.launcher.get("_target_", "")
-    ):
-        return
-    trainer = cfg.trainer
-    devices, strategy = trainer.get("devices"), str(trainer.get("strategy", "auto"))
-    several = (
-        (isinstance(devices, int) and (devices > 1 or devices == -1))
-        or (OmegaConf.is_list(devices) and len(devices) > 1)
-        or (devices == "auto" and "ddp" in strategy)
-        or (trainer.get("num_nodes") or 1) > 1
-    )
-    if several:
-        raise UserError(
-            f"-m with a DDP trainer (trainer.devices={devices}): jobs of a sweep run one at a time"
-            " in this process and cannot each start their own processes. Use"
-            " hydra/launcher=slurm (each job its own SLURM job with its processes), or run one"
-            " command per configuration, or sweep with trainer.devices=1"
-        )
 
 
 def _with(argv: list[str], key: str, value: Path) -> list[str]:

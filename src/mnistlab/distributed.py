@@ -18,11 +18,13 @@ Light on purpose (no torch until a store is needed): it runs before the command 
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 JOB_ENV = "MNISTLAB_DDP_JOB"
+JOB_PROCESS_ENV = "MNISTLAB_SWEEP_JOB_PROCESS"  # a sweep job run as its own command
 WORKER_OVERRIDES = ["hydra.output_subdir=null"]  # `.hydra/` is rank 0's to write
 WAIT_S = 600.0  # how long a process waits for rank 0's command
 
@@ -43,6 +45,18 @@ def launched_world_size() -> int:
     if "WORLD_SIZE" in env and "RANK" in env:
         return int(env["WORLD_SIZE"])
     return int(env.get("SLURM_NTASKS", "1")) if "SLURM_PROCID" in env else 1
+
+
+def several_processes(trainer) -> bool:
+    """Whether this trainer config runs DDP over several processes (devices or nodes)."""
+    devices, strategy = trainer.get("devices"), str(trainer.get("strategy", "auto"))
+    if (trainer.get("num_nodes") or 1) > 1:
+        return True
+    if isinstance(devices, int):
+        return devices > 1 or devices == -1
+    if isinstance(devices, str):  # "auto" takes every GPU, "-1" too, "0,1" names two
+        return "," in devices or devices == "-1" or (devices == "auto" and "ddp" in strategy)
+    return devices is not None and len(devices) > 1  # a list of device indices
 
 
 def pass_job_to_workers(task_overrides: list[str], output_dir: str) -> None:
@@ -72,6 +86,18 @@ def quiet_file_logs() -> None:
         for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
             logger.removeHandler(handler)
             handler.close()
+        if not logger.handlers and not logger.propagate:  # file-only (tracebacks): dropped
+            logger.addHandler(logging.NullHandler())
+
+
+def stop_watching_children() -> None:
+    """Lightning watches the DDP processes it started and SIGKILLs this one as soon as one of
+    them exits with an error. When this process is failing or stopping too, that would cut its
+    checkpoint, its error report or its exit status short: let it finish (the other processes
+    end with it)."""
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "_ChildProcessObserver":
+            thread._child_processes = []  # nothing left to watch: it ends without killing
 
 
 class Outcome(Exception):

@@ -17,6 +17,7 @@ import threading
 from lightning.pytorch.callbacks import Callback
 
 from mnistlab.checkpoint import RunCheckpoint
+from mnistlab.distributed import stop_watching_children
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class Preemption(Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.armed = False
+        stop_watching_children()  # under DDP: this process reports and exits as itself
 
     def _stop_if_asked(self, trainer) -> None:
         if trainer.world_size > 1:

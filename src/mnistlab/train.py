@@ -1,11 +1,14 @@
 """Train and test a model: `python -m mnistlab.train [overrides]`, `mnistlab-train` or `make train`."""
 
+import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
+from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
@@ -162,15 +165,20 @@ def _run(cfg: DictConfig) -> float | None:
     distributed.pass_job_to_workers(list(hc.overrides.task), cfg.paths.output_dir)
     if hc.mode == RunMode.MULTIRUN:
         return _sweep_job(cfg)
+    as_job = os.environ.get(distributed.JOB_PROCESS_ENV) == "1"  # a sweep's job, as its own command
     try:
         metrics = train(cfg)
     except Exception as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(e, UserError | Interrupted):
+        expected = isinstance(e, UserError | Interrupted)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (expected or as_job):
             raise
         if isinstance(e, Interrupted):
             _report_interrupted(e)
             sys.exit(e.exit_code)
-        log.error("%s", e)
+        if not expected:  # as a sweep reports a failed job: one line, the traceback in train.log
+            _report_failure(e)
+        else:
+            log.error("%s", e)
         sys.exit(1)
     except SIGTERMException:  # Lightning's own handler, should a SIGTERM reach it first
         log.warning("Stopped by SIGTERM; resume with the same command and resume=auto")
@@ -188,7 +196,7 @@ def _sweep_job(cfg: DictConfig) -> float:
     global _stopped_by
     from hydra.core.hydra_config import HydraConfig
 
-    from mnistlab import sweeps
+    from mnistlab import distributed, sweeps
     from mnistlab.preemption import Interrupted
 
     folder, hc = cfg.paths.output_dir, HydraConfig.get()
@@ -199,7 +207,10 @@ def _sweep_job(cfg: DictConfig) -> float:
     _share_cores(hc.launcher)
     start = time.perf_counter()
     try:
-        objective = _objective(cfg, train(cfg))
+        if distributed.several_processes(cfg.trainer) and distributed.launched_world_size() == 1:
+            objective = _job_as_own_command(cfg, list(hc.overrides.task))
+        else:
+            objective = _objective(cfg, train(cfg))
     except Interrupted as e:
         _stopped_by = e.signum
         _report_interrupted(e)
@@ -207,14 +218,67 @@ def _sweep_job(cfg: DictConfig) -> float:
                       wall_s=time.perf_counter() - start)  # fmt: skip
         raise
     except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        log.error("Job failed: %s: %s", type(e).__name__, first)
-        logging.getLogger("mnistlab.traceback").error("Job failed", exc_info=True)  # train.log
-        sweeps.record(folder, status="failed", error=f"{type(e).__name__}: {first}"[:300],
+        error = str(e) if isinstance(e, JobFailed) else _report_failure(e)
+        sweeps.record(folder, status="failed", error=error[:300],
                       wall_s=time.perf_counter() - start)  # fmt: skip
         raise
     sweeps.record(folder, status="completed", wall_s=time.perf_counter() - start)
     return objective
+
+
+def _report_failure(e: Exception) -> str:
+    """A job's failure: one line on the console, the traceback in its train.log only."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    log.error("Job failed: %s: %s", type(e).__name__, first)
+    logging.getLogger("mnistlab.traceback").error("Job failed", exc_info=True)
+    return f"{type(e).__name__}: {first}"
+
+
+class JobFailed(Exception):
+    """A job run as its own command ended with an error (its message is the job's error line)."""
+
+
+def _job_as_own_command(cfg: DictConfig, overrides: list[str]) -> float | None:
+    """A DDP job of a sweep: Lightning starts a DDP run's other processes by re-running this
+    process's command line, which here is the whole sweep. So the job runs as its own command,
+    in its folder, and starts its processes as any run does; this process forwards signals to
+    it and reads its results.json."""
+    import subprocess
+
+    from mnistlab.distributed import JOB_PROCESS_ENV
+    from mnistlab.preemption import Interrupted
+    from mnistlab.runs import RESULTS
+
+    folder = Path(cfg.paths.output_dir)
+    command = [sys.executable, "-m", "mnistlab.train", *overrides,
+               f'hydra.run.dir="{folder}"', "hydra.output_subdir=null"]  # fmt: skip
+    log.info("DDP job: running it as its own command, which starts its processes")
+    # A session of its own, so that a Ctrl-C reaches it once: from here, not also from the tty.
+    proc = subprocess.Popen(command, env={**os.environ, JOB_PROCESS_ENV: "1"},
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    forwarded = [signal.SIGINT, signal.SIGTERM]
+    forwarded += [signal.SIGUSR1] if "SLURM_JOB_ID" in os.environ else []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # where handlers may be set
+        previous = {sig: signal.signal(sig, lambda signum, _: proc.send_signal(signum))
+                    for sig in forwarded}  # fmt: skip
+    errors = []  # its error lines; the first is the cause (rank 0's: the others lost their peer)
+    try:
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            if "][ERROR] - " in line:
+                errors.append(line.split("][ERROR] - ", 1)[1].strip())
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code == 0:
+        return _objective(cfg, json.loads((folder / RESULTS).read_text())["metrics"])
+    if code > 128 and code - 128 in {int(s) for s in forwarded}:
+        last = folder / "checkpoints" / "last.ckpt"
+        raise Interrupted(code - 128, str(last) if last.is_file() else None)
+    error = errors[0].removeprefix("Job failed: ") if errors else f"exit status {code}"
+    raise JobFailed(error)
 
 
 def _objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
@@ -258,6 +322,9 @@ def main() -> None:
     worker = distributed.worker_argv()
     if worker is not None:  # started by Lightning's DDP for a job of ours: checked already
         sys.argv[1:] = worker
+        _run()
+        return
+    if os.environ.get(distributed.JOB_PROCESS_ENV) == "1":  # a sweep's job: checked by the sweep
         _run()
         return
     try:
