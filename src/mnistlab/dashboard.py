@@ -96,32 +96,43 @@ class Dashboard(Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         parts, self._test = self._test, []
-        if not parts or not _draws(trainer.datamodule):
+        if not _draws(trainer.datamodule):
             return
+        matrix, errors = self._summarize_test(parts, trainer.datamodule) if parts else (None, [])
+        if trainer.world_size > 1:  # each process tested its share: combine them on rank 0
+            shares = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, (matrix, errors))
+            matrix = sum((m for m, _ in shares if m is not None), start=0)
+            errors = sorted((e for _, es in shares for e in es), key=lambda e: -e[0])[:16]
+        writer = self._writer(trainer)
+        if writer is None or not trainer.is_global_zero or not isinstance(matrix, torch.Tensor):
+            return
+        writer.add_image("test/confusion_matrix", confusion_image(matrix), trainer.global_step,
+                         dataformats="HWC")  # fmt: skip
+        pixels = (
+            torch.stack([e[1] for e in errors])
+            if errors
+            else torch.zeros(0, 1, 28, 28, dtype=torch.uint8)
+        )
+        grid = labelled_grid(pixels, [e[2] for e in errors], wrong=[True] * len(errors))
+        writer.add_image("test/most_confident_errors", grid, trainer.global_step, dataformats="HWC")
+        writer.flush()
+
+    @staticmethod
+    def _summarize_test(parts, datamodule) -> tuple[torch.Tensor, list]:
+        """This process's confusion matrix and its 16 most confident errors (confidence, uint8
+        pixels, caption)."""
         x, y, probs = (torch.cat(p) for p in zip(*parts, strict=True))
         confidence, predicted = probs.max(1)
         classes = probs.shape[1]
         matrix = torch.bincount(y * classes + predicted, minlength=classes**2)
         wrong = (predicted != y).nonzero().flatten()
         worst = wrong[confidence[wrong].argsort(descending=True)][:16]
-        mean, std = trainer.datamodule.mean[0], trainer.datamodule.std[0]
+        mean, std = datamodule.mean[0], datamodule.std[0]
         pixels = ((x[worst] * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
         errors = [(confidence[i].item(), pixels[k], f"{predicted[i]} ({y[i]}) {confidence[i]:.2f}")
                   for k, i in enumerate(worst.tolist())]  # fmt: skip
-        if trainer.world_size > 1:  # each process tested its share: combine them on rank 0
-            shares = [None] * trainer.world_size
-            torch.distributed.all_gather_object(shares, (matrix, errors))
-            matrix = sum(m for m, _ in shares)
-            errors = sorted((e for _, es in shares for e in es), key=lambda e: -e[0])[:16]
-        writer = self._writer(trainer)
-        if writer is None or not trainer.is_global_zero:
-            return
-        writer.add_image("test/confusion_matrix", confusion_image(matrix.view(classes, classes)),
-                         trainer.global_step, dataformats="HWC")  # fmt: skip
-        pixels = torch.stack([e[1] for e in errors]) if errors else pixels
-        grid = labelled_grid(pixels, [e[2] for e in errors], wrong=[True] * len(errors))
-        writer.add_image("test/most_confident_errors", grid, trainer.global_step, dataformats="HWC")
-        writer.flush()
+        return matrix.view(classes, classes), errors
 
 
 def _draws(datamodule) -> bool:
