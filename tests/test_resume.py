@@ -172,3 +172,40 @@ def test_weights_that_are_not_finite_are_never_checkpointed(tiny_cfg):
         next(model.net.parameters())[0] = float("nan")
     with pytest.raises(UserError, match=r"weights net\.layers\.0\.weight are not finite"):
         model.on_save_checkpoint({})
+
+
+def test_submitit_s_signal_checkpoints_first_then_submitit_requeues(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    """In a job submitit started, its SIGUSR2 handler (here a stand-in) requeues the job and
+    exits. The checkpoint is written first, and is the step the signal arrived at."""
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    seen = []
+
+    def submitit_handler(signum, frame):  # what submitit installs before calling the job
+        last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+        seen.append(torch.load(last, weights_only=True)["global_step"])
+
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        cfg = tiny_cfg("trainer.max_epochs=3", "logger=none")
+        with open_dict(cfg):
+            cfg.callbacks.signal = {"_target_": "test_resume.SignalAt", "step": 6,
+                                    "signum": int(signal.SIGUSR2)}  # fmt: skip
+        with pytest.raises(Interrupted) as stop:
+            train(cfg)
+        assert seen == [6] and stop.value.exit_code == 128 + signal.SIGUSR2
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # given back
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_requeued_sweep_job_continues_from_its_checkpoint(tiny_cfg, monkeypatch):
+    from mnistlab.train import _continue_if_requeued
+
+    cfg = tiny_cfg()
+    _continue_if_requeued(cfg)
+    assert cfg.resume == "never"  # a first start
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    _continue_if_requeued(cfg)
+    assert cfg.resume == "auto"

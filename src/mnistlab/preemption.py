@@ -5,7 +5,9 @@ written and the run stops with exit status 128 + the signal's number (143, 130),
 scheduler sees an interrupted job, not a finished one (Lightning 2.6 exits 0 on SIGTERM). The
 same command with `resume=auto` continues from that checkpoint. Outside training there is
 nothing to save and the run stops at once; so does a second Ctrl-C. Under SLURM (SLURM_JOB_ID
-set), SIGUSR1 also requeues the job, once.
+set), SIGUSR1 also requeues the job, once. In a job submitit started (hydra/launcher=slurm),
+submitit's own signal (SIGUSR2) first writes the checkpoint, then goes to submitit, which
+requeues the job; the requeued job continues from the checkpoint (mnistlab.train).
 """
 
 import logging
@@ -42,6 +44,9 @@ class Preemption(Callback):
         self.signals = [signal.SIGTERM, signal.SIGINT] + (
             [signal.SIGUSR1] if self.slurm_job else []
         )
+        self.submitit_signal = _submitit_signal()
+        if self.submitit_signal is not None:
+            self.signals.append(self.submitit_signal)
         self.pending: int | None = None
         self.armed = False  # inside training, where stopping waits for a batch boundary
         self.requeued = False
@@ -110,6 +115,9 @@ class Preemption(Callback):
             path = ckpt.save_latest(trainer)
         if self.pending == signal.SIGUSR1 and trainer.is_global_zero:
             self.requeued = self._requeue()
+        if self.pending == self.submitit_signal and callable(self._previous.get(self.pending)):
+            log.info("Checkpoint written: submitit requeues the job")
+            self._previous[self.pending](self.pending, None)  # rank 0: requeues, then exits
         raise Interrupted(self.pending, path, self.requeued)
 
     def _agree(self, trainer) -> None:
@@ -136,6 +144,13 @@ class Preemption(Callback):
             return False
         log.info("Requeued SLURM job %s", self.slurm_job)
         return True
+
+
+def _submitit_signal() -> int | None:
+    """The signal submitit (hydra/launcher=slurm) requeues a job on, when it started this one."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
 
 
 def _slurm_job_id() -> str | None:

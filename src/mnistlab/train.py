@@ -12,7 +12,7 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistlab import UserError
 from mnistlab.cli import NothingToDo, prepare
@@ -205,6 +205,7 @@ def _sweep_job(cfg: DictConfig) -> float:
         sweeps.record(folder, status="not started")
         raise Interrupted(_stopped_by)
     _share_cores(hc.launcher)
+    _continue_if_requeued(cfg)
     start = time.perf_counter()
     try:
         if distributed.several_processes(cfg.trainer) and distributed.launched_world_size() == 1:
@@ -224,6 +225,17 @@ def _sweep_job(cfg: DictConfig) -> float:
         raise
     sweeps.record(folder, status="completed", wall_s=time.perf_counter() - start)
     return objective
+
+
+def _continue_if_requeued(cfg: DictConfig) -> None:
+    """A job that SLURM requeued (after a preemption or its time limit) continues from its
+    checkpoint in its folder, rather than starting over there."""
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0 and str(cfg.resume) == "never":
+        log.info(
+            "Requeued job (SLURM_RESTART_COUNT=%s): resume=auto", os.environ["SLURM_RESTART_COUNT"]
+        )
+        with open_dict(cfg):
+            cfg.resume = "auto"
 
 
 def _report_failure(e: Exception) -> str:
@@ -250,6 +262,8 @@ def _job_as_own_command(cfg: DictConfig, overrides: list[str]) -> float | None:
     from mnistlab.runs import RESULTS
 
     folder = Path(cfg.paths.output_dir)
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith("resume=")]
+    overrides.append(f"resume={cfg.resume}")  # as this job resolved it (a requeue continues)
     command = [sys.executable, "-m", "mnistlab.train", *overrides,
                f'hydra.run.dir="{folder}"', "hydra.output_subdir=null"]  # fmt: skip
     log.info("DDP job: running it as its own command, which starts its processes")
