@@ -15,10 +15,11 @@ OUTPUT ?=
 FROM = $(if $(RUN),run=$(RUN)) $(if $(CKPT),ckpt=$(CKPT))
 EXPORT_STAMP := $(VENV)/.export-installed
 SWEEP_STAMP := $(VENV)/.sweep-installed
+DIGITS_STAMP := $(VENV)/.digits-installed
 PORT ?= 6006
 LOGDIR ?= logs
 
-.PHONY: help install install-export install-sweep data train sweep eval predict export bench test test-slow test-all lint tensorboard clean-logs
+.PHONY: help install install-export install-sweep install-digits data train sweep eval predict export bench test test-slow test-all lint tensorboard clean-logs
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +43,12 @@ $(SWEEP_STAMP): $(STAMP)
 	@touch $(SWEEP_STAMP)
 
 install-sweep: $(SWEEP_STAMP) ## Also install the sweep extras (optuna, joblib and submitit launchers)
+
+$(DIGITS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev,digits]"
+	@touch $(DIGITS_STAMP)
+
+install-digits: $(DIGITS_STAMP) ## Also install scikit-learn, whose wheel holds the 8x8 digits of data=digits
 
 data: $(STAMP) ## Fetch and verify MNIST into data/ without training (overrides in ARGS="...")
 	$(BIN)/python scripts/prepare_data.py $(ARGS)

@@ -58,6 +58,35 @@ class SyntheticMNIST:
         self.checksums = checksums_of(self.files)
 
 
+SHAPES = ["ring", "cross", "stripes", "blob", "corner"]  # 5 classes, names not digits
+
+
+def write_image_folder(root: Path, n_train: int = 40, n_test: int = 16, seed: int = 0) -> Path:
+    """A learnable image folder: root/{train,test}/<class>/, RGB, sides 20-70 px with varied
+    aspect ratios, PNG and JPEG. Each class is a coloured 6x6 template, scaled up, noisy."""
+    from PIL import Image
+
+    templates = np.random.default_rng(0).random((len(SHAPES), 6, 6, 3))  # the same in every split
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for label, name in enumerate(SHAPES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                height, width = rng.integers(20, 71, 2)
+                up = np.kron(templates[label], np.ones((12, 12, 1)))  # (72, 72, 3)
+                pixels = up * 200 + rng.random((72, 72, 3)) * 55
+                image = Image.fromarray(pixels.astype(np.uint8)).resize((int(width), int(height)))
+                suffix = ".png" if i % 2 else ".jpg"
+                image.save(folder / f"{split}_{i:03d}{suffix}", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("images"))
+
+
 @pytest.fixture(scope="session")
 def synthetic_mnist(tmp_path_factory) -> SyntheticMNIST:
     return SyntheticMNIST(tmp_path_factory.mktemp("data"))

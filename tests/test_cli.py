@@ -46,27 +46,44 @@ def test_sweeps_check_every_value():
         prepare(["-m", "data.batch_size=32,64", "model.optimizer.lr=1e-3,-1.0"], "train")
 
 
-def test_the_command_line_fails_before_torch_data_or_logs(tmp_path):
-    """The same process the user runs: one line on stderr, exit 2, nothing written, and neither
-    torch nor Lightning imported (importing them alone takes seconds)."""
-    code = (
-        "import sys, runpy\n"
-        "sys.argv = ['mnistlab-train', *sys.argv[1:]]\n"
-        "try:\n"
-        "    runpy.run_module('mnistlab.train', run_name='__main__')\n"
-        "finally:\n"
-        "    print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
-    )
+RUN_MODULE = (
+    "import sys, runpy\n"
+    "sys.argv = ['mnistlab-train', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('mnistlab.train', run_name='__main__')\n"
+    "finally:\n"
+    "    print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("override", "message", "imported"),
+    [
+        ("model.optimizer.lr=-1", "model.optimizer.lr=-1: must be > 0", "[]"),
+        # An unknown key is looked up in the real signature (Lightning's): imported, on this path only.
+        ("+trainer.max_epoch=3", "unknown key trainer.max_epoch; did you mean trainer.max_epochs?",
+         "['lightning', 'torch']"),
+    ],
+)  # fmt: skip
+def test_the_command_line_fails_before_data_or_logs(tmp_path, override, message, imported):
+    """The same process the user runs: one line on stderr, exit 2, nothing written; a bad value
+    is found without importing torch or Lightning (importing them alone takes seconds)."""
     logs, data = tmp_path / "logs", tmp_path / "data"
-    args = [f"paths.log_dir={logs}", f"paths.data_dir={data}", "+trainer.max_epoch=3"]
-    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=cli_env(),
+    args = [f"paths.log_dir={logs}", f"paths.data_dir={data}", override]
+    proc = subprocess.run([sys.executable, "-c", RUN_MODULE, *args], cwd=tmp_path, env=cli_env(),
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2
-    assert proc.stderr.splitlines() == [
-        "mnistlab-train: error: unknown key trainer.max_epoch; did you mean trainer.max_epochs?"
-    ]
-    assert proc.stdout.strip() == "[]"
+    assert proc.stderr.splitlines() == [f"mnistlab-train: error: {message}"]
+    assert proc.stdout.strip().splitlines()[-1] == imported
     assert not logs.exists() and not data.exists()
+
+
+def test_a_correct_command_line_is_checked_without_importing_torch(tmp_path):
+    args = [f"paths.log_dir={tmp_path}", "trainer.max_epochs=2", "--cfg", "job"]
+    proc = subprocess.run([sys.executable, "-c", RUN_MODULE, *args], cwd=tmp_path, env=cli_env(),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "max_epochs: 2" in proc.stdout and proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_resume_picks_the_newest_run_of_the_same_command(tmp_path):

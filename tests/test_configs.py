@@ -25,11 +25,18 @@ def test_every_group_has_options():
 @pytest.mark.parametrize(
     ("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS]
 )
-def test_group_option_composes_and_instantiates(group, option, tmp_path):
-    cfg = compose_train([f"{group}={option}", f"paths.output_dir={tmp_path}"])
+def test_group_option_composes_and_instantiates(group, option, tmp_path, image_folder):
+    overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
+    if option == "image_folder":
+        overrides.append(f"data.root={image_folder}")
+    if option == "fashion_mnist":
+        overrides.append("data.checksums={}")
+    cfg = compose_train(overrides)
     validate(to_plain(cfg))  # the schema knows every key a shipped option sets
     model = instantiate(cfg.model)
-    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    size = cfg.data.image_size
+    shape = (cfg.data.channels, *((size, size) if isinstance(size, int) else size))
+    assert model(torch.zeros(2, *shape)).shape == (2, len(cfg.data.classes))
     instantiate(cfg.data)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c]

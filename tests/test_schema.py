@@ -5,6 +5,7 @@ import inspect
 
 import pytest
 
+from mnistlab import schema
 from mnistlab.schema import SCHEMAS, fields
 
 # Arguments the system passes itself rather than the config: the parameters to an optimizer
@@ -21,8 +22,11 @@ def load(target: str):
 
 
 def arguments(target: str) -> set[str]:
-    params = inspect.signature(load(target)).parameters.values()
-    names = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    # As the command-line check reads them: `**kwargs` followed to the parent's __init__.
+    names = set(schema.arguments(target, target, []) or {})
+    if not names or target in PASSED_ON:
+        params = inspect.signature(load(target)).parameters.values()
+        names = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     if target in PASSED_ON:
         names |= arguments(PASSED_ON[target]) - {"log_dir"}
     return names - {arg for prefix, arg in SUPPLIED.items() if target.startswith(prefix)}

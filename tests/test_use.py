@@ -17,6 +17,7 @@ from runner import cli_args, cli_env, run_cli
 from mnistlab import eval as evaluation
 from mnistlab import export, predict
 from mnistlab.idx import decode_idx
+from mnistlab.mnist import MNISTDataModule
 
 TRAINED_WITH = [  # not the defaults: another experiment, another width
     "experiment=two_conv",
@@ -96,14 +97,13 @@ def test_predict_images_in_order_with_probabilities_and_errors(run, images, tmp_
     if output.endswith(".csv"):
         rows = list(csv.DictReader(out.open()))
     else:
-        rows = [{**r, "digit": "" if r["digit"] is None else str(r["digit"])}
-                for r in json.loads(out.read_text())]  # fmt: skip
+        rows = [{**r, "class": r["class"] or ""} for r in json.loads(out.read_text())]
     assert [r["file"] for r in rows] == [*truth, str(folder / "zzz_broken.png")]
-    assert rows[-1]["digit"] == "" and "cannot read" in rows[-1]["error"]
+    assert rows[-1]["class"] == "" and "cannot read" in rows[-1]["error"]
     right = {kind: [] for kind in ("plain", "inverted", "colour", "odd")}
     for r in rows[:-1]:
-        right[r["file"].rsplit("_", 1)[1].split(".")[0]].append(int(r["digit"]) == truth[r["file"]])
-        assert r["error"] == "" and len(r["top3"]) > 0
+        right[r["file"].rsplit("_", 1)[1].split(".")[0]].append(int(r["class"]) == truth[r["file"]])
+        assert r["error"] == "" and len(r["top"]) > 0
     accuracy = {kind: sum(v) / len(v) for kind, v in right.items()}
     assert all(a >= 0.6 for a in accuracy.values()), accuracy  # chance is 0.1
 
@@ -112,7 +112,7 @@ def test_predict_an_idx_file_matches_the_test_set(run, synthetic_mnist, capsys):
     idx = synthetic_mnist.raw / "t10k-images-idx3-ubyte"
     assert predict.main([f"input={idx}", f"run={run}"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["file", "digit", "prob", "top3"] and len(table) == 1 + 200
+    assert table[0].split() == ["file", "class", "prob", "top"] and len(table) == 1 + 200
     assert table[1].startswith(f"{idx}#0 ")
     digits = np.array([int(line.split()[1]) for line in table[1:]])
     labels = decode_idx(synthetic_mnist.files["t10k-labels-idx1-ubyte"])
@@ -120,13 +120,14 @@ def test_predict_an_idx_file_matches_the_test_set(run, synthetic_mnist, capsys):
 
 
 def test_dark_on_light_is_detected_and_can_be_forced():
-    digit = np.zeros((28, 28), np.uint8)
-    digit[8:20, 12:16] = 255
-    drawn = Image.fromarray(255 - digit)
-    assert np.array_equal(predict.to_mnist(drawn), digit)  # auto: inverted back
-    assert np.array_equal(predict.to_mnist(drawn, "false"), 255 - digit)
-    assert np.array_equal(predict.to_mnist(Image.fromarray(digit), "true"), 255 - digit)
-    wide = predict.to_mnist(Image.fromarray(np.full((10, 40), 255, np.uint8)), "false")
+    to_mnist = MNISTDataModule().prepare_image
+    digit = np.zeros((1, 28, 28), np.uint8)
+    digit[0, 8:20, 12:16] = 255
+    drawn = Image.fromarray(255 - digit[0])
+    assert np.array_equal(to_mnist(drawn), digit)  # auto: inverted back
+    assert np.array_equal(to_mnist(drawn, "false"), 255 - digit)
+    assert np.array_equal(to_mnist(Image.fromarray(digit[0]), "true"), 255 - digit)
+    wide = to_mnist(Image.fromarray(np.full((10, 40), 255, np.uint8)), "false")[0]
     assert wide.shape == (28, 28) and wide[:10].max() == 0 and wide[14].min() == 255  # padded
 
 

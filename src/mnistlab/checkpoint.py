@@ -7,7 +7,6 @@
 - `last.ckpt` is rewritten after every epoch, and hold the global RNG states too.
 """
 
-import hashlib
 import logging
 import os
 import pickle
@@ -20,6 +19,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnistlab import UserError
+from mnistlab.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,6 @@ class CheckpointError(UserError):
 
 def sidecar(path: Path) -> Path:
     return Path(f"{path}.sha256")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save(checkpoint: dict, path: str | Path) -> None:

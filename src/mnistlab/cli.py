@@ -102,8 +102,14 @@ def _compose_checked(name: str, overrides: list[str]) -> DictConfig:
         raise UserError(_composition_error(e, name, overrides)) from None
     except OmegaConfBaseException as e:
         raise UserError(_first_line(e)) from None
-    validate(_resolved(cfg))
+    validate(_resolved(cfg), added=_added_top_level(overrides))
     return cfg
+
+
+def _added_top_level(overrides: list[str]) -> set[str]:
+    """Top-level keys added with `+key=...`: unlike keys of conf/train.yaml, they may be typos."""
+    added = (o.lstrip("~").split("=", 1)[0] for o in overrides if o.startswith("+"))
+    return {key.lstrip("+") for key in added if "." not in key and "/" not in key}
 
 
 def _resolved(cfg: DictConfig) -> dict:
@@ -147,7 +153,9 @@ def _composition_error(e: HydraException, name: str, overrides: list[str]) -> st
 
 
 def _first_line(e: Exception) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = re.sub(r"^\w+ raised while resolving interpolation: ", "", str(e))  # our own message
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.strip().startswith(("full_key:", "object_type="))]  # fmt: skip
     cause = e.__cause__
     if cause is not None and str(cause).strip() and len(lines) < 2:
         lines.append(str(cause).strip().splitlines()[0])
@@ -198,7 +206,7 @@ def _run_to_resume(cfg: DictConfig, overrides: list[str]) -> Path | None:
             )
     if run is not None and (results := finished(run, *_limits(cfg))):
         shown = ", ".join(f"{k} {v:.4f}" for k, v in results.get("metrics", {}).items()
-                          if k in ("val/acc_best", "test/acc"))  # fmt: skip
+                          if k in (cfg.get("report_metrics") or []))  # fmt: skip
         raise NothingToDo(
             f"{run} has already finished ({shown}); nothing to do. "
             "resume=never starts a new run; a larger trainer.max_epochs continues this one."

@@ -16,12 +16,33 @@ def project_path(path: str | Path) -> Path:
 
 
 def register_resolvers() -> None:
-    """`${project_root:}` and `${slurm_gpus:accelerator,devices}` in configs; idempotent, so
-    tests and entry points may call it freely."""
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(ROOT))
-    if not OmegaConf.has_resolver("slurm_gpus"):
-        OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus)
+    """`${project_root:}`, `${slurm_gpus:accelerator,devices}`, `${class_folders:root}` and
+    `${len:list}` in configs; idempotent, so tests and entry points may call it freely."""
+    resolvers = {"project_root": lambda: str(ROOT), "slurm_gpus": slurm_gpus,
+                 "class_folders": lambda root: class_folders(project_path(root)), "len": len}  # fmt: skip
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+
+
+def class_folders(root: Path, split: str = "train") -> list[str]:
+    """The class names of an image folder: the sub-folders of `root/split`, sorted."""
+    from mnistlab import UserError
+
+    if not root.is_dir():
+        raise UserError(
+            f"data.root={root}: no such folder; point it at a folder holding train/<class>/"
+            " and test/<class>/"
+        )
+    folder = root / split
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder; {root} needs train/<class>/ and test/<class>/")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(
+            f"{folder}: no class folders in it; put each class's images in {split}/<class>/"
+        )
+    return classes
 
 
 def slurm_gpus(accelerator, devices) -> int:

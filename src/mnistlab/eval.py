@@ -13,8 +13,8 @@ log = logging.getLogger("mnistlab.eval")
 
 USAGE = """usage: python -m mnistlab.eval [run=FOLDER | ckpt=FILE] [which=best|last] [overrides...]
 
-Tests a run's best checkpoint (which=last: its latest) on the 10k test set, with the config the
-run was trained with; overrides apply on top, e.g. data.batch_size=512 trainer=cpu. Without run=
+Tests a run's best checkpoint (which=last: its latest) on its data's test set, with the config
+the run was trained with; overrides apply on top, e.g. data.batch_size=512 trainer=cpu. Without run=
 or ckpt=, the newest finished run under logs/train/runs. Metrics go to stdout and, with the run
 and checkpoint they belong to, to logs/eval/runs/<timestamp>/metrics.json."""
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
         run_dir, path = locate(args["run"], args["ckpt"], args["which"])
-        cfg = run_config(run_dir, _config_source(run_dir, path), overrides, "eval")
+        cfg = run_config(run_dir, _checkpoint(path), overrides, "eval")
     except UserError as e:
         print(f"mnistlab-eval: error: {e}", file=sys.stderr)
         return 2
@@ -73,10 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _config_source(run_dir: Path | None, path: Path) -> dict:
-    """The checkpoint, read (and verified) only when its stored config is needed."""
-    if run_dir is not None:
-        return {}
+def _checkpoint(path: Path) -> dict:
+    """The checkpoint, verified: its input spec (and, without a run folder, its config)."""
     from mnistlab.checkpoint import load
 
     return load(path, require_checksum=False)

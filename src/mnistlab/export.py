@@ -23,12 +23,13 @@ log = logging.getLogger("mnistlab.export")
 USAGE = """usage: python -m mnistlab.export [run=FOLDER | ckpt=FILE] [which=best|last]
 
 Writes model.safetensors, model.json and (with `pip install -e .[export]`) model.onnx next to
-the checkpoint, then checks that all three give the checkpoint's logits on 256 test images."""
+the checkpoint, then checks that all three give the checkpoint's logits on 256 test images.
+model.json says how to prepare the input (shape, mode, scale, mean, std) and names the classes."""
 
 
 class Exported(nn.Module):
-    """The network with its input preparation: uint8 images (B, 1, 28, 28), light digit on dark,
-    to logits (B, classes), with exactly the arithmetic used in training."""
+    """The network with its input preparation: uint8 images (B, C, H, W) as the data module
+    prepares them, to logits (B, classes), with exactly the arithmetic used in training."""
 
     def __init__(self, net: nn.Module, mean: list[float], std: list[float], channels_last=False):
         super().__init__()
@@ -56,8 +57,8 @@ def load_exported(folder: str | Path) -> Exported:
     return Exported(net, prep["mean"], prep["std"], prep.get("channels_last", False)).eval()
 
 
-def export(cfg, checkpoint: dict, path: Path) -> dict[str, Path]:
-    """Write the files beside `path`; return them by kind."""
+def export(cfg, checkpoint: dict, path: Path, spec) -> dict[str, Path]:
+    """Write the files beside `path` for inputs of `spec` (an InputSpec); return them by kind."""
     from safetensors.torch import save_file
 
     from mnistlab.config import to_plain
@@ -69,19 +70,20 @@ def export(cfg, checkpoint: dict, path: Path) -> dict[str, Path]:
     folder = path.parent
     files = {"safetensors": folder / "model.safetensors", "json": folder / "model.json"}
     save_file(weights, files["safetensors"], metadata={"checkpoint": path.name})
-    spec = {
+    described = {
         "network": {"class": net_cfg.pop("_target_"), "arguments": net_cfg},
-        "input": {"shape": [1, 28, 28], "dtype": "uint8", "background": "dark (0), digit light",
-                  "scale": "1/255", "mean": list(cfg.data.mean), "std": list(cfg.data.std),
+        "input": {"shape": list(spec.shape), "dtype": "uint8", "layout": "NCHW",
+                  "mode": "L" if spec.channels == 1 else "RGB", "scale": "1/255",
+                  "mean": list(spec.mean), "std": list(spec.std),
                   "channels_last": bool(cfg.model.get("channels_last", False))},
-        "classes": list(range(cfg.model.num_classes)),
+        "classes": list(spec.classes),
         "checkpoint": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
     }  # fmt: skip
-    files["json"].write_text(json.dumps(spec, indent=2) + "\n")
+    files["json"].write_text(json.dumps(described, indent=2) + "\n")
     exported = load_exported(folder)
     if _onnx_available():
         files["onnx"] = folder / "model.onnx"
-        _to_onnx(exported, files["onnx"])
+        _to_onnx(exported, files["onnx"], spec.shape)
     else:
         log.warning("onnx/onnxruntime not installed: no model.onnx (pip install -e '.[export]')")
     return files
@@ -91,8 +93,8 @@ def _onnx_available() -> bool:
     return all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
 
 
-def _to_onnx(model: nn.Module, path: Path) -> None:
-    example = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+def _to_onnx(model: nn.Module, path: Path, shape: tuple[int, int, int]) -> None:
+    example = torch.zeros(2, *shape, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: batch},),
                                 input_names=["images"], output_names=["logits"], verbose=False)  # fmt: skip
@@ -109,7 +111,7 @@ def onnx_logits(path: Path, images: Tensor) -> Tensor:
 
 def parity(model, datamodule, files: dict[str, Path], images: Tensor) -> dict[str, float]:
     """Max |logit difference| from the checkpoint's model, per exported form; UserError if any
-    predicts another digit for any image."""
+    predicts another class for any image."""
     from mnistlab import UserError
 
     with torch.inference_mode():
@@ -119,7 +121,7 @@ def parity(model, datamodule, files: dict[str, Path], images: Tensor) -> dict[st
         logits["onnx"] = onnx_logits(files["onnx"], images)
     for kind, values in logits.items():
         if not torch.equal(values.argmax(1), reference.argmax(1)):
-            raise UserError(f"the {kind} export predicts other digits than the checkpoint")
+            raise UserError(f"the {kind} export predicts other classes than the checkpoint")
     return {k: float((v - reference).abs().max()) for k, v in logits.items()}
 
 
@@ -137,18 +139,18 @@ def main(argv: list[str] | None = None) -> int:
         run_dir, path = locate(args["run"], args["ckpt"], args["which"])
         checkpoint = load(path, require_checksum=False)
         cfg = run_config(run_dir, checkpoint, overrides, "export")
-        files = export(cfg, checkpoint, path)
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         datamodule.setup("test")
-        images = datamodule.test_set.images[:256]
+        files = export(cfg, checkpoint, path, datamodule.spec)
+        images, _ = datamodule.test_set.gather(range(min(256, len(datamodule.test_set))))
         gaps = parity(build_model(cfg, checkpoint, path), datamodule, files, images)
     except UserError as e:
         print(f"mnistlab-export: error: {e}", file=sys.stderr)
         return 1
     for kind, file in files.items():
         print(f"{kind:12s} {file}")
-    print("parity on 256 test images, max |logit difference| vs the checkpoint: "
+    print(f"parity on {len(images)} test images, max |logit difference| vs the checkpoint: "
           + ", ".join(f"{k} {v:.2e}" for k, v in gaps.items()))  # fmt: skip
     return 0
 

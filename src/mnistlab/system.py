@@ -136,6 +136,11 @@ class Classifier(LightningModule):
                 f"weights {', '.join(bad[:3])} are not finite at step {self.global_step}:"
                 " checkpoint not written; lower model.optimizer.lr or check the data"
             )
+        # What the network takes (shape, normalization as measured, class names), as plain
+        # data: eval, predict and export prepare inputs from it.
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if hasattr(datamodule, "spec"):
+            checkpoint["input_spec"] = datamodule.spec.as_dict()
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

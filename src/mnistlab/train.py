@@ -73,10 +73,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
     metrics.update(test_metrics)
 
-    _log_results(trainer, hparams, metrics)
+    reported = list(cfg.get("report_metrics") or [])
+    _log_results(trainer, hparams, {k: metrics[k] for k in reported if k in metrics})
     if trainer.is_global_zero:
         write_results(cfg.paths.output_dir, _results(cfg, trainer, metrics, best))
-        _summarize(metrics, best, cfg.paths.output_dir)
+        _summarize(metrics, reported, best, cfg.paths.output_dir)
     return metrics
 
 
@@ -125,14 +126,11 @@ def _results(cfg: DictConfig, trainer, metrics: dict[str, float], best: str) -> 
 
 
 def _log_results(trainer, hparams: dict, metrics: dict[str, float]) -> None:
-    """Fill TensorBoard's HParams tab with real results (not Lightning's `hp_metric` placeholder)."""
+    """Fill TensorBoard's HParams tab with real results (not Lightning's `hp_metric` placeholder):
+    `report_metrics` as hp/<name>."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    results = {
-        f"hp/{k.replace('/', '_')}": metrics[k]
-        for k in ("test/acc", "val/acc_best")
-        if k in metrics
-    }
+    results = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hparams, results)
@@ -141,10 +139,8 @@ def _log_results(trainer, hparams: dict, metrics: dict[str, float]) -> None:
         logger.finalize("success")
 
 
-def _summarize(metrics: dict[str, float], best: str, output_dir: str) -> None:
-    shown = "  ".join(
-        f"{k} {metrics[k]:.4f}" for k in ("val/acc_best", "test/acc", "test/loss") if k in metrics
-    )
+def _summarize(metrics: dict[str, float], reported: list[str], best: str, output_dir: str) -> None:
+    shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in reported if k in metrics)
     log.info("Done: %s", shown)
     log.info("Best checkpoint: %s", best or "(none saved)")
     log.info("Run folder: %s", output_dir)

@@ -44,8 +44,12 @@ def _chunks(jobs: list[tuple[int, list[str]]], size: int | None):
 def finish(config: DictConfig, jobs: list[tuple[int, list[str]]], objective: str) -> None:
     """Print and write the summary; exit non-zero if any job did not complete."""
     sweep_dir = Path(config.hydra.sweep.dir)
-    table = sweeps.rows([(n, o, job_dir(config, n)) for n, o in jobs], objective)
-    markdown = sweeps.write(sweep_dir, table, objective)
+    reported = list(config.get("report_metrics") or sweeps.REPORTED)
+    maximize = str(config.hydra.sweeper.get("direction", "maximize")) != "minimize"
+    table = sweeps.rows(
+        [(n, o, job_dir(config, n)) for n, o in jobs], objective, reported, maximize
+    )
+    markdown = sweeps.write(sweep_dir, table, objective, reported)
     print(markdown, end="")
     bad = [r for r in table if r["status"] != "completed"]
     # Printed, not logged: the jobs' logging setup (Hydra's, per job) has replaced the sweep's.

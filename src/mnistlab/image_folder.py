@@ -1,0 +1,235 @@
+"""Your own images, no code: `root/train/<class>/*`, `root/test/<class>/*` (and `root/val/<class>/*`
+if you have one; else validation is held out of train). PNG, JPEG, BMP or WebP of any size and
+mode, brought to `data.channels` x `data.image_size` once, in parallel, into a cache file beside
+the data. The cache is named by the folder's content (paths, sizes, modification times) and
+the decoding settings, so a changed folder is decoded anew; it is checksummed, written
+atomically, and memory-mapped, so a dataset larger than RAM is read through the page cache.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from mnistlab import UserError
+from mnistlab.config import class_folders, project_path
+from mnistlab.data import ImageDataModule, Split
+from mnistlab.decode import decode_chunk
+from mnistlab.files import atomic_write, file_sha256
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+CACHE_VERSION = 1
+CHUNK = 512  # images per task of the decoding pool
+# Forked workers start at once (as DataLoader's do on Linux); they only run PIL and numpy.
+_START = "fork" if sys.platform == "linux" else "spawn"
+
+
+class ImageFolderDataModule(ImageDataModule):
+    def __init__(
+        self,
+        root: str,
+        classes: Sequence[str],
+        image_size: int | Sequence[int] = 32,
+        channels: int = 3,
+        on_bad_image: str = "fail",
+        cache_dir: str | None = None,
+        decode_workers: int | None = None,
+        **kwargs,
+    ):
+        """`classes`: the class folders, in label order (the config reads them from
+        `root/train`). `on_bad_image`: `fail` lists the files that cannot be decoded and stops;
+        `skip` leaves them out with a warning. `cache_dir`: where the decoded cache goes
+        (default `root/.cache`). `decode_workers`: processes decoding (default: the cores).
+        Other arguments: `ImageDataModule`'s."""
+        super().__init__(channels, image_size, classes, **kwargs)
+        if channels not in (1, 3):
+            raise UserError(f"data.channels={channels}: image folders are read as 1 or 3 channels")
+        if on_bad_image not in ("fail", "skip"):
+            raise UserError(f"data.on_bad_image={on_bad_image}: choose fail or skip")
+        self.root = project_path(root)
+        self.on_bad_image, self.decode_workers = on_bad_image, decode_workers
+        self.cache_dir = project_path(cache_dir) if cache_dir else self.root / ".cache"
+        self._built: set[str] = set()
+
+    def prepare_data(self) -> None:
+        """Decode each split into its cache (once per process group, by rank 0)."""
+        for split in self._splits():
+            self._cached(split)
+
+    def load(self, split: str) -> Split | None:
+        if split not in self._splits():
+            return None
+        return self._cached(split)
+
+    def _splits(self) -> list[str]:
+        class_folders(self.root)  # the same one-line errors as the config's resolver
+        test = self.root / "test"
+        if not test.is_dir():
+            raise UserError(f"{test}: no such folder; put the test images in test/<class>/")
+        return ["train", "test"] + (["val"] if (self.root / "val").is_dir() else [])
+
+    # ------------------------------------------------------------------ the cache
+
+    def _cached(self, split: str) -> Split:
+        files, labels = self._scan(split)
+        key = _key(self.root, files, (self.channels, self.height, self.width))
+        path = self.cache_dir / f"{split}-{key[:16]}.npy"
+        cached = _read_cache(path)
+        if cached is None:
+            cached = self._build(split, files, labels, path)
+        images, meta = cached
+        if meta["skipped"] and self.on_bad_image == "fail":
+            raise UserError(_bad_message(meta["skipped"]))
+        return Split(images, np.asarray(meta["labels"], dtype=np.int64), self.classes)
+
+    def _scan(self, split: str) -> tuple[list[Path], list[int]]:
+        folder = self.root / split
+        found = class_folders(self.root, split)
+        if found != self.classes:
+            raise UserError(
+                f"{folder} has classes {found[:12]}, data.classes (from {self.root / 'train'}) is"
+                f" {self.classes[:12]}: every split needs the same class folders"
+            )
+        files, labels = [], []
+        for label, name in enumerate(self.classes):
+            members = sorted(p for p in (folder / name).iterdir()
+                             if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))  # fmt: skip
+            if not members:
+                raise UserError(
+                    f"{folder / name}: no images (PNG, JPEG, BMP, WebP); add some or remove the"
+                    " class folder from every split"
+                )
+            files += members
+            labels += [label] * len(members)
+        return files, labels
+
+    def _build(self, split: str, files: list[Path], labels: list[int], path: Path):
+        log.info("Decoding %d images of %s into %s", len(files), self.root / split, path)
+        images, errors = _decode_all(files, (self.channels, self.height, self.width),
+                                     self.decode_workers)  # fmt: skip
+        keep = np.array([i not in errors for i in range(len(files))], dtype=bool)
+        skipped = [f"{files[i]} ({errors[i]})" for i in sorted(errors)]
+        if skipped and self.on_bad_image == "fail":
+            raise UserError(_bad_message(skipped))
+        if skipped:
+            log.warning("Skipping %d undecodable file(s): %s", len(skipped), "; ".join(skipped[:5]))
+            images = images[keep]
+        meta = {"labels": np.asarray(labels)[keep].tolist(), "skipped": skipped,
+                "classes": self.classes, "shape": list(images.shape)}  # fmt: skip
+        try:
+            _write_cache(path, images, meta)
+        except OSError as e:  # a read-only data folder: train from memory, decode again next time
+            log.warning("Cannot write the cache %s (%s); set data.cache_dir to keep one", path, e)
+            return images, meta
+        return _read_cache(path)
+
+
+def _key(root: Path, files: list[Path], shape: tuple) -> str:
+    """The cache's name: a hash of every file's path, size and modification time, the decoded
+    shape and the decoding version."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION} {shape}".encode())
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path):
+    """(memory-mapped images, metadata), or None when absent or damaged (then rebuilt)."""
+    meta_path = path.with_suffix(".json")
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if file_sha256(path) != meta["sha256"]:
+            raise ValueError(f"sha256 differs from {meta_path.name}'s")
+        images = np.load(path, mmap_mode="c")  # copy-on-write: shared pages, writable for torch
+        if list(images.shape) != meta["shape"] or images.dtype != np.uint8:
+            raise ValueError(f"shape {images.shape}, expected {meta['shape']}")
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("Damaged cache %s (%s): decoding again", path, e)
+        return None
+    return images, meta
+
+
+def _write_cache(path: Path, images: np.ndarray, meta: dict) -> None:
+    """The images file, then its metadata (with the images' sha256): each written to a temporary
+    file, synced and renamed, so a crash leaves the old cache or none, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        np.save(f, images)
+    meta = {**meta, "sha256": file_sha256(path)}
+    with atomic_write(path.with_suffix(".json")) as f:
+        f.write(json.dumps(meta).encode())
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def _decode_all(files: list[Path], shape: tuple, workers: int | None):
+    """All files as uint8 (N, C, H, W), in parallel; {index: error} for those that failed."""
+    images = np.zeros((len(files), *shape), dtype=np.uint8)
+    errors: dict[int, str] = {}
+    chunks = [(start, files[start : start + CHUNK]) for start in range(0, len(files), CHUNK)]
+    workers = min(workers or os.cpu_count() or 1, len(chunks))
+    with _progress(len(files)) as advance:
+        if workers <= 1:
+            results = (decode_chunk(start, part, shape) for start, part in chunks)
+            _collect(results, images, errors, advance)
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context(_START)) as pool:
+                results = pool.map(decode_chunk, *zip(*chunks, strict=True),
+                                   [shape] * len(chunks))  # fmt: skip
+                _collect(results, images, errors, advance)
+    return images, errors
+
+
+def _collect(results, images: np.ndarray, errors: dict, advance) -> None:
+    for start, part, failed in results:
+        images[start : start + len(part)] = part
+        errors.update(failed)
+        advance(len(part))
+
+
+class _progress:
+    """A progress bar on a terminal (rich), a line every quarter elsewhere; yields `advance`."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.bar = total, 0, None
+
+    def __enter__(self):
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("decoding", total=self.total)
+        return self.advance
+
+    def advance(self, n: int) -> None:
+        before, self.done = self.done, self.done + n
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n)
+        elif before * 4 // max(1, self.total) != self.done * 4 // max(1, self.total):
+            log.info("Decoded %d/%d images", self.done, self.total)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _bad_message(skipped: list[str]) -> str:
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    return (
+        f"{len(skipped)} file(s) cannot be decoded: {'; '.join(skipped[:5])}{more}. Fix or"
+        " remove them, or set data.on_bad_image=skip to train without them"
+    )
