@@ -153,7 +153,9 @@ def _composition_error(e: HydraException, name: str, overrides: list[str]) -> st
 
 
 def _first_line(e: Exception) -> str:
-    text = re.sub(r"^\w+ raised while resolving interpolation: ", "", str(e))  # our own message
+    text = re.sub(r"^\w+ (raised )?while resolving interpolation: ", "", str(e))
+    if missing := re.match(r"Missing mandatory value: ([\w.]+)", text):
+        return f"{missing[1]} is not set: give it on the command line, {missing[1]}=..."
     lines = [line.strip() for line in text.splitlines()
              if line.strip() and not line.strip().startswith(("full_key:", "object_type="))]  # fmt: skip
     cause = e.__cause__

@@ -19,10 +19,26 @@ def register_resolvers() -> None:
     """`${project_root:}`, `${slurm_gpus:accelerator,devices}`, `${class_folders:root}` and
     `${len:list}` in configs; idempotent, so tests and entry points may call it freely."""
     resolvers = {"project_root": lambda: str(ROOT), "slurm_gpus": slurm_gpus,
-                 "class_folders": lambda root: class_folders(project_path(root)), "len": len}  # fmt: skip
+                 "class_folders": lambda root: dataset_classes(project_path(root)), "len": len}  # fmt: skip
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+def dataset_classes(root: Path) -> list[str]:
+    """The classes of an image folder, checked to be the same in train/, test/ and val/."""
+    from mnistlab import UserError
+
+    classes = class_folders(root, "train")
+    for split in ("test", "val"):
+        if split == "test" or (root / split).is_dir():
+            found = class_folders(root, split)
+            if found != classes:
+                raise UserError(
+                    f"{root / split} has classes {found[:8]}, {root / 'train'} has {classes[:8]}:"
+                    " every split needs the same class folders"
+                )
+    return classes
 
 
 def class_folders(root: Path, split: str = "train") -> list[str]:

@@ -3,7 +3,8 @@
 - `perf/epoch_time_s`, `perf/images_per_s` after every training epoch;
 - `val/predictions`: a fixed sample of validation images with predicted and true class names,
   every epoch (the same images each time, so cost and disk stay flat);
-- `test/confusion_matrix` and `test/most_confident_errors` when testing ends;
+- `test/confusion_matrix` (a picture with the class names, and the exact counts as a text
+  table) and `test/most_confident_errors` when testing ends;
 - `run/config` (the composed config as YAML) and `run/git` (the commit of the code);
 - optional: weight and gradient histograms (`histograms`), the model graph (`graph`).
 Pictures are drawn with PIL: no plotting library needed.
@@ -116,6 +117,8 @@ class Dashboard(Callback):
         spec = trainer.datamodule.spec
         writer.add_image("test/confusion_matrix", confusion_image(matrix, list(spec.classes)),
                          trainer.global_step, dataformats="HWC")  # fmt: skip
+        writer.add_text("test/confusion_matrix", confusion_table(matrix, list(spec.classes)),
+                        trainer.global_step)  # fmt: skip
         pixels = (
             torch.stack([e[1] for e in errors])
             if errors
@@ -195,6 +198,18 @@ def confusion_image(matrix: torch.Tensor, classes: list[str]) -> np.ndarray:
             if cell >= 30:
                 draw.text((box[0] + 4, box[1] + 12), str(int(matrix[t, p])), fill="black")
     return np.asarray(canvas)
+
+
+def confusion_table(matrix: torch.Tensor, classes: list[str]) -> str:
+    """The confusion matrix as a markdown table (true rows, predicted columns): exact counts,
+    however many classes the picture has to draw without them."""
+    lines = [
+        "| true \\ predicted | " + " | ".join(classes) + " |",
+        "|---" * (len(classes) + 1) + "|",
+    ]
+    lines += [f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |"
+              for name, row in zip(classes, matrix.tolist(), strict=True)]  # fmt: skip
+    return "\n".join(lines)
 
 
 def _git_description() -> str:

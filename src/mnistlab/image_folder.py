@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab import UserError
-from mnistlab.config import class_folders, project_path
+from mnistlab.config import class_folders, dataset_classes, project_path
 from mnistlab.data import ImageDataModule, Split
 from mnistlab.decode import decode_chunk
 from mnistlab.files import atomic_write, file_sha256
@@ -58,11 +58,15 @@ class ImageFolderDataModule(ImageDataModule):
         self.root = project_path(root)
         self.on_bad_image, self.decode_workers = on_bad_image, decode_workers
         self.cache_dir = project_path(cache_dir) if cache_dir else self.root / ".cache"
-        self._built: set[str] = set()
+        self._scanned: dict[str, tuple[list[Path], list[int]]] = {}
 
     def prepare_data(self) -> None:
-        """Decode each split into its cache (once per process group, by rank 0)."""
-        for split in self._splits():
+        """Decode each split into its cache (once per process group, by rank 0), after every
+        split's folders were checked: a bad test folder stops the run before any decoding."""
+        splits = self._splits()
+        for split in splits:
+            self._scan(split)
+        for split in splits:
             self._cached(split)
 
     def load(self, split: str) -> Split | None:
@@ -71,10 +75,7 @@ class ImageFolderDataModule(ImageDataModule):
         return self._cached(split)
 
     def _splits(self) -> list[str]:
-        class_folders(self.root)  # the same one-line errors as the config's resolver
-        test = self.root / "test"
-        if not test.is_dir():
-            raise UserError(f"{test}: no such folder; put the test images in test/<class>/")
+        dataset_classes(self.root)  # the config's check, again: the folder may have changed since
         return ["train", "test"] + (["val"] if (self.root / "val").is_dir() else [])
 
     # ------------------------------------------------------------------ the cache
@@ -92,6 +93,12 @@ class ImageFolderDataModule(ImageDataModule):
         return Split(images, np.asarray(meta["labels"], dtype=np.int64), self.classes)
 
     def _scan(self, split: str) -> tuple[list[Path], list[int]]:
+        """The image files of `split` and their labels (scanned once per split)."""
+        if split not in self._scanned:
+            self._scanned[split] = self._list(split)
+        return self._scanned[split]
+
+    def _list(self, split: str) -> tuple[list[Path], list[int]]:
         folder = self.root / split
         found = class_folders(self.root, split)
         if found != self.classes:
