@@ -255,10 +255,14 @@ def test_a_new_dataset_class_from_the_readme_trains(tmp_path):
     assert len(code.splitlines()) + len(config.splitlines()) < 40
     (tmp_path / "my_data.py").write_text(code)
     (tmp_path / "conf" / "data").mkdir(parents=True)
-    (tmp_path / "conf" / "data" / "my_data.yaml").write_text(config.replace("mnistlab.my_data", "my_data"))
+    (tmp_path / "conf" / "data" / "my_data.yaml").write_text(
+        config.replace("mnistlab.my_data", "my_data")
+    )
     root = write_image_folder(tmp_path / "images", n_train=12, n_test=4)
     for split in ("train", "test"):  # the same images, listed in CSV files instead
-        rows = [f"{p.relative_to(root)},{p.parent.name}" for p in sorted((root / split).rglob("*.*"))]
+        rows = [
+            f"{p.relative_to(root)},{p.parent.name}" for p in sorted((root / split).rglob("*.*"))
+        ]
         (root / f"{split}.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
     classes = "[" + ",".join(sorted(SHAPES)) + "]"
     proc = subprocess.run(
