@@ -10,8 +10,14 @@ Each loop runs in a fresh process, the loops alternating within every repetition
   origin    the origin document's loop: torchvision MNIST, PIL ToTensor + Normalize, DataLoader
             with 0 workers, training on all 60k images;
   bound     the compute-bound estimate: FLOPs per epoch over a matmul probe's FLOP/s.
-Epoch time covers training plus the validation pass where the loop has one (template, plain).
-Ratios to origin use seconds per training image, since origin trains on 60k images, not 55k.
+And, on the same 70k images written as PNG files into an image folder (logs/bench/mnist_png/,
+made once; --no-folder skips this part):
+  folder    the template with data=image_folder at 1x28x28 (the cache built before timing);
+  tvfolder  torchvision's ImageFolder + DataLoader(num_workers=2) with the usual transforms
+            (Grayscale, Resize, ToTensor, Normalize), the same network and optimizer;
+  start-up  a fresh process's data setup on the folder: decoding into the cache, then with it.
+Epoch time covers training plus the validation pass where the loop has one (template, plain,
+folder). Ratios to origin and tvfolder use seconds per training image: they train on 60k images.
 """
 
 import argparse
@@ -70,9 +76,14 @@ class Recorder:
 # ------------------------------------------------------------------------------ template
 
 
-def template_argv(args, run_dir: str) -> list[str]:
+FOLDER_ARGS = ["data=image_folder", "data.channels=1", "data.image_size=28", f"data.val_size={N_VAL}",
+               "data.mean=[0.5]", "data.std=[0.5]"]  # fmt: skip
+
+
+def template_argv(args, run_dir: str, folder: bool = False) -> list[str]:
+    extra = [*FOLDER_ARGS, f"data.root={args.folder}"] if folder else []
     return [
-        sys.executable, "-m", "mnistlab.train",
+        sys.executable, "-m", "mnistlab.train", *extra,
         f"trainer.max_epochs={args.epochs}", f"data.batch_size={args.batch_size}",
         f"paths.data_dir={args.data_dir}", f"hydra.run.dir={run_dir}",
         "+trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
@@ -164,6 +175,72 @@ def run_origin(args):
     rec.write(correct / len(test_set), len(train_set))
 
 
+def run_tvfolder(args):
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from mnistlab.nets import ConvNet
+
+    rec = Recorder()
+    torch.manual_seed(SEED)
+    transform = transforms.Compose([transforms.Grayscale(1), transforms.Resize((28, 28)),
+                                    transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])  # fmt: skip
+    train_set = datasets.ImageFolder(str(Path(args.folder) / "train"), transform=transform)
+    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=2,
+                        persistent_workers=True)  # fmt: skip
+    net, loss_fn = ConvNet(), nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(args.epochs):
+        rec.epoch_start()
+        for x, y in loader:
+            loss = loss_fn(net(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            rec.first_step()
+        rec.epoch_end()
+    rec.write(float("nan"), len(train_set))
+
+
+def run_startup(args):
+    """A fresh process's data setup on the folder (decoding into the cache when there is none)."""
+    start = time.perf_counter()
+    from mnistlab.image_folder import ImageFolderDataModule
+
+    imported = time.perf_counter()
+    dm = ImageFolderDataModule(args.folder, [str(d) for d in range(10)], image_size=28,
+                               channels=1, val_size=N_VAL)  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    done = time.perf_counter()
+    Path(os.environ["BENCH_OUT"]).write_text(json.dumps(
+        {"import_s": imported - start, "setup_s": done - imported, "n": len(dm.train_set)}))  # fmt: skip
+
+
+def write_png_folder(data_dir: str, folder: Path) -> None:
+    """MNIST's 60k + 10k images as PNG files, root/{train,test}/<digit>/<index>.png (once)."""
+    if (folder / "complete").is_file():
+        return
+    import numpy as np
+    from PIL import Image
+
+    from mnistlab.idx import read_idx
+
+    print(f"writing MNIST as 70,000 PNG files into {folder} (once) ...", flush=True)
+    raw = Path(data_dir) / "MNIST" / "raw"
+    for split, stem in (("train", "train"), ("test", "t10k")):
+        images, labels = (
+            read_idx(raw / f"{stem}-{k}") for k in ("images-idx3-ubyte", "labels-idx1-ubyte")
+        )
+        for digit in range(10):
+            (folder / split / str(digit)).mkdir(parents=True, exist_ok=True)
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            Image.fromarray(np.asarray(image)).save(folder / split / str(label) / f"{i:05d}.png")
+    (folder / "complete").touch()
+
+
 def matmul_flops(n: int = 1024, reps: int = 20) -> float:
     import torch
 
@@ -182,8 +259,8 @@ def launch(loop: str, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "result.json")
         env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": str(ROOT / "scripts")}
-        if loop == "template":
-            argv = template_argv(args, str(Path(tmp, "run")))
+        if loop in ("template", "folder"):
+            argv = template_argv(args, str(Path(tmp, "run")), folder=loop == "folder")
         else:
             argv = [sys.executable, __file__, "--child", loop, *child_flags(args)]
         env["BENCH_T0"] = repr(time.time())
@@ -198,7 +275,18 @@ def child_flags(args) -> list[str]:
         f"--epochs={args.epochs}",
         f"--batch-size={args.batch_size}",
         f"--data-dir={args.data_dir}",
+        f"--folder={args.folder}",
     ]
+
+
+def folder_start_ups(args) -> list[dict]:
+    """The data setup on the PNG folder in fresh processes: without a cache, then with it."""
+    import shutil
+
+    write_png_folder(args.data_dir, Path(args.folder))
+    shutil.rmtree(Path(args.folder) / ".cache", ignore_errors=True)
+    print("image folder: data setup without the cache, then with it ...", flush=True)
+    return [launch("startup", args) for _ in range(2)]
 
 
 def time_command(argv: list[str], reps: int = 3) -> float:
@@ -213,6 +301,8 @@ def time_command(argv: list[str], reps: int = 3) -> float:
 def summarize(runs: dict[str, list[dict]], flops: float, args) -> dict:
     summary = {}
     for loop, results in runs.items():
+        if loop == "startup":
+            continue
         epoch_s = statistics.median(s for r in results for s in r["epoch_s"])
         n_train = results[0]["n_train"]
         rss_growth = [r["rss_after_epoch_mb"][-1] - r["rss_after_epoch_mb"][0] for r in results]
@@ -223,7 +313,9 @@ def summarize(runs: dict[str, list[dict]], flops: float, args) -> dict:
             "first_step_s": statistics.median(r["first_step_s"] for r in results),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
             "rss_growth_mb": max(rss_growth),
-            "test_acc": statistics.median(r["test_acc"] for r in results),
+            "test_acc": statistics.median(r["test_acc"] for r in results)
+            if loop != "tvfolder"
+            else None,
         }
     n_train = runs["template"][0]["n_train"]
     bound_s = (n_train * TRAIN_FLOP + N_VAL * FWD_FLOP) / flops
@@ -241,12 +333,15 @@ def report(summary: dict, startup: dict, args) -> None:
     print(f"{'loop':10}{'epoch s':>9}{'img/s':>8}{'1st step s':>11}{'peak RSS MB':>12}"
           f"{'RSS growth':>11}{'test acc':>9}")  # fmt: skip
     for loop, s in summary.items():
+        if loop == "folder_startup":
+            continue
         if loop == "bound":
             print(f"{loop:10}{s['epoch_s']:9.2f}{s['images_per_s']:8.0f}   "
                   f"(matmul probe {s['gflops']:.0f} GFLOP/s)")  # fmt: skip
             continue
+        acc = "" if s["test_acc"] is None else f"{s['test_acc']:9.4f}"
         print(f"{loop:10}{s['epoch_s']:9.2f}{s['images_per_s']:8.0f}{s['first_step_s']:11.2f}"
-              f"{s['peak_rss_mb']:12.0f}{s['rss_growth_mb']:11.1f}{s['test_acc']:9.4f}")  # fmt: skip
+              f"{s['peak_rss_mb']:12.0f}{s['rss_growth_mb']:11.1f}{acc}")  # fmt: skip
     t, p = summary["template"], summary["plain"]
     ratios = {
         "template/plain epoch": t["epoch_s"] / p["epoch_s"],
@@ -256,6 +351,11 @@ def report(summary: dict, startup: dict, args) -> None:
     }
     if "origin" in summary:
         ratios["origin/template per image"] = summary["origin"]["s_per_image"] / t["s_per_image"]
+    if "folder" in summary:
+        f = summary["folder"]
+        ratios["folder/template per image"] = f["s_per_image"] / t["s_per_image"]
+        ratios["tvfolder/folder per image"] = summary["tvfolder"]["s_per_image"] / f["s_per_image"]
+        ratios["tvfolder/folder epoch"] = summary["tvfolder"]["epoch_s"] / f["epoch_s"]
     for name, value in startup.items():
         if name != "import torch":
             ratios[f"{name} / import torch"] = value / startup["import torch"]
@@ -263,6 +363,11 @@ def report(summary: dict, startup: dict, args) -> None:
     for name, value in ratios.items():
         print(f"{name:34}{value:7.2f}")
     print("start-up (median of 3): " + ", ".join(f"{k} {v:.2f}s" for k, v in startup.items()))
+    if "folder" in summary:
+        first, second = summary["folder_startup"]
+        print(f"image folder, {first['n'] + N_VAL} train images: data setup in a fresh process"
+              f" {first['setup_s']:.2f}s decoding into the cache, {second['setup_s']:.2f}s with it"
+              f" (+ import {second['import_s']:.2f}s)")  # fmt: skip
     summary["ratios"], summary["startup_s"] = ratios, startup
 
 
@@ -274,11 +379,21 @@ def main():
     parser.add_argument("--quick", action="store_true", help="1 epoch, 1 repeat: about 2 minutes")
     parser.add_argument("--no-origin", action="store_true", help="skip the origin loop")
     parser.add_argument("--data-dir", default=str(ROOT / "data"), help="holds MNIST/raw/")
+    parser.add_argument("--no-folder", action="store_true", help="skip the image-folder part")
+    parser.add_argument(
+        "--folder",
+        default=str(ROOT / "logs" / "bench" / "mnist_png"),
+        help="where MNIST is written as PNG files for the image-folder part",
+    )
     parser.add_argument("--json", default=str(ROOT / "logs" / "bench.json"))
-    parser.add_argument("--child", choices=["plain", "origin"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=["plain", "origin", "tvfolder", "startup"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
-        return {"plain": run_plain, "origin": run_origin}[args.child](args)
+        children = {"plain": run_plain, "origin": run_origin, "tvfolder": run_tvfolder,
+                    "startup": run_startup}  # fmt: skip
+        return children[args.child](args)
     if args.quick:
         args.epochs, args.repeats = 1, 1
 
@@ -286,6 +401,9 @@ def main():
 
     ensure_mnist(Path(args.data_dir) / "MNIST" / "raw")
     loops = ["template", "plain"] + ([] if args.no_origin else ["origin"])
+    if not args.no_folder:
+        folder_startup = folder_start_ups(args)
+        loops += ["folder", "tvfolder"]
     runs = {loop: [] for loop in loops}
     for rep in range(args.repeats):
         for loop in loops[rep % len(loops) :] + loops[: rep % len(loops)]:  # rotate the order
@@ -298,6 +416,8 @@ def main():
         "--help": time_command([py, "-m", "mnistlab.train", "--help"]),
     }
     summary = summarize(runs, matmul_flops(), args)
+    if not args.no_folder:
+        summary["folder_startup"] = folder_startup
     report(summary, startup, args)
     summary["args"] = vars(args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -20,5 +20,5 @@ class BenchTimer(Callback):
         self.rec.epoch_end()
 
     def on_test_end(self, trainer, pl_module):
-        n_train = trainer.datamodule.train_set.images.shape[0]
+        n_train = len(trainer.datamodule.train_set)
         self.rec.write(float(trainer.callback_metrics["test/acc"]), n_train)

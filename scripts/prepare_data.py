@@ -1,4 +1,5 @@
-"""Fetch and verify the dataset without training, e.g. on a login node before offline jobs run.
+"""Fetch and verify the dataset (MNIST), or decode an image folder into its cache, without
+training: e.g. on a login node before offline jobs run.
 
 python scripts/prepare_data.py [hydra overrides, e.g. paths.data_dir=/scratch/data]
 """
@@ -23,7 +24,8 @@ def main(overrides: list[str]) -> int:
     except UserError as e:
         logging.error("%s", e)
         return 1
-    print(f"Ready: {datamodule.raw_dir}")
+    where = getattr(datamodule, "raw_dir", None) or getattr(datamodule, "cache_dir", "")
+    print(f"Ready: {where}")
     return 0
 
 

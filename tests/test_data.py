@@ -8,7 +8,8 @@ from PIL import Image
 from torchvision import transforms
 
 from mnistlab import UserError
-from mnistlab.data import EpochSampler, MNISTDataModule, ShardSampler
+from mnistlab.data import EpochSampler, ShardSampler
+from mnistlab.mnist import MNISTDataModule
 
 
 def make_dm(synthetic_mnist, **kwargs) -> MNISTDataModule:
@@ -116,3 +117,39 @@ def test_relative_data_dir_is_taken_from_the_project_root():
 
     assert MNISTDataModule("data").raw_dir == ROOT / "data" / "MNIST" / "raw"
     assert MNISTDataModule("/abs/x").raw_dir == Path("/abs/x/MNIST/raw")
+
+
+def test_mean_and_std_not_given_are_measured_on_the_training_split(synthetic_mnist):
+    dm = make_dm(synthetic_mnist, mean=None, std=None)
+    x = dm.train_set.images.double() / 255  # the training split only, not val or test
+    assert dm.spec.mean == pytest.approx((x.mean().item(),), abs=1e-6)
+    assert dm.spec.std == pytest.approx((x.std(unbiased=False).item(),), abs=1e-6)
+
+
+def test_images_that_do_not_match_the_spec_are_refused_in_one_line(synthetic_mnist):
+    with pytest.raises(
+        UserError,
+        match=r"shape \(1, 28, 28\), but data\.channels=1 and data\.image_size=\[32, 32\]",
+    ):
+        make_dm(synthetic_mnist, image_size=32)
+    with pytest.raises(UserError, match=r"classes .* differ from data\.classes"):
+        make_dm(synthetic_mnist, classes=[str(d) for d in range(9)])
+
+
+def test_memory_mapped_images_give_the_same_batches_without_a_copy(synthetic_mnist, tmp_path):
+    import numpy as np
+
+    from mnistlab.data import _subset
+
+    dm = make_dm(synthetic_mnist)
+    images, labels = dm._checked(dm.load("train"), "train").images, dm.train_set.labels
+    np.save(tmp_path / "images.npy", images.numpy())
+    mapped = _subset(
+        np.load(tmp_path / "images.npy", mmap_mode="c"),
+        dm._checked(dm.load("train"), "train").labels,
+        dm.train_indices,
+    )
+    assert mapped.indices is not None and len(mapped) == len(dm.train_set)
+    for batch in ([0, 5, 7], list(range(len(labels) - 40, len(labels)))):
+        x, y = mapped.__getitems__(batch)
+        assert torch.equal(x, dm.train_set.__getitems__(batch)[0]) and torch.equal(y, labels[batch])

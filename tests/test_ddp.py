@@ -18,7 +18,8 @@ from runner import base_args, cli_args, cli_env, run_cli
 
 from mnistlab import UserError
 from mnistlab import eval as evaluation
-from mnistlab.data import EpochSampler, MNISTDataModule, ShardSampler
+from mnistlab.data import EpochSampler, ShardSampler
+from mnistlab.mnist import MNISTDataModule
 from mnistlab.train import train
 
 # 301 test images: not a multiple of 2 processes, so padding (DistributedSampler's) would show.

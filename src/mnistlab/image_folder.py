@@ -37,7 +37,7 @@ class ImageFolderDataModule(ImageDataModule):
     def __init__(
         self,
         root: str,
-        classes: Sequence[str],
+        classes: Sequence[str] | None = None,
         image_size: int | Sequence[int] = 32,
         channels: int = 3,
         on_bad_image: str = "fail",
@@ -45,11 +45,12 @@ class ImageFolderDataModule(ImageDataModule):
         decode_workers: int | None = None,
         **kwargs,
     ):
-        """`classes`: the class folders, in label order (the config reads them from
-        `root/train`). `on_bad_image`: `fail` lists the files that cannot be decoded and stops;
+        """`classes`: the class folders, in label order (None: those of `root/train`, sorted,
+        as the config reads them). `on_bad_image`: `fail` lists the files that cannot be decoded and stops;
         `skip` leaves them out with a warning. `cache_dir`: where the decoded cache goes
         (default `root/.cache`). `decode_workers`: processes decoding (default: the cores).
         Other arguments: `ImageDataModule`'s."""
+        classes = classes or dataset_classes(project_path(root))
         super().__init__(channels, image_size, classes, **kwargs)
         if channels not in (1, 3):
             raise UserError(f"data.channels={channels}: image folders are read as 1 or 3 channels")
@@ -59,6 +60,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.on_bad_image, self.decode_workers = on_bad_image, decode_workers
         self.cache_dir = project_path(cache_dir) if cache_dir else self.root / ".cache"
         self._scanned: dict[str, tuple[list[Path], list[int]]] = {}
+        self._loaded: dict[str, Split] = {}
 
     def prepare_data(self) -> None:
         """Decode each split into its cache (once per process group, by rank 0), after every
@@ -81,9 +83,15 @@ class ImageFolderDataModule(ImageDataModule):
     # ------------------------------------------------------------------ the cache
 
     def _cached(self, split: str) -> Split:
+        """The split from its cache, built first if needed (once per process and split)."""
+        if split not in self._loaded:
+            self._loaded[split] = self._from_cache(split)
+        return self._loaded[split]
+
+    def _from_cache(self, split: str) -> Split:
         files, labels = self._scan(split)
         key = _key(self.root, files, (self.channels, self.height, self.width))
-        path = self.cache_dir / f"{split}-{key[:16]}.npy"
+        path = self.cache_dir / f"{self._prefix(split)}{key[:16]}.npy"
         cached = _read_cache(path)
         if cached is None:
             cached = self._build(split, files, labels, path)
@@ -91,6 +99,10 @@ class ImageFolderDataModule(ImageDataModule):
         if meta["skipped"] and self.on_bad_image == "fail":
             raise UserError(_bad_message(meta["skipped"]))
         return Split(images, np.asarray(meta["labels"], dtype=np.int64), self.classes)
+
+    def _prefix(self, split: str) -> str:
+        """Caches of one split at one decoded shape share this prefix; the newest replaces the rest."""
+        return f"{split}-{self.channels}x{self.height}x{self.width}-"
 
     def _scan(self, split: str) -> tuple[list[Path], list[int]]:
         """The image files of `split` and their labels (scanned once per split)."""
@@ -137,6 +149,9 @@ class ImageFolderDataModule(ImageDataModule):
         except OSError as e:  # a read-only data folder: train from memory, decode again next time
             log.warning("Cannot write the cache %s (%s); set data.cache_dir to keep one", path, e)
             return images, meta
+        for stale in self.cache_dir.glob(f"{self._prefix(split)}*"):  # the folder as it was
+            if stale.stem != path.stem:
+                stale.unlink(missing_ok=True)
         return _read_cache(path)
 
 
