@@ -46,16 +46,18 @@ def test_a_target_without_a_schema_class_is_checked_against_its_real_signature()
         UserError,
         match=r"unknown key model\.scheduler\.step_sise; did you mean model\.scheduler\.step_size\?",
     ):
-        validate({"model": {"_target_": "x.Y", "scheduler": scheduler}})
+        validate({"model": {"_target_": "mnistlab.system.Classifier", "scheduler": scheduler}})
     net = {"_target_": "torch.nn.Linear", "in_features": 3}  # not partial: all required arguments
     with pytest.raises(
         UserError,
         match=r"model\.net: missing required argument\(s\) out_features of torch\.nn\.Linear",
     ):
-        validate({"model": {"_target_": "x.Y", "net": net}})
+        validate({"model": {"_target_": "mnistlab.system.Classifier", "net": net}})
     with pytest.raises(UserError, match=r"data\._target_=my\.Missing: cannot be imported"):
         validate({"data": {"_target_": "my.Missing"}})
-    validate({"model": {"_target_": "x.Y", "net": {**net, "out_features": 2}}})  # correct: quiet
+    validate(
+        {"model": {"_target_": "mnistlab.system.Classifier", "net": {**net, "out_features": 2}}}
+    )  # correct: quiet
 
 
 def test_an_argument_added_to_a_constructor_needs_no_schema_edit(monkeypatch):
@@ -68,9 +70,16 @@ def test_an_argument_added_to_a_constructor_needs_no_schema_edit(monkeypatch):
         hidden: int
 
     monkeypatch.setitem(SCHEMAS, "mnistlab.nets.ConvNet", Shorter)
-    validate({"net": {"_target_": "mnistlab.nets.ConvNet", "hidden": 8, "dropout": 0.1}})
-    with pytest.raises(UserError, match=r"unknown key net\.dropot; did you mean net\.dropout\?"):
-        validate({"net": {"_target_": "mnistlab.nets.ConvNet", "dropot": 0.1}})
+
+    def model(**net):
+        return {"model": {"_target_": "mnistlab.system.Classifier",
+                          "net": {"_target_": "mnistlab.nets.ConvNet", **net}}}  # fmt: skip
+
+    validate(model(hidden=8, dropout=0.1))
+    with pytest.raises(
+        UserError, match=r"unknown key model\.net\.dropot; did you mean model\.net\.dropout\?"
+    ):
+        validate(model(dropot=0.1))
 
 
 def test_top_level_keys_of_the_config_are_yours_but_a_plus_typo_is_refused():
