@@ -104,7 +104,8 @@ def test_resume_picks_the_newest_run_of_the_same_command(tmp_path):
     with pytest.raises(NothingToDo, match=r"has already finished \(test/acc 0\.9800\)"):
         prepare(command, "train")
     longer = [f"resume={chosen}", "trainer.max_epochs=3"]  # a named run, to train it further
-    assert prepare(longer, "train") == [*longer, f"hydra.run.dir={chosen}"]
+    recorded = [f"paths.log_dir={tmp_path}"]  # the run's own overrides, those given now on top
+    assert prepare(longer, "train") == [*recorded, *longer, f"hydra.run.dir={chosen}"]
 
     with pytest.raises(UserError, match=rf"resume=must: no earlier run of this command in {runs}"):
         prepare([*command[:2], "seed=5", "resume=must"], "train")

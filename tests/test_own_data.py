@@ -17,8 +17,8 @@ from PIL import Image
 from runner import cli_env, run_cli, start_cli, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnistlab import UserError, export, predict
 from mnistlab import eval as evaluation
-from mnistlab import export, predict
 from mnistlab.dashboard import confusion_image
 
 N_TEST = 5 * 16
@@ -200,7 +200,47 @@ def test_an_undecodable_file_with_on_bad_image_fail_is_listed(tmp_path):
     assert not list((root / ".cache").glob("train-*.npy"))  # nothing half-written
 
 
+def test_an_image_past_pil_s_size_guard_is_a_bad_image_in_training_and_in_predict(
+    run, tmp_path, monkeypatch, capsys
+):
+    from PIL import Image as PILImage
+
+    from mnistlab.image_folder import ImageFolderDataModule
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 20_000)  # errors past 40,000 pixels
+    root = write_image_folder(tmp_path / "f", n_train=4, n_test=2)
+    PILImage.new("RGB", (300, 300), "blue").save(root / "train" / "blob" / "huge.png")
+    dm = ImageFolderDataModule(root, image_size=16, val_size=2, on_bad_image="skip")
+    dm.prepare_data()
+    dm.setup()
+    assert len(dm.train_set) + len(dm.val_set) == 5 * 4  # huge.png left out
+    with pytest.raises(UserError, match=r"huge\.png \(Image size \(90000 pixels\) exceeds limit"):
+        ImageFolderDataModule(root, image_size=12, on_bad_image="fail").prepare_data()
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(root / "train" / "blob" / "huge.png", inputs / "huge.png")
+    shutil.copy(root / "test" / "blob" / "test_000.jpg", inputs / "small.jpg")
+    assert predict.main([f"input={inputs}", f"run={run}"]) == 1  # one unreadable
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert "cannot read: Image size (90000 pixels)" in rows[0] and rows[1].split()[1] == "blob"
+
+
 # ---------------------------------------------------------------------------- slow tier
+
+
+@pytest.mark.slow
+def test_resume_a_run_folder_continues_with_the_data_it_was_trained_on(folder, tmp_path):
+    first = run_cli(*args_for(folder, tmp_path, "trainer.max_epochs=1"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run,) = (tmp_path / "train" / "runs").iterdir()
+    # Only the folder and the new epoch count: the data, size and trainer come from the run.
+    more = run_cli(
+        f"resume={run}", "trainer.max_epochs=2", f"paths.log_dir={tmp_path}", cwd=tmp_path
+    )
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "Resuming from" in more.stderr and "(epoch 1, step 6)" in more.stderr
+    assert json.loads((run / "results.json").read_text())["epochs"] == 2
+    assert list((tmp_path / "train" / "runs").iterdir()) == [run]
 
 
 @pytest.mark.slow

@@ -51,6 +51,10 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
         return argv  # nothing to run, or configs from elsewhere: Hydra alone handles those
     name = args.config_name or config_name
     overrides = list(args.overrides)
+    if not args.multirun and (folder := _resume_folder(overrides)) is not None:
+        flags = [a for a in argv if a not in overrides]
+        overrides = _merged(_recorded(folder), overrides)
+        argv = [*flags, *overrides]
     variants = _variants(overrides) if args.multirun else [overrides]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=name):
         configs = [_compose_checked(name, v) for v in variants]
@@ -67,6 +71,32 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
     if run is None:
         return argv
     return _with(argv, "hydra.run.dir", run)
+
+
+def _resume_folder(overrides: list[str]) -> Path | None:
+    """The run folder named by `resume=<folder>`, if any (not auto, must or never)."""
+    values = [o.split("=", 1)[1] for o in overrides if o.lstrip("+~").startswith("resume=")]
+    if not values or values[-1] in POLICIES:
+        return None
+    policy = values[-1]
+    run = Path(policy).resolve() if Path(policy).exists() else project_path(policy)
+    if not (run / ".hydra" / "overrides.yaml").is_file():
+        raise UserError(
+            f"resume={policy}: not {', '.join(POLICIES)} or a run folder (one holding .hydra/)"
+        )
+    return run
+
+
+def _recorded(run: Path) -> list[str]:
+    """The overrides a run was started with (its data, network, ...), `resume=` aside."""
+    return [o for o in OmegaConf.load(run / ".hydra" / "overrides.yaml")
+            if not o.lstrip("+~").startswith("resume=")]  # fmt: skip
+
+
+def _merged(recorded: list[str], given: list[str]) -> list[str]:
+    """The run's own overrides, then this command's: a key given now replaces the recorded one."""
+    keys = {o.lstrip("+~").split("=", 1)[0] for o in given}
+    return [o for o in recorded if o.lstrip("+~").split("=", 1)[0] not in keys] + given
 
 
 def _with(argv: list[str], key: str, value: Path) -> list[str]:
@@ -130,10 +160,10 @@ def _missing_option(e: MissingConfigException, overrides: list[str]) -> str:
     if not group or e.options is None:
         return _first_line(e)
     close = difflib.get_close_matches(option, e.options, n=1, cutoff=0.5)
-    hint = f"did you mean {group}={close[0]}? " if close else ""
+    hint = f"; did you mean {group}={close[0]}?" if close else ""
     if group.startswith("hydra/launcher"):
-        hint += "(joblib, submitit_local and slurm come with `make install-sweep`) "
-    return f"{group}={option}: no such option; {hint}(options: {', '.join(sorted(e.options))})"
+        hint += " (joblib, submitit_local and slurm come with `make install-sweep`)"
+    return f"{group}={option}: no such option{hint} (options: {', '.join(sorted(e.options))})"
 
 
 def _composition_error(e: HydraException, name: str, overrides: list[str]) -> str:
@@ -200,18 +230,15 @@ def _run_to_resume(cfg: DictConfig, overrides: list[str]) -> Path | None:
                 f"resume=must: no earlier run of this command in {runs_dir}; "
                 "use resume=auto to start one when there is none"
             )
-    else:
-        run = project_path(policy) if not Path(policy).exists() else Path(policy).resolve()
-        if not (run / ".hydra").is_dir():
-            raise UserError(
-                f"resume={policy}: not {', '.join(POLICIES)} or a run folder (one holding .hydra/)"
-            )
+    else:  # a run folder, given on the command line or in a config file
+        run = _resume_folder([f"resume={policy}"])
     if run is not None and (results := finished(run, *_limits(cfg))):
         shown = ", ".join(f"{k} {v:.4f}" for k, v in results.get("metrics", {}).items()
                           if k in (cfg.get("report_metrics") or []))  # fmt: skip
         raise NothingToDo(
             f"{run} has already finished ({shown}); nothing to do. "
-            "resume=never starts a new run; a larger trainer.max_epochs continues this one."
+            f"resume=never starts a new run; resume={run} trainer.max_epochs=<more>"
+            " continues this one."
         )
     return run
 

@@ -28,15 +28,23 @@ def register_resolvers() -> None:
 def dataset_classes(root: Path) -> list[str]:
     """The classes of an image folder, checked to be the same in train/, test/ and val/."""
     from mnistlab import UserError
+    from mnistlab.decode import is_image
 
     classes = class_folders(root, "train")
-    for split in ("test", "val"):
-        if split == "test" or (root / split).is_dir():
-            found = class_folders(root, split)
-            if found != classes:
+    for split in ("train", "test", "val"):
+        if split == "val" and not (root / split).is_dir():
+            continue
+        found = class_folders(root, split)
+        if found != classes:
+            raise UserError(
+                f"{root / split} has classes {found[:8]}, {root / 'train'} has {classes[:8]}:"
+                " every split needs the same class folders"
+            )
+        for name in classes:  # stops at each folder's first image
+            if not any(is_image(p) for p in (root / split / name).iterdir()):
                 raise UserError(
-                    f"{root / split} has classes {found[:8]}, {root / 'train'} has {classes[:8]}:"
-                    " every split needs the same class folders"
+                    f"{root / split / name}: no images (PNG, JPEG, BMP, WebP); add some or"
+                    " remove the class folder from every split"
                 )
     return classes
 

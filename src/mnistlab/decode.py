@@ -4,6 +4,12 @@ from pathlib import Path
 
 import numpy as np
 
+SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}  # the image files an image folder reads
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in SUFFIXES and not path.name.startswith(".")
+
 
 def to_array(image, channels: int, height: int, width: int) -> np.ndarray:
     """A PIL image of any mode and size as uint8 (channels, height, width): grayscale or RGB,
@@ -29,4 +35,6 @@ def decode_chunk(start: int, files: list[Path], shape: tuple[int, int, int]):
                 out[i] = to_array(image, *shape)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             failed[start + i] = str(e).splitlines()[0][:120] or type(e).__name__
+        except Image.DecompressionBombError as e:  # PIL's guard against huge images
+            failed[start + i] = f"{str(e)[:100]} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)"
     return start, out, failed

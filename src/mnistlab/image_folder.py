@@ -21,12 +21,11 @@ import numpy as np
 from mnistlab import UserError
 from mnistlab.config import class_folders, dataset_classes, project_path
 from mnistlab.data import ImageDataModule, Split
-from mnistlab.decode import decode_chunk
+from mnistlab.decode import decode_chunk, is_image
 from mnistlab.files import atomic_write, file_sha256
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 CACHE_VERSION = 1
 CHUNK = 512  # images per task of the decoding pool
 # Forked workers start at once (as DataLoader's do on Linux); they only run PIL and numpy.
@@ -120,8 +119,7 @@ class ImageFolderDataModule(ImageDataModule):
             )
         files, labels = [], []
         for label, name in enumerate(self.classes):
-            members = sorted(p for p in (folder / name).iterdir()
-                             if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))  # fmt: skip
+            members = sorted(p for p in (folder / name).iterdir() if is_image(p))
             if not members:
                 raise UserError(
                     f"{folder / name}: no images (PNG, JPEG, BMP, WebP); add some or remove the"

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab import UserError
+from mnistlab.decode import SUFFIXES
 from mnistlab.idx import read_idx
 from mnistlab.restore import locate, parse_args, run_config
 
 log = logging.getLogger("mnistlab.predict")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 BATCH = 256
 TOP = 3
 
@@ -49,7 +49,7 @@ def inputs(path: Path) -> list[Path]:
 
 
 def _readable_kind(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES or "idx3-ubyte" in path.name
+    return path.suffix.lower() in SUFFIXES or "idx3-ubyte" in path.name
 
 
 def images(paths: list[Path], prepare) -> Iterator[tuple[str, np.ndarray | None, str]]:
@@ -69,9 +69,17 @@ def images(paths: list[Path], prepare) -> Iterator[tuple[str, np.ndarray | None,
             continue
         try:
             with Image.open(path) as image:
-                yield str(path), prepare(image), ""
+                pixels = prepare(image)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             yield str(path), None, f"cannot read: {e}"
+        except Image.DecompressionBombError as e:  # PIL's guard against huge images
+            yield (
+                str(path),
+                None,
+                f"cannot read: {e} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)",
+            )
+        else:
+            yield str(path), pixels, ""
 
 
 def predict(model, datamodule, items, classes: list[str]) -> Iterator[dict]:
