@@ -50,7 +50,7 @@ def folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(folder, tmp_path_factory) -> Path:
     log_dir = tmp_path_factory.mktemp("own_logs")
-    proc = run_cli(*args_for(folder, log_dir), cwd=log_dir)
+    proc = run_cli(*args_for(folder, log_dir, "callbacks.dashboard.graph=true"), cwd=log_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Skipping 1 undecodable file(s)" in proc.stderr and "broken.png" in proc.stderr
     (run,) = (log_dir / "train" / "runs").iterdir()
@@ -121,6 +121,7 @@ def test_the_dashboard_draws_colour_images_and_a_5_by_5_matrix(run):
     counts = [[int(v) for v in line.strip("| ").split(" | ")[1:]] for line in lines[2:]]
     assert len(counts) == 5 and all(len(row) == 5 for row in counts)
     assert sum(map(sum, counts)) == N_TEST
+    assert events.Graph() is not None  # the network traced with a (1, 3, 24, 24) input
 
 
 def test_a_data_override_the_network_cannot_take_is_refused_at_eval(run, capsys):

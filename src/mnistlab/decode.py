@@ -1,5 +1,6 @@
 """Image files to uint8 arrays of one shape. No torch: cheap to import in decoding processes."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +8,9 @@ import numpy as np
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}  # the image files an image folder reads
 
 
-def is_image(path: Path) -> bool:
-    return path.suffix.lower() in SUFFIXES and not path.name.startswith(".")
+def is_image(path: str | Path) -> bool:
+    name = os.path.basename(path)
+    return os.path.splitext(name)[1].lower() in SUFFIXES and not name.startswith(".")
 
 
 def to_array(image, channels: int, height: int, width: int) -> np.ndarray:
@@ -23,7 +25,7 @@ def to_array(image, channels: int, height: int, width: int) -> np.ndarray:
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
-def decode_chunk(start: int, files: list[Path], shape: tuple[int, int, int]):
+def decode_chunk(start: int, files: list[str], shape: tuple[int, int, int]):
     """(start, uint8 images (len(files), *shape), {start + i: error} for files that failed)."""
     from PIL import Image, UnidentifiedImageError
 

@@ -58,7 +58,8 @@ class ImageFolderDataModule(ImageDataModule):
         self.root = project_path(root)
         self.on_bad_image, self.decode_workers = on_bad_image, decode_workers
         self.cache_dir = project_path(cache_dir) if cache_dir else self.root / ".cache"
-        self._scanned: dict[str, tuple[list[Path], list[int]]] = {}
+        self._split_names: list[str] = []
+        self._scanned: dict[str, tuple[list[str], list[int], str]] = {}
         self._loaded: dict[str, Split] = {}
 
     def prepare_data(self) -> None:
@@ -76,8 +77,12 @@ class ImageFolderDataModule(ImageDataModule):
         return self._cached(split)
 
     def _splits(self) -> list[str]:
-        dataset_classes(self.root)  # the config's check, again: the folder may have changed since
-        return ["train", "test"] + (["val"] if (self.root / "val").is_dir() else [])
+        if not self._split_names:  # the config's check, again: the folder may have changed since
+            dataset_classes(self.root)
+            self._split_names = ["train", "test"] + (
+                ["val"] if (self.root / "val").is_dir() else []
+            )
+        return self._split_names
 
     # ------------------------------------------------------------------ the cache
 
@@ -88,8 +93,7 @@ class ImageFolderDataModule(ImageDataModule):
         return self._loaded[split]
 
     def _from_cache(self, split: str) -> Split:
-        files, labels = self._scan(split)
-        key = _key(self.root, files, (self.channels, self.height, self.width))
+        files, labels, key = self._scan(split)
         path = self.cache_dir / f"{self._prefix(split)}{key[:16]}.npy"
         cached = _read_cache(path)
         if cached is None:
@@ -103,13 +107,12 @@ class ImageFolderDataModule(ImageDataModule):
         """Caches of one split at one decoded shape share this prefix; the newest replaces the rest."""
         return f"{split}-{self.channels}x{self.height}x{self.width}-"
 
-    def _scan(self, split: str) -> tuple[list[Path], list[int]]:
-        """The image files of `split` and their labels (scanned once per split)."""
-        if split not in self._scanned:
-            self._scanned[split] = self._list(split)
-        return self._scanned[split]
-
-    def _list(self, split: str) -> tuple[list[Path], list[int]]:
+    def _scan(self, split: str) -> tuple[list[str], list[int], str]:
+        """The image files of `split`, their labels, and the cache's name: a hash of every
+        file's path, size and modification time, the decoded shape and the decoding version
+        (scanned once per split, with one stat per file)."""
+        if split in self._scanned:
+            return self._scanned[split]
         folder = self.root / split
         found = class_folders(self.root, split)
         if found != self.classes:
@@ -117,19 +120,26 @@ class ImageFolderDataModule(ImageDataModule):
                 f"{folder} has classes {found[:12]}, data.classes (from {self.root / 'train'}) is"
                 f" {self.classes[:12]}: every split needs the same class folders"
             )
+        shape = (self.channels, self.height, self.width)
+        digest = hashlib.sha256(f"v{CACHE_VERSION} {shape}".encode())
         files, labels = [], []
         for label, name in enumerate(self.classes):
-            members = sorted(p for p in (folder / name).iterdir() if is_image(p))
+            with os.scandir(folder / name) as entries:
+                members = sorted((e.name, e.path) for e in entries if is_image(e.name))
             if not members:
                 raise UserError(
                     f"{folder / name}: no images (PNG, JPEG, BMP, WebP); add some or remove the"
                     " class folder from every split"
                 )
-            files += members
+            for file, path in members:
+                st = os.stat(path)
+                digest.update(f"{name}/{file}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                files.append(path)
             labels += [label] * len(members)
-        return files, labels
+        self._scanned[split] = files, labels, digest.hexdigest()
+        return self._scanned[split]
 
-    def _build(self, split: str, files: list[Path], labels: list[int], path: Path):
+    def _build(self, split: str, files: list[str], labels: list[int], path: Path):
         log.info("Decoding %d images of %s into %s", len(files), self.root / split, path)
         images, errors = _decode_all(files, (self.channels, self.height, self.width),
                                      self.decode_workers)  # fmt: skip
@@ -151,16 +161,6 @@ class ImageFolderDataModule(ImageDataModule):
             if stale.stem != path.stem:
                 stale.unlink(missing_ok=True)
         return _read_cache(path)
-
-
-def _key(root: Path, files: list[Path], shape: tuple) -> str:
-    """The cache's name: a hash of every file's path, size and modification time, the decoded
-    shape and the decoding version."""
-    digest = hashlib.sha256(f"v{CACHE_VERSION} {shape}".encode())
-    for f in files:
-        st = f.stat()
-        digest.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
 
 
 def _read_cache(path: Path):
@@ -195,7 +195,7 @@ def _write_cache(path: Path, images: np.ndarray, meta: dict) -> None:
 # ---------------------------------------------------------------------------- decoding
 
 
-def _decode_all(files: list[Path], shape: tuple, workers: int | None):
+def _decode_all(files: list[str], shape: tuple, workers: int | None):
     """All files as uint8 (N, C, H, W), in parallel; {index: error} for those that failed."""
     images = np.zeros((len(files), *shape), dtype=np.uint8)
     errors: dict[int, str] = {}
