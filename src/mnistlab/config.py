@@ -1,5 +1,6 @@
 """Where the project lives, and the small helpers that turn Hydra configs into plain data."""
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -25,8 +26,32 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, resolver)
 
 
+_checked_folders: dict[tuple, list[str]] = {}
+
+
 def dataset_classes(root: Path) -> list[str]:
-    """The classes of an image folder, checked to be the same in train/, test/ and val/."""
+    """The classes of an image folder, checked to be the same in train/, test/ and val/, and
+    none empty. Remembered while no split or class folder changes (a config resolves this
+    many times, and a folder of 60k images takes 0.1 s to check)."""
+    stamp = (str(root), *_folder_times(root))
+    if stamp not in _checked_folders:
+        _checked_folders[stamp] = _check_folders(root)
+    return list(_checked_folders[stamp])
+
+
+def _folder_times(root: Path) -> list[int]:
+    """Modification times of the split folders and their class folders: a file added to or
+    removed from a class folder changes its time."""
+    times = []
+    for split in ("train", "test", "val"):
+        folder = root / split
+        if folder.is_dir():
+            times += [folder.stat().st_mtime_ns]
+            times += sorted(e.stat().st_mtime_ns for e in os.scandir(folder) if e.is_dir())
+    return times
+
+
+def _check_folders(root: Path) -> list[str]:
     from mnistlab import UserError
     from mnistlab.decode import is_image
 
