@@ -108,6 +108,44 @@ def test_without_checksum_only_an_explicit_loader_accepts_a_file(tmp_path):
     assert load(path, require_checksum=False)["global_step"] == 7
 
 
+def flip_byte_in(path: Path, member_suffix: str) -> None:
+    """Flip one byte inside the stored data of the zip member whose name ends so."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(member_suffix))
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = (int.from_bytes(data[info.header_offset + k : info.header_offset + k + 2], "little")
+                           for k in (26, 28))  # fmt: skip
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + info.compress_size // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage", ["a tensor's byte", "a byte of data.pkl", "truncated", "empty sidecar"]
+)
+def test_a_checkpoint_without_its_sidecar_is_still_checked(tmp_path, damage):
+    """As after `scp` of a lone checkpoint: the zip's CRC32s catch what the sha256 would."""
+    path = tmp_path / "copied.ckpt"
+    torch.save(STATE, path)
+    if damage == "a tensor's byte":
+        flip_byte_in(path, "data/0")
+    elif damage == "a byte of data.pkl":
+        flip_byte_in(path, "data.pkl")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        sidecar(path).write_text("")
+    with pytest.raises(CheckpointError) as err:
+        load(path, require_checksum=False)
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message
+    expected = {"empty sidecar": "checksum file copied.ckpt.sha256 is empty",
+                "truncated": "not a readable checkpoint file"}.get(damage, "fails its CRC check")  # fmt: skip
+    assert expected in message
+
+
 def test_no_unsafe_loading_anywhere_in_src():
     for path in (ROOT / "src").rglob("*.py"):
         text = path.read_text()

@@ -171,3 +171,26 @@ def test_compiled_networks_keep_their_weight_names(tiny_cfg):
     plain.on_load_checkpoint(checkpoint)
     plain.load_state_dict(checkpoint["state_dict"])  # strict: no key mismatch
     assert torch.equal(checkpoint["state_dict"]["net.layers.0.weight"], plain.net.layers[0].weight)
+
+
+def test_every_broken_input_is_its_own_row_and_the_good_ones_are_predicted(
+    run, tmp_path, monkeypatch, capsys
+):
+    """A bomb (past PIL's pixel limit), a truncated PNG, a zero-byte file, an IDX file with a
+    short header and two good images: six rows, two predictions, exit 1."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = Image.fromarray(np.zeros((28, 28), np.uint8))
+    good.save(folder / "a_good.png")
+    good.save(folder / "b_good.png")
+    Image.new("L", (300, 300)).save(folder / "c_bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # c_bomb.png: 90,000 pixels
+    (folder / "d_truncated.png").write_bytes((folder / "a_good.png").read_bytes()[:40])
+    (folder / "e_empty.png").write_bytes(b"")
+    (folder / "f-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03\0\0")  # 3 dimensions, 2 bytes
+    assert predict.main([f"input={folder}", f"run={run}"]) == 1
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert len(rows) == 6
+    predicted = [r for r in rows if "cannot read" not in r and "IDX" not in r]
+    assert [r.split()[0].rsplit("/", 1)[1] for r in predicted] == ["a_good.png", "b_good.png"]
+    assert "exceeds limit" in rows[2] and "header cut short" in rows[5]

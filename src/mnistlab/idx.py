@@ -1,5 +1,6 @@
 """Read and write the IDX format of the MNIST files (big-endian header, then raw uint8 data)."""
 
+import math
 import struct
 from pathlib import Path
 
@@ -23,8 +24,10 @@ def decode_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
         raise UserError(f"{source}: not an uint8 IDX file (bad magic number)")
     ndim = data[3]
     start = 4 + 4 * ndim
+    if len(data) < start:
+        raise UserError(f"{source}: IDX header cut short ({len(data)} bytes for {ndim} dimensions)")
     shape = struct.unpack(f">{ndim}I", data[4:start])
-    if len(data) - start != int(np.prod(shape)):
+    if len(data) - start != math.prod(shape):  # Python ints: a huge declared size cannot wrap
         raise UserError(
             f"{source}: IDX header says {shape} but holds {len(data) - start} bytes of data"
         )
