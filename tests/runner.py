@@ -105,3 +105,17 @@ class FailOnce(Callback):
         if trainer.current_epoch == 1 and abs(lr - self.lr) < 1e-12 and not self.marker.exists():
             self.marker.touch()
             raise RuntimeError("injected failure in epoch 2")
+
+
+class PauseInTest(Callback):
+    """At the first test batch, once: create `marker`, then wait (a minute at most), so that a
+    test can kill the run while it tests its best checkpoint. Named as `runner.PauseInTest`."""
+
+    def __init__(self, marker: str):
+        self.marker = Path(marker)
+
+    def on_test_batch_start(self, *args) -> None:
+        if self.marker.exists():
+            return
+        self.marker.touch()
+        time.sleep(60)

@@ -110,3 +110,24 @@ def test_slurm_sigusr1_checkpoints_requeues_once_and_the_requeued_run_resumes(
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert "(epoch 2, step 24)" in requeued.stderr
     assert calls.read_text() == "requeue 4242\n"
+
+
+def test_kill_9_while_testing_then_the_same_command_ends_with_every_metric(
+    synthetic_mnist, tmp_path
+):
+    pause = [
+        "+callbacks.pause._target_=runner.PauseInTest",
+        f"+callbacks.pause.marker={tmp_path / 'm'}",
+    ]
+    command = base_args(synthetic_mnist, tmp_path / "b", "resume=auto", *pause)
+    proc = start_cli(*command, cwd=tmp_path)
+    wait_for(tmp_path / "m", proc)  # training done, the best checkpoint being tested
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    run = only_run(tmp_path / "b")
+    assert not (run / "results.json").exists()
+    again = run_cli(*command, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    metrics = json.loads((run / "results.json").read_text())["metrics"]
+    assert {"val/acc_best", "val/acc", "train/acc", "test/acc", "test/loss"} <= set(metrics)
+    assert "Done: val/acc_best" in again.stderr

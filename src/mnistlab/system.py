@@ -52,6 +52,7 @@ class Classifier(LightningModule):
         # Saved in checkpoints, so that a run resumed part-way reports what an unbroken one would.
         for metric in (self.train_acc, self.train_loss, self.val_acc_best):
             metric.persistent(True)
+        self.restored_metrics: dict[str, float] = {}  # from the checkpoint a run resumed from
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.contiguous(memory_format=self.memory_format))
@@ -128,6 +129,7 @@ class Classifier(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = self.strip_compile_prefix(checkpoint["state_dict"])
+        self.restored_metrics = dict(checkpoint.get("callback_metrics", {}))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
@@ -141,6 +143,10 @@ class Classifier(LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if hasattr(datamodule, "spec"):
             checkpoint["input_spec"] = datamodule.spec.as_dict()
+        if self._trainer:  # the epoch metrics so far: a run resumed after its last epoch (killed
+            # while testing) has no epoch left to log them again, and still reports them
+            checkpoint["callback_metrics"] = {k: float(v) for k, v in
+                                              self.trainer.callback_metrics.items() if v.numel() == 1}  # fmt: skip
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -64,7 +64,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(hparams)  # into hparams.yaml now, so a crashed run has them too
 
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics = {**model.restored_metrics,
+                   **{k: float(v) for k, v in trainer.callback_metrics.items()}}  # fmt: skip
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             log.warning("No checkpoint was saved: testing the weights as they are after training")
