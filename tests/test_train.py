@@ -1,5 +1,7 @@
 """The real entry point: in process on tiny synthetic data, and as a command line in a subprocess."""
 
+from pathlib import Path
+
 import torch
 from omegaconf import OmegaConf
 from runner import cli_args, run_cli
@@ -105,3 +107,38 @@ def test_optional_histograms_and_graph_are_written(tiny_cfg, tmp_path):
     histograms = set(events.Tags()["histograms"])
     assert {"weights/layers.0.weight", "grads/layers.0.weight"} <= histograms
     assert events.Tags()["graph"]
+
+
+def test_the_training_loss_is_the_batch_mean_of_cross_entropy(tiny_cfg):
+    from hydra.utils import instantiate
+
+    model = instantiate(tiny_cfg().model)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    expected = torch.nn.functional.cross_entropy(model(x), y)  # the mean over the batch
+    assert torch.allclose(model._step((x, y), "train"), expected)
+
+
+def test_the_final_test_runs_on_the_best_checkpoint(tiny_cfg, caplog):
+    caplog.set_level("INFO")
+    metrics = train(tiny_cfg("trainer.max_epochs=2"))
+    (run,) = {r.getMessage().split(" at ")[-1] for r in caplog.records
+              if "Restoring states from the checkpoint path" in r.getMessage()}  # fmt: skip
+    assert "epoch" in run and run.endswith(".ckpt") and "test/acc" in metrics
+
+
+def test_a_resumed_run_hides_the_old_events_after_its_checkpoint(tiny_cfg):
+    """TensorBoard's purge_step: the resumed writer marks the checkpoint's step, so events the
+    interrupted run logged after it are not shown twice."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
+
+    first = tiny_cfg("trainer.max_epochs=1")
+    train(first)
+    train(tiny_cfg("trainer.max_epochs=2", "resume=auto"))  # the same output_dir: continues it
+    starts = [
+        event.step
+        for path in sorted(Path(first.paths.output_dir).glob("events.out.tfevents.*"))
+        for event in EventFileLoader(str(path)).Load()
+        if event.HasField("session_log") and event.session_log.status == SessionLog.START
+    ]
+    assert starts == [4]  # 4 steps in epoch 1 (limit_train_batches=4)
