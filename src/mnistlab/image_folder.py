@@ -45,10 +45,10 @@ class ImageFolderDataModule(ImageDataModule):
         **kwargs,
     ):
         """`classes`: the class folders, in label order (None: those of `root/train`, sorted,
-        as the config reads them). `on_bad_image`: `fail` lists the files that cannot be decoded and stops;
-        `skip` leaves them out with a warning. `cache_dir`: where the decoded cache goes
-        (default `root/.cache`). `decode_workers`: processes decoding (default: the cores).
-        Other arguments: `ImageDataModule`'s."""
+        as the config reads them). `on_bad_image`: `fail` lists the files that cannot be
+        decoded and stops; `skip` leaves them out with a warning. `cache_dir`: where the decoded
+        cache goes (default `root/.cache`). `decode_workers`: processes decoding (default: the
+        cores). Other arguments: `ImageDataModule`'s."""
         classes = classes or dataset_classes(project_path(root))
         super().__init__(channels, image_size, classes, **kwargs)
         if channels not in (1, 3):
@@ -175,7 +175,7 @@ def _read_cache(path: Path):
         images = np.load(path, mmap_mode="c")  # copy-on-write: shared pages, writable for torch
         if list(images.shape) != meta["shape"] or images.dtype != np.uint8:
             raise ValueError(f"shape {images.shape}, expected {meta['shape']}")
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("Damaged cache %s (%s): decoding again", path, e)
         return None
     return images, meta
