@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -14,8 +15,8 @@ from hydra.utils import instantiate
 from PIL import Image
 from runner import cli_args, cli_env, run_cli
 
+from mnistlab import UserError, export, predict
 from mnistlab import eval as evaluation
-from mnistlab import export, predict
 from mnistlab.idx import decode_idx
 from mnistlab.mnist import MNISTDataModule
 
@@ -194,3 +195,86 @@ def test_every_broken_input_is_its_own_row_and_the_good_ones_are_predicted(
     predicted = [r for r in rows if "cannot read" not in r and "IDX" not in r]
     assert [r.split()[0].rsplit("/", 1)[1] for r in predicted] == ["a_good.png", "b_good.png"]
     assert "exceeds limit" in rows[2] and "header cut short" in rows[5]
+
+
+def _copied_checkpoint(run, folder, edit=lambda hp: None):
+    """The run's best checkpoint as a lone file in `folder` (no sidecar, no run folder), its
+    stored config changed by `edit`."""
+    (best,) = (run / "checkpoints").glob("epoch*.ckpt")
+    checkpoint = torch.load(best, weights_only=True)
+    edit(checkpoint["hyper_parameters"])
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, folder / "copied.ckpt")
+    return folder / "copied.ckpt"
+
+
+def _hostile(sentinel):
+    """A `_target_` that would create `sentinel` if it were ever called."""
+    return {"_target_": "builtins.open", "file": str(sentinel), "mode": "w"}
+
+
+def test_restored_configs_build_only_allowed_targets(run, tmp_path, capsys):
+    """A checkpoint, a run folder and a model.json naming a target outside the allow list are
+    refused in one line naming the key, before anything is imported or called; trust= opts in."""
+    sentinel = tmp_path / "sentinel"
+
+    def plant(hp):
+        hp["model"]["net"] = _hostile(sentinel)
+
+    ckpt = _copied_checkpoint(run, tmp_path / "given", plant)
+    assert evaluation.main([f"ckpt={ckpt}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("mnistlab-eval: error: model.net._target_=builtins.open: not on the")
+    assert "trust=builtins" in error and "\n" not in error
+
+    folder = tmp_path / "their_run"  # a run folder whose config builds something else
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "checkpoints").mkdir()
+    shutil.copy(run / "checkpoints" / "last.ckpt", folder / "checkpoints")
+    config = (run / ".hydra" / "config.yaml").read_text()
+    config = config.replace(
+        "_target_: mnistlab.mnist.MNISTDataModule", "_target_: mnistlab.files.atomic_write"
+    )  # fmt: skip (a function)
+    (folder / ".hydra" / "config.yaml").write_text(config)
+    assert predict.main([f"input={ckpt}", f"run={folder}", "which=last"]) == 2
+    assert "data._target_=mnistlab.files.atomic_write: not on" in capsys.readouterr().err
+
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    network = {"class": "builtins.open", "arguments": {"file": str(sentinel), "mode": "w"}}
+    (exported / "model.json").write_text(json.dumps({"network": network}))
+    with pytest.raises(UserError, match=r"network\.class=builtins\.open: not on the allow list"):
+        export.load_exported(exported)
+    assert not sentinel.exists()  # nothing was called
+
+    with pytest.raises(Exception):  # noqa: B017 (open is no network: it fails after running)
+        evaluation.main([f"ckpt={ckpt}", "trust=builtins"])
+    assert sentinel.exists()  # the opt-in reaches instantiate
+
+
+def test_a_lone_checkpoint_from_another_machine_works_here(run, synthetic_mnist, tmp_path):
+    """Its stored paths name the training machine's project; eval, predict and export use this
+    project's logs/ and create nothing under the old paths."""
+    from mnistlab.config import ROOT
+
+    there = tmp_path / "their_machine" / "project"
+
+    def moved(hp):
+        old = hp["paths"]["root_dir"]
+        hp["paths"] = {k: v.replace(old, str(there)) for k, v in hp["paths"].items()}
+
+    ckpt = _copied_checkpoint(run, tmp_path / "downloads", moved)
+    runs = ROOT / "logs" / "eval" / "runs"
+    before = set(runs.glob("*"))
+    try:
+        idx = synthetic_mnist.raw / "t10k-images-idx3-ubyte"
+        assert evaluation.main([f"ckpt={ckpt}"]) == 0
+        assert predict.main([f"input={idx}", f"ckpt={ckpt}"]) == 0
+        assert export.main([f"ckpt={ckpt}"]) == 0
+        (new,) = set(runs.glob("*")) - before  # eval's metrics.json, in this project
+        assert json.loads((new / "metrics.json").read_text())["checkpoint"] == str(ckpt)
+        assert (tmp_path / "downloads" / "model.safetensors").is_file()  # beside the checkpoint
+        assert not (tmp_path / "their_machine").exists()
+    finally:
+        for folder in set(runs.glob("*")) - before:
+            shutil.rmtree(folder)

@@ -11,12 +11,15 @@ from mnistlab.restore import locate, parse_args, run_config
 
 log = logging.getLogger("mnistlab.eval")
 
-USAGE = """usage: python -m mnistlab.eval [run=FOLDER | ckpt=FILE] [which=best|last] [overrides...]
+USAGE = """usage: python -m mnistlab.eval [run=FOLDER | ckpt=FILE] [which=best|last] [trust=MODULES]
+                             [overrides...]
 
 Tests a run's best checkpoint (which=last: its latest) on its data's test set, with the config
 the run was trained with; overrides apply on top, e.g. data.batch_size=512 trainer=cpu. Without run=
 or ckpt=, the newest finished run under logs/train/runs. Metrics go to stdout and, with the run
-and checkpoint they belong to, to logs/eval/runs/<timestamp>/metrics.json."""
+and checkpoint they belong to, to logs/eval/runs/<timestamp>/metrics.json. The config builds only
+allowed targets (this project, torch.nn, torch.optim, torchvision, torchmetrics, Lightning's);
+trust=mypkg,other adds modules, trust=all allows anything (a source you trust)."""
 
 
 def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:
@@ -48,11 +51,11 @@ def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    own = {"run": None, "ckpt": None, "which": "best"}
+    own = {"run": None, "ckpt": None, "which": "best", "trust": None}
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
         run_dir, path = locate(args["run"], args["ckpt"], args["which"])
-        cfg = run_config(run_dir, _checkpoint(path), overrides, "eval")
+        cfg = run_config(run_dir, _checkpoint(path), overrides, "eval", args["trust"])
     except UserError as e:
         print(f"mnistlab-eval: error: {e}", file=sys.stderr)
         return 2

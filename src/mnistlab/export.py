@@ -20,11 +20,12 @@ from torch import Tensor, nn
 
 log = logging.getLogger("mnistlab.export")
 
-USAGE = """usage: python -m mnistlab.export [run=FOLDER | ckpt=FILE] [which=best|last]
+USAGE = """usage: python -m mnistlab.export [run=FOLDER | ckpt=FILE] [which=best|last] [trust=MODULES]
 
 Writes model.safetensors, model.json and (with `pip install -e .[export]`) model.onnx next to
 the checkpoint, then checks that all three give the checkpoint's logits on 256 test images.
-model.json says how to prepare the input (shape, mode, scale, mean, std) and names the classes."""
+model.json says how to prepare the input (shape, mode, scale, mean, std) and names the classes.
+trust=: as for eval (the run's config builds only allowed targets unless told)."""
 
 
 class Exported(nn.Module):
@@ -44,12 +45,18 @@ class Exported(nn.Module):
         return self.net(x.contiguous(memory_format=self.layout))
 
 
-def load_exported(folder: str | Path) -> Exported:
-    """The exported model in eval mode, from `model.json` and `model.safetensors` in `folder`."""
+def load_exported(folder: str | Path, trust: str | None = None) -> Exported:
+    """The exported model in eval mode, from `model.json` and `model.safetensors` in `folder`.
+    The network class it names must be allowed (`trust`: as for eval, see `mnistlab.trust`)."""
     from safetensors.torch import load_file
+
+    from mnistlab.trust import check_target, trusted
 
     folder = Path(folder)
     spec = json.loads((folder / "model.json").read_text())
+    allowed = trusted(trust)
+    if allowed is not None:
+        check_target(spec["network"]["class"], f"{folder / 'model.json'}: network.class", allowed)
     module, _, name = spec["network"]["class"].rpartition(".")
     net = getattr(importlib.import_module(module), name)(**spec["network"]["arguments"])
     net.load_state_dict(load_file(folder / "model.safetensors"))
@@ -80,7 +87,7 @@ def export(cfg, checkpoint: dict, path: Path, spec) -> dict[str, Path]:
         "checkpoint": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
     }  # fmt: skip
     files["json"].write_text(json.dumps(described, indent=2) + "\n")
-    exported = load_exported(folder)
+    exported = load_exported(folder, trust="all")  # written just now from a checked config
     if _onnx_available():
         files["onnx"] = folder / "model.onnx"
         _to_onnx(exported, files["onnx"], spec.shape)
@@ -116,7 +123,7 @@ def parity(model, datamodule, files: dict[str, Path], images: Tensor) -> dict[st
 
     with torch.inference_mode():
         reference = model(datamodule.to_input(images))
-        logits = {"safetensors": load_exported(files["json"].parent)(images)}
+        logits = {"safetensors": load_exported(files["json"].parent, trust="all")(images)}
     if "onnx" in files:
         logits["onnx"] = onnx_logits(files["onnx"], images)
     for kind, values in logits.items():
@@ -135,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv,
-                                     {"run": None, "ckpt": None, "which": "best"}, USAGE)  # fmt: skip
+                                     {"run": None, "ckpt": None, "which": "best", "trust": None},
+                                     USAGE)  # fmt: skip
         run_dir, path = locate(args["run"], args["ckpt"], args["which"])
         checkpoint = load(path, require_checksum=False)
-        cfg = run_config(run_dir, checkpoint, overrides, "export")
+        cfg = run_config(run_dir, checkpoint, overrides, "export", args["trust"])
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         datamodule.setup("test")

@@ -29,12 +29,14 @@ BATCH = 256
 TOP = 3
 
 USAGE = """usage: python -m mnistlab.predict input=FILE_OR_FOLDER [run=FOLDER | ckpt=FILE]
-                                [output=FILE.csv|FILE.json] [invert=auto|true|false] [overrides...]
+                                [output=FILE.csv|FILE.json] [invert=auto|true|false]
+                                [trust=MODULES] [overrides...]
 
 Predicts the class of each image (PNG, JPEG, BMP, WebP; any size, grayscale or colour) or of each
 image of an IDX file, in input order (a folder: its files sorted by path). Prints a table, or
 writes CSV or JSON by the output's extension. `invert` (MNIST-style data only): auto inverts
-dark-on-light images. Exit status 1 if any input could not be read."""
+dark-on-light images. Exit status 1 if any input could not be read. trust=: as for eval (the
+run's config builds only allowed targets unless told)."""
 
 
 def inputs(path: Path) -> list[Path]:
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "which": "best",
         "output": None,
         "invert": None,
+        "trust": None,
     }
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
@@ -202,7 +205,7 @@ def load(args: dict, overrides: list[str]):
 
     run_dir, path = locate(args["run"], args["ckpt"], args["which"])
     checkpoint = load_checkpoint(path, require_checksum=False)
-    cfg = run_config(run_dir, checkpoint, overrides, "predict")
+    cfg = run_config(run_dir, checkpoint, overrides, "predict", args["trust"])
     log.info("Model: %s", path)
     return build_model(cfg, checkpoint, path), instantiate(cfg.data)
 

@@ -22,9 +22,11 @@ from mnistlab import UserError
 from mnistlab.config import CONF_DIR, ROOT, project_path, to_plain
 from mnistlab.runs import RESULTS
 from mnistlab.schema import validate
+from mnistlab.trust import check_targets, trusted
 
 log = logging.getLogger(__name__)
 WHICH = ("best", "last")
+BUILT = ("data", "model", "trainer")  # the parts of a run's config that eval, predict, export build
 
 
 def parse_args(argv: list[str], own: dict[str, str | None], usage: str) -> tuple[dict, list[str]]:
@@ -96,13 +98,21 @@ def _recorded_best(run_dir: Path) -> str | None:
         return None
 
 
-def run_config(run_dir: Path | None, checkpoint: dict, overrides: list[str], task: str):
+def run_config(
+    run_dir: Path | None,
+    checkpoint: dict,
+    overrides: list[str],
+    task: str,
+    trust: str | None = None,
+):
     """The training config of the run with `overrides` applied; its `paths.output_dir` is a new
-    folder for this task, `<paths.log_dir>/<task>/runs/<timestamp>` (not created here)."""
+    folder for this task, `<paths.log_dir>/<task>/runs/<timestamp>` (not created here). What it
+    will build is checked against the allow list (`trust=`: see `mnistlab.trust`)."""
     if run_dir is not None:
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    elif "hyper_parameters" in checkpoint:
-        cfg = OmegaConf.create(checkpoint["hyper_parameters"])
+    elif "hyper_parameters" in checkpoint:  # resolved where it was trained: paths moved here
+        cfg = OmegaConf.create(_reanchored(checkpoint["hyper_parameters"]))
+        cfg.paths = OmegaConf.load(CONF_DIR / "paths" / "default.yaml")
     else:
         raise UserError("the checkpoint holds no config (hyper_parameters): name its run with RUN=")
     _one_process(cfg)
@@ -115,10 +125,33 @@ def run_config(run_dir: Path | None, checkpoint: dict, overrides: list[str], tas
     # It was ${hydra:runtime.output_dir}, and Hydra is not running.
     cfg.paths.output_dir = str(_new_folder(Path(cfg.paths.log_dir) / task / "runs"))
     try:
-        validate(to_plain(cfg))
+        plain = to_plain(cfg)
+        allowed = trusted(trust)  # before validating: that imports the targets to read them
+        for key in BUILT:
+            check_targets(plain.get(key) or {}, key, allowed)
+        validate(plain)
     except OmegaConfBaseException as e:
         raise UserError(str(e).splitlines()[0]) from None
     return cfg
+
+
+def _reanchored(stored: dict) -> dict:
+    """A checkpoint's config, resolved on the machine that trained it: its paths inside that
+    project (`paths.root_dir`) are moved into this one; paths outside it stay as they are."""
+    old = str(((stored.get("paths") or {}).get("root_dir")) or "").rstrip("/")
+    if not old or old == str(ROOT):
+        return stored
+
+    def move(value):
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+            return str(ROOT) + value[len(old) :]
+        return value
+
+    return move(stored)
 
 
 def _take_spec(data: DictConfig, spec: dict) -> None:
