@@ -209,3 +209,35 @@ def test_a_requeued_sweep_job_continues_from_its_checkpoint(tiny_cfg, monkeypatc
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     _continue_if_requeued(cfg)
     assert cfg.resume == "auto"
+
+
+def test_a_run_folder_has_one_writer_and_a_dead_holder_s_lock_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from mnistlab.runs import hold
+
+    folder = tmp_path / "run"
+    with hold(folder):  # noqa: SIM117 (a second hold, even in the same process, is refused)
+        with pytest.raises(UserError, match=rf"in use by pid {os.getpid()} on "):
+            hold(folder).__enter__()
+    with hold(folder):  # released at the end: taken again
+        pass
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from mnistlab.runs import hold\n"
+         f"with hold({str(folder)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with (
+        pytest.raises(UserError, match=rf"run folder is in use by pid {holder.pid} "),
+        hold(folder),
+    ):
+        pass
+    holder.kill()  # kill -9: its lock ends with it
+    holder.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    with hold(folder):
+        assert f"pid {os.getpid()} " in (folder / ".lock").read_text()
+    assert time.monotonic() < deadline

@@ -131,3 +131,20 @@ def test_kill_9_while_testing_then_the_same_command_ends_with_every_metric(
     metrics = json.loads((run / "results.json").read_text())["metrics"]
     assert {"val/acc_best", "val/acc", "train/acc", "test/acc", "test/loss"} <= set(metrics)
     assert "Done: val/acc_best" in again.stderr
+
+
+def test_the_same_command_twice_at_once_one_trains_and_the_other_names_it(
+    synthetic_mnist, tmp_path
+):
+    command = base_args(synthetic_mnist, tmp_path, *EXACT, *pause_at(4, tmp_path / "m"))
+    first = start_cli(*command, cwd=tmp_path)
+    wait_for(tmp_path / "m", first)  # training, in its run folder
+    second = run_cli(*command, cwd=tmp_path)  # resume=auto: the same folder
+    assert second.returncode == 1, second.stderr[-2000:]
+    assert f"run folder is in use by pid {first.pid} on " in second.stderr
+    assert "Traceback" not in second.stderr
+    first.kill()
+    assert first.wait(timeout=30) == -signal.SIGKILL
+    third = run_cli(*command, cwd=tmp_path)  # takes the dead holder's lock over, and finishes
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert len(list((tmp_path / "train" / "runs").iterdir())) == 1

@@ -4,12 +4,18 @@ Light on purpose (no torch): the command line uses it to pick the folder to resu
 creates a new one.
 """
 
+import fcntl
 import json
 import os
+import socket
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
+LOCK = ".lock"  # held by the process writing into a run or sweep folder
 RESULTS = "results.json"  # written when a run has trained and tested; its presence means "finished"
 POLICIES = ("auto", "must", "never")
 
@@ -50,3 +56,33 @@ def write_results(run_dir: Path, results: dict) -> None:
     tmp = path.with_name(f".{RESULTS}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+@contextmanager
+def hold(folder: Path, what: str = "run"):
+    """Hold `folder`'s lock while writing into it: a second process (the same command started
+    twice, a sweep re-run while it is still running) is refused in one line naming the holder.
+    The lock is the kernel's (`flock`), so it ends with its process, kill -9 included, and the
+    next command takes it over."""
+    from mnistlab import UserError
+
+    path = Path(folder) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(
+                f"{folder}: this {what} folder is in use by {holder}; wait for it to end or stop"
+                " it (a lock whose process died is taken over)"
+            ) from None
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        command = " ".join(sys.argv[1:])[:200]
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}"
+                      f" ({command})\n".encode(), 0)  # fmt: skip
+        yield path
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race a new holder)

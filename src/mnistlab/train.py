@@ -164,7 +164,10 @@ def _run(cfg: DictConfig) -> float | None:
         return _sweep_job(cfg)
     as_job = os.environ.get(distributed.JOB_PROCESS_ENV) == "1"  # a sweep's job, as its own command
     try:
-        metrics = train(cfg)
+        # One process writes a run folder: rank 0 (the others follow it), and for a sweep's job
+        # run as its own command, the sweep (which holds the lock already).
+        with _holding(cfg.paths.output_dir, distributed.launched_rank() == 0 and not as_job):
+            metrics = train(cfg)
     except Exception as e:
         expected = isinstance(e, UserError | Interrupted)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (expected or as_job):
@@ -205,10 +208,14 @@ def _sweep_job(cfg: DictConfig) -> float:
     _continue_if_requeued(cfg)
     start = time.perf_counter()
     try:
-        if distributed.several_processes(cfg.trainer) and distributed.launched_world_size() == 1:
-            objective = _job_as_own_command(cfg, list(hc.overrides.task))
-        else:
-            objective = _objective(cfg, train(cfg))
+        with _holding(folder, distributed.launched_rank() == 0):
+            if (
+                distributed.several_processes(cfg.trainer)
+                and distributed.launched_world_size() == 1
+            ):
+                objective = _job_as_own_command(cfg, list(hc.overrides.task))
+            else:
+                objective = _objective(cfg, train(cfg))
     except Interrupted as e:
         _stopped_by = e.signum
         _report_interrupted(e)
@@ -222,6 +229,15 @@ def _sweep_job(cfg: DictConfig) -> float:
         raise
     sweeps.record(folder, status="completed", wall_s=time.perf_counter() - start)
     return objective
+
+
+def _holding(folder: str, lock: bool):
+    """The run folder's lock (`runs.hold`) when `lock`, else nothing."""
+    from contextlib import nullcontext
+
+    from mnistlab.runs import hold
+
+    return hold(Path(folder)) if lock else nullcontext()
 
 
 def _continue_if_requeued(cfg: DictConfig) -> None:

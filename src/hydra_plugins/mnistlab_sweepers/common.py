@@ -2,18 +2,33 @@
 
 import logging
 import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig
 
-from mnistlab import sweeps
+from mnistlab import UserError, sweeps
+from mnistlab.runs import hold
 
 log = logging.getLogger(__name__)
 
 
 def job_dir(config: DictConfig, number: int) -> Path:
     return Path(config.hydra.sweep.dir) / str(number)
+
+
+@contextmanager
+def holding(sweep_dir: Path):
+    """The sweep folder's lock for the whole sweep: the same sweep started again while it runs
+    is refused in one line (exit 1) naming the process that holds it."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(hold(sweep_dir, "sweep"))
+        except UserError as e:
+            print(f"mnistlab-train: error: {e}", file=sys.stderr)
+            sys.exit(1)
+        yield
 
 
 def launch(launcher, jobs: list[tuple[int, list[str]]], batch_size: int | None = None) -> dict:

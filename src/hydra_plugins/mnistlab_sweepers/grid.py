@@ -12,7 +12,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from hydra_plugins.mnistlab_sweepers.common import finish, job_dir, launch
+from hydra_plugins.mnistlab_sweepers.common import finish, holding, job_dir, launch
 from mnistlab import sweeps
 
 log = logging.getLogger(__name__)
@@ -36,17 +36,17 @@ class GridSweeper(BasicSweeper):
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         jobs = list(enumerate(o for batch in self.split_arguments(overrides, None) for o in batch))
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        pending = []
-        for number, job in jobs:
-            folder = job_dir(self.config, number)
-            if sweeps.completed(folder):
-                log.info("Job %d completed in an earlier run of this sweep: skipped", number)
-            else:
-                pending.append((number, _resumed(job) if folder.exists() else job))
-        launch(self.launcher, pending, self.max_batch_size)
-        finish(self.config, jobs, self.config.get("optimized_metric") or "val/acc_best")
+        with holding(sweep_dir):
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            pending = []
+            for number, job in jobs:
+                folder = job_dir(self.config, number)
+                if sweeps.completed(folder):
+                    log.info("Job %d completed in an earlier run of this sweep: skipped", number)
+                else:
+                    pending.append((number, _resumed(job) if folder.exists() else job))
+            launch(self.launcher, pending, self.max_batch_size)
+            finish(self.config, jobs, self.config.get("optimized_metric") or "val/acc_best")
 
 
 def _resumed(overrides: list[str]) -> list[str]:
