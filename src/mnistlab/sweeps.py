@@ -50,6 +50,7 @@ def rows(
     table = []
     for number, overrides, folder in jobs:
         job = read_job(folder)
+        overrides = job.get("overrides") or overrides  # as the job recorded them when it ran
         status = job.get("status") or ("not started" if not folder.exists() else "interrupted")
         if status == "running":  # its process died without a word: killed
             status = "interrupted"

@@ -9,6 +9,7 @@ Search spaces use Hydra's override syntax, in `hydra.sweeper.params` or on the c
 
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.mnistlab_sweepers.common import finish, launch
+from hydra_plugins.mnistlab_sweepers.common import finish, holding, launch
+from mnistlab.runs import identity
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +62,24 @@ class OptunaSweeper(Sweeper):
 
         fixed, space = self._search_space(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}",
-            direction=self.direction,
-            load_if_exists=True,
-        )
+        with holding(sweep_dir):
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            study = optuna.create_study(
+                study_name=self.study_name,
+                storage=self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}",
+                direction=self.direction,
+                load_if_exists=True,
+            )
+            _same_search(study, fixed, space, sweep_dir)
+            self._search(study, fixed, space)
+            _write_best(study, sweep_dir)
+            jobs = [(t.number, [*fixed, *_as_overrides(t.params)]) for t in study.trials]
+            finish(self.config, jobs, self.config.get("optimized_metric") or "val/acc_best")
+
+    def _search(self, study, fixed: list[str], space: dict) -> None:
+        """Ask for trials, `n_jobs` at a time, until the study has `n_trials`."""
+        import optuna
+
         _fail_stale_trials(study)
         done = len(study.trials)
         # Seeded from the trials so far: a continued study must not draw its first trials again.
@@ -87,9 +99,6 @@ class OptunaSweeper(Sweeper):
             if any(getattr(r, "status", None) == JobStatus.FAILED and getattr(r._return_value, "signum", None)
                    for r in results.values()):  # fmt: skip
                 break  # stopped by a signal: so is the search
-        _write_best(study, sweep_dir)
-        jobs = [(t.number, [*fixed, *_as_overrides(t.params)]) for t in study.trials]
-        finish(self.config, jobs, self.config.get("optimized_metric") or "val/acc_best")
 
     def _search_space(self, arguments: list[str]) -> tuple[list[str], dict]:
         """The fixed overrides, and a distribution for every searched key."""
@@ -103,6 +112,31 @@ class OptunaSweeper(Sweeper):
         if not space:
             raise ValueError("nothing to search: set hydra.sweeper.params (see hparams_search/)")
         return fixed, space
+
+
+def _same_search(study, fixed: list[str], space: dict, sweep_dir: Path) -> None:
+    """A study continues only under the command that started it: other fixed overrides or
+    another search space would mix trials of two experiments in one ranking. Refused in one
+    line (exit 2); a new study name starts a new search."""
+    import optuna.distributions as d
+
+    search = {"fixed": identity(fixed), "direction": study.direction.name.lower(),
+              "space": {k: d.distribution_to_json(v) for k, v in sorted(space.items())}}  # fmt: skip
+    recorded = study.user_attrs.get("search")
+    if recorded is None:
+        study.set_user_attr("search", search)
+        return
+    if recorded == search:
+        return
+    what = [k for k in ("fixed", "space", "direction") if recorded.get(k) != search[k]]
+    first = what[0]
+    old, new = recorded.get(first), search[first]
+    if first == "fixed":
+        old, new = sorted(set(old) - set(new)), sorted(set(new) - set(old))
+    print(f"mnistlab-train: error: study {study.study_name} in {sweep_dir} was started with"
+          f" other {' and '.join(what)} ({old} there, {new} now): run the same command to continue"
+          " it, or start another study with hydra.sweeper.study_name=<new name>", file=sys.stderr)  # fmt: skip
+    sys.exit(2)
 
 
 def _distribution(override: Override):
