@@ -314,6 +314,7 @@ def test_two_srun_tasks_make_one_run(odd_mnist, tmp_path):
     run = the_only_run(tmp_path)
     assert json.loads((run / "results.json").read_text())["metrics"]["test/images"] == N_TEST
     assert "Done:" in outputs[1][1] and "Done:" not in outputs[0][1]  # rank 0 sums up, alone
+    assert list((tmp_path / "launch").iterdir()) == []  # its launch file, read by all, removed
 
 
 @pytest.mark.slow
@@ -346,3 +347,29 @@ def test_a_signal_to_rank_0_stops_every_process_at_one_step_and_resume_is_exact(
 def weights_and_step(run: Path) -> tuple[dict, int]:
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     return checkpoint["state_dict"], checkpoint["global_step"]
+
+
+def test_an_srun_launch_file_is_read_only_by_its_own_step_and_then_removed(tmp_path, monkeypatch):
+    from mnistlab import distributed
+
+    step = {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
+            "SLURM_SRUN_COMM_PORT": "40001", "MNISTLAB_LAUNCH_DIR": ""}  # fmt: skip
+    for key, value in step.items():
+        monkeypatch.setenv(key, value)
+    argv = [f"paths.log_dir={tmp_path / 'logs'}", "trainer.max_epochs=1"]
+    reader = distributed._exchange(argv)
+    assert reader.path.parent == tmp_path / "logs" / ".launch"  # under paths.log_dir
+
+    monkeypatch.setenv("SLURM_SRUN_COMM_PORT", "40002")  # an earlier srun with the same job id
+    distributed._exchange(argv).put({"argv": ["stale"]})
+    assert reader.path.is_file() and reader._read() is None  # not this step's: ignored
+    old = json.loads(reader.path.read_text())
+    reader.path.write_text(json.dumps({**old, "nonce": reader.nonce, "written": 0}))
+    assert reader._read() is None  # this step's nonce, but written long before it started
+
+    monkeypatch.setenv("SLURM_SRUN_COMM_PORT", "40001")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert distributed.agree(argv, lambda a: [*a, "settled"]) == [*argv, "settled"]  # rank 0
+    assert reader.get()["argv"] == [*argv, "settled"]
+    distributed.launch_read_by_all()
+    assert list((tmp_path / "logs" / ".launch").iterdir()) == []

@@ -10,7 +10,8 @@ exactly that command in that folder, writing nothing but what Lightning gives ra
   under `-m` would run the whole sweep again in every process;
 - processes started by `torchrun` learn rank 0's command through torchrun's own key-value store;
 - tasks started by `srun` learn it through a file named after the SLURM job step, in
-  `logs/.launch/` (or `$MNISTLAB_LAUNCH_DIR`), on the file system the tasks share.
+  `<paths.log_dir>/.launch/` (or `$MNISTLAB_LAUNCH_DIR`), on the file system the tasks share,
+  marked with a nonce of the step and removed once every task has joined the run.
 
 Light on purpose (no torch until a store is needed): it runs before the command line is checked.
 """
@@ -111,7 +112,7 @@ class Outcome(Exception):
 def agree(argv: list[str], decide: Callable[[list[str]], list[str]]) -> list[str]:
     """Under torchrun or srun: rank 0 runs `decide` on the command line and every process gets
     its answer (a command, or the exit status rank 0 ended with: `Outcome`). Otherwise: `decide`."""
-    exchange = _exchange()
+    exchange = _exchange(argv)
     if exchange is None:
         return decide(argv)
     if launched_rank() == 0:
@@ -131,7 +132,7 @@ def agree(argv: list[str], decide: Callable[[list[str]], list[str]]) -> list[str
     return [*answer["argv"], *WORKER_OVERRIDES]
 
 
-def _exchange():
+def _exchange(argv: list[str]):
     env = os.environ
     if launched_world_size() <= 1:
         return None
@@ -141,11 +142,43 @@ def _exchange():
     if "SLURM_JOB_ID" in env:
         step = f"{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
         name = f"slurm-{step}-{env.get('SLURM_RESTART_COUNT', '0')}.json"
-        from mnistlab.config import project_path
-
-        folder = env.get("MNISTLAB_LAUNCH_DIR") or project_path("logs") / ".launch"
-        return FileExchange(Path(folder) / name)  # a small file, left for the record
+        return FileExchange(launch_dir(argv) / name, _step_nonce())
     return None
+
+
+# What every task of one srun step sees alike, and a later step (a reused job id, a requeue, a
+# new srun in the same job) does not: the srun process's own ports and address among them.
+STEP_KEYS = ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT", "SLURM_SRUN_COMM_PORT",
+             "SLURM_STEP_LAUNCHER_PORT", "SLURM_LAUNCH_NODE_IPADDR", "SLURM_SRUN_COMM_HOST",
+             "SLURM_JOB_START_TIME", "SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST")  # fmt: skip
+
+
+def _step_nonce() -> str:
+    import hashlib
+
+    step = "\0".join(f"{k}={os.environ.get(k, '')}" for k in STEP_KEYS)
+    return hashlib.sha256(step.encode()).hexdigest()[:32]
+
+
+def launch_dir(argv: list[str]) -> Path:
+    """`$MNISTLAB_LAUNCH_DIR`, else `<paths.log_dir>/.launch` (paths.log_dir as given on the
+    command line, else the project's logs/): a folder on the file system the tasks share."""
+    from mnistlab.config import project_path
+
+    if os.environ.get("MNISTLAB_LAUNCH_DIR"):
+        return Path(os.environ["MNISTLAB_LAUNCH_DIR"])
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("paths.log_dir=")]
+    return project_path(given[-1].strip("'\"") if given else "logs") / ".launch"
+
+
+_written: list[Path] = []  # launch files this process wrote, removed once every task has read
+
+
+def launch_read_by_all() -> None:
+    """Called on rank 0 once every process has joined the run (training ran): its launch file
+    has been read, and goes."""
+    while _written:
+        _written.pop().unlink(missing_ok=True)
 
 
 class StoreExchange:
@@ -167,21 +200,41 @@ class StoreExchange:
 
 
 class FileExchange:
-    """A file beside the logs, named after the SLURM job step (one per srun, per requeue)."""
+    """A file on the shared file system, named after the SLURM job step (one per srun, per
+    requeue). It carries the step's nonce and the time it was written: a file left by another
+    step under the same name (a reused job id) is not read as this step's command."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    KEEP_S = 7 * 24 * 3600  # files left by runs that crashed before every task read them
+
+    def __init__(self, path: Path, nonce: str):
+        self.path, self.nonce = Path(path), nonce
+        self.started = time.time()
 
     def put(self, answer: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for old in self.path.parent.glob("slurm-*.json"):
+            if old != self.path and time.time() - old.stat().st_mtime > self.KEEP_S:
+                old.unlink(missing_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(answer))
+        tmp.write_text(json.dumps({**answer, "nonce": self.nonce, "written": time.time()}))
         os.replace(tmp, self.path)
+        _written.append(self.path)
 
     def get(self) -> dict:
         deadline = time.monotonic() + WAIT_S
-        while not self.path.is_file():
+        while True:
+            answer = self._read()
+            if answer is not None:
+                return answer
             if time.monotonic() > deadline:
                 raise TimeoutError(f"rank 0 did not write {self.path} within {WAIT_S:.0f} s")
             time.sleep(0.2)
-        return json.loads(self.path.read_text())
+
+    def _read(self) -> dict | None:
+        """This step's answer, or None: no file yet, half a file, another step's file."""
+        try:
+            answer = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        fresh = answer.get("written", 0) > self.started - WAIT_S
+        return answer if answer.get("nonce") == self.nonce and fresh else None

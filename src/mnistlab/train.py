@@ -31,6 +31,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     from mnistlab.checkpoint import AtomicCheckpointIO, RNGState
+    from mnistlab.distributed import launch_read_by_all
     from mnistlab.preemption import Preemption
     from mnistlab.resume import resume_point
 
@@ -64,6 +65,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(hparams)  # into hparams.yaml now, so a crashed run has them too
 
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        launch_read_by_all()  # every process has joined: srun's launch file has done its work
         metrics = {**model.restored_metrics,
                    **{k: float(v) for k, v in trainer.callback_metrics.items()}}  # fmt: skip
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
