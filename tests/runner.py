@@ -119,3 +119,18 @@ class PauseInTest(Callback):
             return
         self.marker.touch()
         time.sleep(60)
+
+
+class NaNOnRank(Callback):
+    """At training step `step`, in the process of global rank `rank` only: the first weight
+    becomes NaN, so that this process alone computes a NaN loss. Named as `runner.NaNOnRank`."""
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            import torch
+
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("nan")

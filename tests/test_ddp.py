@@ -373,3 +373,19 @@ def test_an_srun_launch_file_is_read_only_by_its_own_step_and_then_removed(tmp_p
     assert reader.get()["argv"] == [*argv, "settled"]
     distributed.launch_read_by_all()
     assert list((tmp_path / "logs" / ".launch").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_nan_loss_in_one_process_stops_every_process_at_that_step(synthetic_mnist, tmp_path):
+    """Rank 1 alone computes a NaN loss at global step 3: both processes stop there, exit non-zero,
+    no hang (a rank stopping alone would leave the other waiting in its next all-reduce)."""
+    args = [*cli_args(synthetic_mnist, tmp_path / "run"), *DDP_ARGS,
+            "+callbacks.nan._target_=runner.NaNOnRank", "+callbacks.nan.rank=1",
+            "+callbacks.nan.step=3"]  # fmt: skip
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    # Steps count from 1 in messages: global_step 3 is step 4. Rank 0 stops at the same step.
+    assert "loss is nan at epoch 1, step 4:" in proc.stderr, proc.stderr[-3000:]
+    assert "loss is not finite in another process at epoch 1, step 4:" in proc.stderr
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
