@@ -4,6 +4,7 @@
 #   scripts/gpu_check.sh                       # data in data/MNIST/raw, python from .venv or PATH
 #   MNIST_DATA_DIR=/path EPOCHS=5 scripts/gpu_check.sh
 #   TRAINER=cpu EPOCHS=1 scripts/gpu_check.sh  # a dry run of the script itself on a CPU
+#   EXTRA="trainer.limit_train_batches=20" TRAINER=cpu EPOCHS=1 scripts/gpu_check.sh  # shorter
 #
 # Runs the reference experiment on the GPU in fp32 and bf16-mixed, each with the data on the host
 # (batches copied every step) and with data.on_device=true (the dataset on the GPU, batches
@@ -18,6 +19,7 @@ EPOCHS=${EPOCHS:-5}
 DATA=${MNIST_DATA_DIR:-data}
 LOGS=${LOGS:-logs/gpu_check}
 TRAINER=${TRAINER:-gpu}
+read -ra EXTRA <<<"${EXTRA:-}"  # more overrides for every run, after the run's own
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "$TRAINER" = gpu ]; then
@@ -29,9 +31,11 @@ gpus=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
 run() {  # name, overrides...
   local name=$1; shift
   local start end
+  rm -rf -- "${LOGS:?}/${name:?}"  # this invocation's run only: results.json below is its own
   start=$(date +%s%N)
   "$PYTHON" -m mnistlab.train "trainer=$TRAINER" "paths.data_dir=$DATA" data.sources=[local] \
-    "paths.log_dir=$LOGS/$name" "trainer.max_epochs=$EPOCHS" "$@" >"$LOGS/$name.log" 2>&1 \
+    "paths.log_dir=$LOGS/$name" "trainer.max_epochs=$EPOCHS" "$@" "${EXTRA[@]}" \
+    >"$LOGS/$name.log" 2>&1 \
     || { echo "$name: FAILED, see $LOGS/$name.log"; tail -5 "$LOGS/$name.log"; return 0; }
   end=$(date +%s%N)
   "$PYTHON" - "$LOGS/$name" "$name" "$(( (end - start) / 1000000 ))" <<'EOF'

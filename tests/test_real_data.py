@@ -2,14 +2,13 @@
 (uncompressed or .gz IDX files), and the UCI digits inside scikit-learn's wheel (the `digits`
 extra). `make test-all` runs these; CI unpacks a byte-exact MNIST copy and installs the extra."""
 
-import importlib.util
 import os
 import statistics
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import compose_train
+from conftest import compose_train, missing, need_modules
 
 from mnistlab.mnist import MNISTDataModule
 from mnistlab.train import train
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.real_data
 def mnist_dir() -> Path:
     root = os.environ.get("MNIST_DATA_DIR")
     if not root:
-        pytest.skip("real MNIST not given: set MNIST_DATA_DIR to a folder holding MNIST/raw/")
+        missing("real MNIST not given: set MNIST_DATA_DIR to a folder holding MNIST/raw/")
     if not (Path(root) / "MNIST" / "raw").is_dir():
         pytest.fail(f"MNIST_DATA_DIR={root} has no MNIST/raw/ folder")
     return Path(root)
@@ -61,10 +60,7 @@ def test_reference_experiment_one_epoch_reaches_97_percent(mnist_dir, tmp_path):
 def test_the_second_real_dataset_digits_reaches_97_percent(tmp_path):
     """scikit-learn's 8x8 digits through the same data layer and network (experiment=digits):
     98.0% test accuracy with the default seed; the bar leaves room for other seeds."""
-    if importlib.util.find_spec("sklearn") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("scikit-learn missing in CI: .ci/run installs it (make install-digits)")
-        pytest.skip("scikit-learn not installed: make install-digits")
+    need_modules("sklearn", install="make install-digits")
     cfg = compose_train(["experiment=digits", "trainer=cpu", f"paths.log_dir={tmp_path}",
                          f"paths.output_dir={tmp_path / 'run'}"])  # fmt: skip
     metrics = train(cfg)
