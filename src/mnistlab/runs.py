@@ -7,6 +7,7 @@ creates a new one.
 import fcntl
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -63,7 +64,7 @@ def hold(folder: Path, what: str = "run"):
     """Hold `folder`'s lock while writing into it: a second process (the same command started
     twice, a sweep re-run while it is still running) is refused in one line naming the holder.
     The lock is the kernel's (`flock`), so it ends with its process, kill -9 included, and the
-    next command takes it over."""
+    next command takes it over, removing what a killed holder left half-written."""
     from mnistlab import UserError
 
     path = Path(folder) / LOCK
@@ -83,6 +84,16 @@ def hold(folder: Path, what: str = "run"):
         command = " ".join(sys.argv[1:])[:200]
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}"
                       f" ({command})\n".encode(), 0)  # fmt: skip
+        if what == "run":
+            _remove_leftovers(Path(folder))
         yield path
     finally:
         os.close(fd)  # releases the lock; the file stays (removing it would race a new holder)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Temporary files (`.<name>.<pid>.tmp`) of a process killed while writing: no one else
+    writes here while the lock is held, so every one of them is a leftover."""
+    for tmp in folder.rglob(".*.tmp"):
+        if re.fullmatch(r"\..+\.\d+\.tmp", tmp.name):
+            tmp.unlink(missing_ok=True)
