@@ -33,12 +33,18 @@ class NothingToDo(Exception):
     """The command names a run that has already finished."""
 
 
+def _refuse(message: str):
+    raise UserError(f"{message} (see --help)")
+
+
 def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
     """Check a command line (Hydra's flags and overrides) and return the one to give Hydra:
     the same, or with `hydra.run.dir` set to the run that `resume=` continues. `processes`:
     how many processes a launcher (torchrun, srun) started with this command; their run folder
     is then fixed here, once, for all of them (mnistlab.distributed)."""
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    parser.error = _refuse  # one line, not argparse's usage block
+    args = parser.parse_args(argv)
     if args.multirun and processes > 1:
         raise UserError(
             f"-m with {processes} processes: each would run the whole sweep. Start the sweep once"
@@ -132,6 +138,8 @@ def _compose_checked(name: str, overrides: list[str]) -> DictConfig:
         raise UserError(_composition_error(e, name, overrides)) from None
     except OmegaConfBaseException as e:
         raise UserError(_first_line(e)) from None
+    except ValueError as e:  # Hydra's check of a group override's value (`data=null`, `~data=1`)
+        raise UserError(f"{' '.join(overrides)}: {_first_line(e)}; see --help") from None
     validate(_resolved(cfg), added=_added_top_level(overrides))
     return cfg
 
@@ -144,10 +152,10 @@ def _added_top_level(overrides: list[str]) -> set[str]:
 
 def _resolved(cfg: DictConfig) -> dict:
     """The task config as plain data, resolved as it will be in the run (`${hydra:...}` too)."""
-    with read_write(cfg.hydra):
-        cfg.hydra.runtime.output_dir = cfg.hydra.run.dir  # set by Hydra only once it runs
-    HydraConfig.instance().set_config(cfg)
     try:
+        with read_write(cfg.hydra):
+            cfg.hydra.runtime.output_dir = cfg.hydra.run.dir  # set by Hydra only once it runs
+        HydraConfig.instance().set_config(cfg)
         return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                 for k, v in cfg.items() if k != "hydra"}  # fmt: skip
     except OmegaConfBaseException as e:

@@ -63,6 +63,8 @@ def images(paths: list[Path], prepare) -> Iterator[tuple[str, np.ndarray | None,
         if "idx3-ubyte" in path.name:
             try:
                 stack = read_idx(path)
+                if stack.ndim != 3:
+                    raise UserError(f"{path}: IDX of shape {stack.shape}, not images (N, H, W)")
             except UserError as e:
                 yield str(path), None, str(e)
                 continue
