@@ -86,6 +86,16 @@ def test_optuna_3_trials_then_the_same_study_continued_to_5(synthetic_mnist, tmp
     assert sorted(after) == ["0", "1", "2", "3", "4"] and all(after[j] == before[j] for j in before)
     assert len(set(after.values())) == 5  # new trials, not the first ones drawn again
     assert json.loads((tmp_path / "sweep" / "best.json").read_text())["trials"] == 5
+    for row in summary(tmp_path / "sweep"):  # each job's overrides as it recorded them
+        job = json.loads((tmp_path / "sweep" / row["job"] / "job.json").read_text())
+        assert row["overrides"] == " ".join(job["overrides"])
+
+    other = sweep(synthetic_mnist, tmp_path, *search, "trainer.max_epochs=1")  # another experiment
+    assert other.returncode == 2, other.stderr[-3000:]
+    (line,) = [ln for ln in other.stderr.splitlines() if "error:" in ln]
+    assert "study mnist_optuna" in line and "other fixed" in line and "trainer.max_epochs=1" in line
+    assert "hydra.sweeper.study_name=" in line and "Traceback" not in other.stderr
+    assert len(summary(tmp_path / "sweep")) == 5  # not a trial added to the study
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
@@ -99,3 +109,24 @@ def test_launchers_run_a_sweep_end_to_end(synthetic_mnist, tmp_path, launcher):
     if launcher == "joblib":
         log = (tmp_path / "sweep" / "0" / "train.log").read_text()
         assert "2 parallel jobs on" in log
+
+
+def test_the_same_sweep_twice_at_once_is_refused_and_a_killed_one_is_taken_over(
+    synthetic_mnist, tmp_path
+):
+    from runner import start_cli, wait_for
+    from test_signals import pause_at
+
+    args = [*base_args(synthetic_mnist, tmp_path, *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}"),
+            "model.optimizer.lr=1e-3,2e-3"]  # fmt: skip
+    first = start_cli("-m", *args, *pause_at(2, tmp_path / "m"), cwd=tmp_path)
+    wait_for(tmp_path / "m", first)  # job 0 is training
+    second = run_cli("-m", *args, *pause_at(2, tmp_path / "m"), cwd=tmp_path)
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert f"sweep folder is in use by pid {first.pid} on " in second.stderr
+    assert "Traceback" not in second.stderr
+    first.kill()
+    first.wait(timeout=30)
+    third = run_cli("-m", *args, *pause_at(2, tmp_path / "m"), cwd=tmp_path)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert [r["status"] for r in summary(tmp_path / "sweep")] == ["completed", "completed"]
