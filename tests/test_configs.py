@@ -1,11 +1,8 @@
 """Every shipped config option composes, instantiates, and (for whole-run options) trains."""
 
-import importlib.util
-import os
-
 import pytest
 import torch
-from conftest import compose_train
+from conftest import compose_train, need_modules
 from hydra.utils import instantiate
 
 from mnistlab.config import CONF_DIR, to_plain
@@ -54,8 +51,7 @@ def test_group_option_composes_and_instantiates(group, option, tmp_path, image_f
 )
 def test_run_option_trains_a_few_steps(override, tiny_cfg, tmp_path):
     if override == "experiment=digits":  # its own data: scikit-learn's digits, not MNIST
-        if importlib.util.find_spec("sklearn") is None and os.environ.get("CI") != "true":
-            pytest.skip("experiment=digits needs scikit-learn: make install-digits")
+        need_modules("sklearn", install="make install-digits")
         cfg = compose_train([override, "trainer=cpu", "trainer.max_epochs=1",
                              "trainer.limit_train_batches=4", f"paths.log_dir={tmp_path}",
                              f"paths.output_dir={tmp_path / 'run'}"])  # fmt: skip

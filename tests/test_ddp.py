@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import SyntheticMNIST
+from conftest import SyntheticMNIST, need_modules
 from runner import base_args, cli_args, cli_env, run_cli
 
 from mnistlab import UserError
@@ -188,7 +188,7 @@ def test_a_part_done_epoch_resumes_only_with_the_same_process_count(synthetic_mn
 
 
 def test_slurm_parameters_for_2_nodes_of_4_gpus(tmp_path, monkeypatch):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="make install-sweep")
+    need_modules("submitit", "hydra_plugins.hydra_submitit_launcher", install="make install-sweep")
     import submitit
     from hydra.core.hydra_config import HydraConfig
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher

@@ -1,7 +1,6 @@
 """Using a trained run: eval as it was trained, predict on image files, export with parity."""
 
 import csv
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train
+from conftest import compose_train, need_modules
 from hydra.utils import instantiate
 from PIL import Image
 from runner import cli_args, cli_env, run_cli
@@ -138,8 +137,7 @@ def test_export_round_trip_and_parity(run, synthetic_mnist, capsys):
     folder = run / "checkpoints"
     assert (folder / "model.safetensors").is_file() and (folder / "model.json").is_file()
     assert "safetensors 0.00e+00" in output  # bitwise
-    if importlib.util.find_spec("onnxruntime") is None:
-        pytest.skip("ONNX part: onnx/onnxruntime not installed (make install-export)")
+    need_modules("onnx", "onnxruntime", install="make install-export")  # the ONNX part
     gap = float(output.split("onnx ")[-1].split()[0])
     assert (folder / "model.onnx").is_file() and gap <= 1e-5
 
