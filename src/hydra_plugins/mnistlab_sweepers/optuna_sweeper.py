@@ -70,7 +70,7 @@ class OptunaSweeper(Sweeper):
                 direction=self.direction,
                 load_if_exists=True,
             )
-            _same_search(study, fixed, space, sweep_dir)
+            _same_search(study, fixed, space, self.direction, sweep_dir)
             self._search(study, fixed, space)
             _write_best(study, sweep_dir)
             jobs = [(t.number, [*fixed, *_as_overrides(t.params)]) for t in study.trials]
@@ -114,13 +114,14 @@ class OptunaSweeper(Sweeper):
         return fixed, space
 
 
-def _same_search(study, fixed: list[str], space: dict, sweep_dir: Path) -> None:
+def _same_search(study, fixed: list[str], space: dict, direction: str, sweep_dir: Path) -> None:
     """A study continues only under the command that started it: other fixed overrides or
     another search space would mix trials of two experiments in one ranking. Refused in one
     line (exit 2); a new study name starts a new search."""
     import optuna.distributions as d
 
-    search = {"fixed": identity(fixed), "direction": study.direction.name.lower(),
+    # The direction asked for now: Optuna loads a stored study with its own, silently.
+    search = {"fixed": identity(fixed), "direction": str(direction).lower(),
               "space": {k: d.distribution_to_json(v) for k, v in sorted(space.items())}}  # fmt: skip
     recorded = study.user_attrs.get("search")
     if recorded is None:

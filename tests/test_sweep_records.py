@@ -1,0 +1,55 @@
+"""What a sweep records and reports, in process (the sweeps themselves run in the slow tier):
+each job's row, sorted by the sweeper's direction; a study that continues only its own search."""
+
+import json
+
+import pytest
+from conftest import need_modules
+
+from mnistlab import sweeps
+
+
+def job(folder, overrides, loss, status="completed"):
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"metrics": {"test/loss": loss}}))
+    (folder / "job.json").write_text(json.dumps({"status": status, "overrides": overrides}))
+    return folder
+
+
+@pytest.mark.parametrize("maximize", [True, False])
+def test_rows_follow_the_direction_and_each_job_s_own_record(tmp_path, maximize):
+    jobs = [(n, ["lr=the command now"], job(tmp_path / str(n), [f"lr={n}"], loss))
+            for n, loss in enumerate([0.3, 0.1, 0.2])]  # fmt: skip
+    jobs.append((3, ["lr=9"], tmp_path / "3"))  # never started
+    table = sweeps.rows(jobs, "test/loss", ["test/loss"], maximize=maximize)
+    assert [r["job"] for r in table] == ([0, 2, 1, 3] if maximize else [1, 2, 0, 3])
+    assert [r["overrides"] for r in table[:3]] == [
+        f"lr={r['job']}" for r in table[:3]
+    ]  # as each job recorded them, not as the command says now
+    assert table[-1]["status"] == "not started" and table[-1]["objective"] is None
+
+
+def test_a_study_continues_only_under_the_command_that_started_it(tmp_path, capsys):
+    need_modules("optuna", install="make install-sweep")
+    import optuna
+
+    from hydra_plugins.mnistlab_sweepers.optuna_sweeper import _same_search
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="s")
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    fixed = ["hparams_search=mnist_optuna", "trainer.max_epochs=2"]
+    _same_search(study, fixed, space, "maximize", tmp_path)  # recorded
+    _same_search(study, fixed[::-1], space, "maximize", tmp_path)  # the same, in another order
+    for other in ([*fixed, "data.batch_size=32"], fixed[:1]):
+        with pytest.raises(SystemExit) as stop:
+            _same_search(study, other, space, "maximize", tmp_path)
+        assert stop.value.code == 2
+        (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+        assert "study s in" in line and "other fixed" in line
+    with pytest.raises(SystemExit):
+        _same_search(study, fixed, space, "minimize", tmp_path)
+    assert "other direction" in capsys.readouterr().err
+    wider = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
+    with pytest.raises(SystemExit):
+        _same_search(study, fixed, wider, "maximize", tmp_path)
+    assert "other space" in capsys.readouterr().err
