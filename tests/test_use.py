@@ -276,3 +276,31 @@ def test_a_lone_checkpoint_from_another_machine_works_here(run, synthetic_mnist,
     finally:
         for folder in set(runs.glob("*")) - before:
             shutil.rmtree(folder)
+
+
+@pytest.mark.slow
+def test_predict_on_a_real_decompression_bomb_stays_in_bounded_memory(run, tmp_path):
+    """A 20,000 x 20,000 PNG (400 MB of pixels, 0.4 MB on disk) among broken and good files,
+    through the real command: six rows, two predictions, exit 1, peak memory under 1.5 GiB."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / "a_good.png")
+    Image.fromarray(np.full((28, 28), 255, np.uint8)).save(folder / "b_good.png")
+    Image.new("L", (20_000, 20_000)).save(folder / "c_bomb.png")
+    (folder / "d_truncated.png").write_bytes((folder / "a_good.png").read_bytes()[:40])
+    (folder / "e_empty.png").write_bytes(b"")
+    (folder / "f-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03\0\0")
+    measured = (  # the command, reporting its own peak memory as it ends
+        "import resource, runpy, sys\n"
+        "try:\n    runpy.run_module('mnistlab.predict', run_name='__main__')\n"
+        "finally:\n    print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+        " file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", measured, f"input={folder}", f"run={run}"],
+                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    peak_mib = int(proc.stderr.rsplit("peak ", 1)[1].split()[0]) / 1024
+    rows = proc.stdout.splitlines()[1:]
+    assert proc.returncode == 1 and len(rows) == 6, proc.stderr[-2000:]
+    assert sum(" - " not in r for r in rows) == 2 and "decompression bomb" in rows[2]
+    print(f"predict peak RSS: {peak_mib:.0f} MiB")
+    assert peak_mib < 1536
