@@ -36,7 +36,7 @@ run() {  # name, overrides...
   "$PYTHON" -m mnistlab.train "trainer=$TRAINER" "paths.data_dir=$DATA" data.sources=[local] \
     "paths.log_dir=$LOGS/$name" "trainer.max_epochs=$EPOCHS" "$@" "${EXTRA[@]}" \
     >"$LOGS/$name.log" 2>&1 \
-    || { echo "$name: FAILED, see $LOGS/$name.log"; tail -5 "$LOGS/$name.log"; return 0; }
+    || { echo "$name: FAILED, see $LOGS/$name.log"; tail -5 "$LOGS/$name.log"; failed+=("$name"); return 0; }
   end=$(date +%s%N)
   "$PYTHON" - "$LOGS/$name" "$name" "$(( (end - start) / 1000000 ))" <<'EOF'
 import json, pathlib, sys
@@ -49,6 +49,7 @@ EOF
 }
 
 mkdir -p "$LOGS"
+failed=()  # the other runs go on; the exit status says whether any failed
 echo "run                           throughput   last epoch    whole run   result"
 run fp32_host
 run fp32_on_device data.on_device=true
@@ -61,4 +62,8 @@ if [ "$gpus" -gt 1 ]; then
   ls -a "$LOGS/ddp_${gpus}gpus/train/runs/"*  # one run folder: .hydra, train.log, checkpoints
 else
   echo "one GPU: DDP smoke test skipped (the CPU tests cover DDP with gloo)"
+fi
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "failed: ${failed[*]}"
+  exit 1
 fi
