@@ -25,6 +25,7 @@ from mnistlab import UserError
 from mnistlab.config import CONF_DIR, project_path
 from mnistlab.runs import POLICIES, find_run, finished, identity
 from mnistlab.schema import validate
+from mnistlab.trust import check_target, trusted
 
 MAX_VARIANTS = 64  # sweep values checked one at a time, up to this many configs
 
@@ -94,9 +95,17 @@ def _resume_folder(overrides: list[str]) -> Path | None:
 
 
 def _recorded(run: Path) -> list[str]:
-    """The overrides a run was started with (its data, network, ...), `resume=` aside."""
-    return [o for o in OmegaConf.load(run / ".hydra" / "overrides.yaml")
-            if not o.lstrip("+~").startswith("resume=")]  # fmt: skip
+    """The overrides a run was started with (its data, network, ...), `resume=` aside. The run
+    folder may come from elsewhere: a `_target_` it sets must be allowed (`mnistlab.trust`;
+    `$MNISTLAB_TRUST` to add modules)."""
+    recorded = [o for o in OmegaConf.load(run / ".hydra" / "overrides.yaml")
+                if not o.lstrip("+~").startswith("resume=")]  # fmt: skip
+    allowed = trusted()
+    for override in recorded if allowed is not None else ():
+        key, _, value = override.lstrip("+~").partition("=")
+        if key.endswith("_target_"):
+            check_target(value, f"{run / '.hydra' / 'overrides.yaml'}: {key}", allowed)
+    return recorded
 
 
 def _merged(recorded: list[str], given: list[str]) -> list[str]:
