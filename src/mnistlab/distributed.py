@@ -213,8 +213,11 @@ class FileExchange:
     def put(self, answer: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for old in self.path.parent.glob("slurm-*.json"):
-            if old != self.path and time.time() - old.stat().st_mtime > self.KEEP_S:
-                old.unlink(missing_ok=True)
+            try:
+                if old != self.path and time.time() - old.stat().st_mtime > self.KEEP_S:
+                    old.unlink()
+            except OSError:  # removed meanwhile by another job's rank 0
+                pass
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({**answer, "nonce": self.nonce, "written": time.time()}))
         os.replace(tmp, self.path)
