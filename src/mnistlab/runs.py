@@ -6,6 +6,7 @@ creates a new one.
 
 import fcntl
 import json
+import logging
 import os
 import re
 import socket
@@ -79,6 +80,8 @@ def hold(folder: Path, what: str = "run"):
                 f"{folder}: this {what} folder is in use by {holder}; wait for it to end or stop"
                 " it (a lock whose process died is taken over)"
             ) from None
+        except OSError as e:  # a file system without locks (some NFS setups): go on unguarded
+            logging.getLogger(__name__).warning("%s: cannot be locked (%s)", path, e)
         os.ftruncate(fd, 0)
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         command = " ".join(sys.argv[1:])[:200]
