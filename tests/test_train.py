@@ -3,7 +3,8 @@
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from lightning.pytorch.callbacks import Callback
+from omegaconf import OmegaConf, open_dict
 from runner import cli_args, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -142,3 +143,33 @@ def test_a_resumed_run_hides_the_old_events_after_its_checkpoint(tiny_cfg):
         if event.HasField("session_log") and event.session_log.status == SessionLog.START
     ]
     assert starts == [4]  # 4 steps in epoch 1 (limit_train_batches=4)
+
+
+class BlindInEpoch2(Callback):
+    """Validation of epoch 2 sees a network whose last layer is zero (every image: class 0), so
+    the validation accuracy drops there; the weights come back after validating."""
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 1 and not trainer.sanity_checking:
+            last = [m for m in pl_module.modules() if isinstance(m, torch.nn.Linear)][-1]
+            self.saved = (last, last.weight.detach().clone(), last.bias.detach().clone())
+            with torch.no_grad():
+                last.weight.zero_(), last.bias.zero_()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if getattr(self, "saved", None):
+            last, weight, bias = self.saved
+            with torch.no_grad():
+                last.weight.copy_(weight), last.bias.copy_(bias)
+            self.saved = None
+
+
+def test_val_acc_best_is_the_best_epoch_so_far_not_the_last(tiny_cfg):
+    cfg = tiny_cfg("trainer.max_epochs=3")
+    with open_dict(cfg):
+        cfg.callbacks.blind = {"_target_": "test_train.BlindInEpoch2"}
+    train(cfg)
+    events = EventAccumulator(cfg.paths.output_dir).Reload()
+    acc, best = ([e.value for e in events.Scalars(t)] for t in ("val/acc", "val/acc_best"))
+    assert acc[1] < acc[0]  # the dip
+    assert best == [max(acc[: i + 1]) for i in range(len(acc))]
