@@ -28,6 +28,14 @@ BAD = {
     "trainer.precision=bf16mixed": "did you mean bf16-mixed?",
     "resume=maybe": "resume=maybe: not auto, must, never or a run folder",
     "trainer.gradient_clip_val=1": "add it: +trainer.gradient_clip_val=1",
+    # found by people and by tests/test_fuzz.py: each once ended in a traceback
+    "data.batch_size=99999999999999999999999": "data.batch_size=99999999999999999999999: expected",
+    "model.optimizer.lr=1e999": "model.optimizer.lr=inf: expected a finite number",
+    "paths.log_dir=/proc/nope": "cannot create a folder in /proc (No such file or directory)",
+    "hydra.run.dir=/proc/nope": "/proc/nope: cannot create a folder in /proc",
+    "data=null": "Config group override must be a string",
+    "~paths.log_dir=null": "paths.log_dir",
+    "--nope": "unrecognized arguments: --nope (see --help)",
 }
 
 

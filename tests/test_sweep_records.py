@@ -45,11 +45,11 @@ def test_a_study_continues_only_under_the_command_that_started_it(tmp_path, caps
             _same_search(study, other, space, "maximize", tmp_path)
         assert stop.value.code == 2
         (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
-        assert "study s in" in line and "other fixed" in line
+        assert "study s in" in line and "another fixed overrides" in line
     with pytest.raises(SystemExit):
         _same_search(study, fixed, space, "minimize", tmp_path)
-    assert "other direction" in capsys.readouterr().err
+    assert "another direction" in capsys.readouterr().err
     wider = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
     with pytest.raises(SystemExit):
         _same_search(study, fixed, wider, "maximize", tmp_path)
-    assert "other space" in capsys.readouterr().err
+    assert "another search space" in capsys.readouterr().err

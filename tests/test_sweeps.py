@@ -93,7 +93,11 @@ def test_optuna_3_trials_then_the_same_study_continued_to_5(synthetic_mnist, tmp
     other = sweep(synthetic_mnist, tmp_path, *search, "trainer.max_epochs=1")  # another experiment
     assert other.returncode == 2, other.stderr[-3000:]
     (line,) = [ln for ln in other.stderr.splitlines() if "error:" in ln]
-    assert "study mnist_optuna" in line and "other fixed" in line and "trainer.max_epochs=1" in line
+    assert (
+        "study mnist_optuna" in line
+        and "another fixed overrides" in line
+        and "trainer.max_epochs=1" in line
+    )
     assert "hydra.sweeper.study_name=" in line and "Traceback" not in other.stderr
     assert len(summary(tmp_path / "sweep")) == 5  # not a trial added to the study
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,14 @@ TRAINED_WITH = [  # not the defaults: another experiment, another width
     "trainer.limit_test_batches=null",
     "data.batch_size=32",
 ]
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging():
+    """The commands called in process set up logging to the stderr of their test; the next test
+    must not log to that stream, captured and closed by then."""
+    yield
+    logging.getLogger().handlers.clear()
 
 
 @pytest.fixture(scope="module")
@@ -245,9 +254,21 @@ def test_restored_configs_build_only_allowed_targets(run, tmp_path, capsys):
         export.load_exported(exported)
     assert not sentinel.exists()  # nothing was called
 
-    with pytest.raises(Exception):  # noqa: B017 (open is no network: it fails after running)
-        evaluation.main([f"ckpt={ckpt}", "trust=builtins"])
-    assert sentinel.exists()  # the opt-in reaches instantiate
+    with pytest.raises(UserError, match=r"model\.json: network\.class=builtins\.open: not"):
+        export.load_exported(exported / "model.json")  # the file named, not its folder
+    assert export.main([f"ckpt={ckpt}"]) == 2  # refused before anything is built, as eval
+
+    assert evaluation.main([f"ckpt={ckpt}", "trust=builtins"]) == 1  # the opt-in reaches
+    assert sentinel.exists()  # instantiate; open is no network, and building it fails
+    assert "model: cannot be built: " in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_parts_of_a_restored_config_that_are_not_built_are_not_imported_either(run, tmp_path):
+    def plant(hp):
+        hp["callbacks"]["evil"] = {"_target_": "no_such_module_anywhere.Evil"}
+
+    ckpt = _copied_checkpoint(run, tmp_path, plant)
+    assert predict.main([f"input={ckpt}", f"ckpt={ckpt}"]) == 1  # the ckpt is no image: its row
 
 
 def test_a_lone_checkpoint_from_another_machine_works_here(run, synthetic_mnist, tmp_path):

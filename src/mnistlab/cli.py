@@ -9,6 +9,7 @@ it starts.
 """
 
 import difflib
+import os
 import re
 from importlib.util import find_spec
 from pathlib import Path
@@ -69,6 +70,8 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
         raise UserError("this search needs Optuna: make install-sweep (pip install -e '.[sweep]')")
     if args.cfg:
         return argv
+    hydra_cfg = configs[0].hydra
+    _creatable(Path(hydra_cfg.sweep.dir if args.multirun else hydra_cfg.run.dir))
     if args.multirun:
         sweep = _sweep_to_continue(configs[0], overrides)
         return argv if sweep is None else _with(argv, "hydra.sweep.dir", sweep)
@@ -78,6 +81,21 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
     if run is None:
         return argv
     return _with(argv, "hydra.run.dir", run)
+
+
+def _creatable(folder: Path) -> None:
+    """Refuse in one line a run folder that cannot be made (a read-only or special file
+    system), before Hydra tries and fails with a traceback; nothing is left behind."""
+    import tempfile
+
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError as e:
+        raise UserError(
+            f"{folder}: cannot create a folder in {existing} ({e.strerror}); point"
+            " paths.log_dir (or hydra.run.dir) at a writable folder"
+        ) from None
 
 
 def _resume_folder(overrides: list[str]) -> Path | None:

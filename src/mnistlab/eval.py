@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 from mnistlab import UserError
-from mnistlab.restore import locate, parse_args, run_config
+from mnistlab.restore import build, locate, parse_args, run_config
 
 log = logging.getLogger("mnistlab.eval")
 
@@ -15,7 +15,7 @@ USAGE = """usage: python -m mnistlab.eval [run=FOLDER | ckpt=FILE] [which=best|l
                              [overrides...]
 
 Tests a run's best checkpoint (which=last: its latest) on its data's test set, with the config
-the run was trained with; overrides apply on top, e.g. data.batch_size=512 trainer=cpu. Without run=
+the run was trained with; overrides apply on top, e.g. data.eval_batch_size=512 trainer=cpu. Without run=
 or ckpt=, the newest finished run under logs/train/runs. Metrics go to stdout and, with the run
 and checkpoint they belong to, to logs/eval/runs/<timestamp>/metrics.json. The config builds only
 allowed targets (this project, torch.nn, torch.optim, torchvision, torchmetrics, Lightning's);
@@ -25,7 +25,6 @@ trust=mypkg,other adds modules, trust=all allows anything (a source you trust)."
 def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:
     """Test the checkpoint with the run's data and model; return the test metrics."""
     import lightning as L
-    from hydra.utils import instantiate
 
     from mnistlab.callbacks import progress_bar
     from mnistlab.checkpoint import AtomicCheckpointIO
@@ -35,10 +34,11 @@ def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:
     # Testing needs none of the callbacks that saved the checkpoint (they hold training state).
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
     L.seed_everything(cfg.seed, verbose=False)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    trainer = instantiate(
-        cfg.trainer,
+    datamodule = build(cfg, "data")
+    model = build(cfg, "model")
+    trainer = build(
+        cfg,
+        "trainer",
         callbacks=[progress_bar()],
         logger=False,
         plugins=[AtomicCheckpointIO()],

@@ -53,6 +53,7 @@ def load_exported(folder: str | Path, trust: str | None = None) -> Exported:
     from mnistlab.trust import check_target, trusted
 
     folder = Path(folder)
+    folder = folder.parent if folder.name == "model.json" else folder  # the file named instead
     spec = json.loads((folder / "model.json").read_text())
     allowed = trusted(trust)
     if allowed is not None:
@@ -133,21 +134,23 @@ def parity(model, datamodule, files: dict[str, Path], images: Tensor) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hydra.utils import instantiate
-
     from mnistlab import UserError
     from mnistlab.checkpoint import load
-    from mnistlab.restore import build_model, locate, parse_args, run_config
+    from mnistlab.restore import build, build_model, locate, parse_args, run_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-    try:
+    try:  # the command line, the checkpoint and its config: exit 2 as for eval and predict
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv,
                                      {"run": None, "ckpt": None, "which": "best", "trust": None},
                                      USAGE)  # fmt: skip
         run_dir, path = locate(args["run"], args["ckpt"], args["which"])
         checkpoint = load(path, require_checksum=False)
         cfg = run_config(run_dir, checkpoint, overrides, "export", args["trust"])
-        datamodule = instantiate(cfg.data)
+    except UserError as e:
+        print(f"mnistlab-export: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        datamodule = build(cfg, "data")
         datamodule.prepare_data()
         datamodule.setup("test")
         files = export(cfg, checkpoint, path, datamodule.spec)

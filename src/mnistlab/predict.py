@@ -44,9 +44,13 @@ def inputs(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise UserError(f"input={path}: no such file or folder")
-    found = sorted(p for p in path.rglob("*") if p.is_file() and _readable_kind(p))
+    files = [p for p in path.rglob("*") if p.is_file()]
+    found = sorted(p for p in files if _readable_kind(p))
     if not found:
         raise UserError(f"input={path}: no PNG, JPEG, BMP, WebP or IDX files in it")
+    if other := sorted(set(files) - set(found)):
+        log.info("Skipping %d file(s) that are not images or IDX by their names: %s%s",
+                 len(other), ", ".join(p.name for p in other[:3]), ", ..." * (len(other) > 3))  # fmt: skip
     return found
 
 
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mnistlab-predict: error: {e}", file=sys.stderr)
         return 2
     failed = sum(1 for r in rows if r["error"])
-    log.info("%d images in %.2f s (%.0f images/s)%s", len(rows) - failed, seconds,
+    log.info("%d image(s) in %.2f s (%.0f images/s)%s", len(rows) - failed, seconds,
              (len(rows) - failed) / seconds, f"; {failed} could not be read" if failed else "")  # fmt: skip
     return 1 if failed else 0
 
@@ -200,16 +204,14 @@ def _preparer(datamodule, invert: str | None):
 def load(args: dict, overrides: list[str]):
     """The run's model (eval mode, CPU) and data module (for preparing images and its
     normalization; no data loaded)."""
-    from hydra.utils import instantiate
-
     from mnistlab.checkpoint import load as load_checkpoint
-    from mnistlab.restore import build_model
+    from mnistlab.restore import build, build_model
 
     run_dir, path = locate(args["run"], args["ckpt"], args["which"])
     checkpoint = load_checkpoint(path, require_checksum=False)
     cfg = run_config(run_dir, checkpoint, overrides, "predict", args["trust"])
     log.info("Model: %s", path)
-    return build_model(cfg, checkpoint, path), instantiate(cfg.data)
+    return build_model(cfg, checkpoint, path), build(cfg, "data")
 
 
 if __name__ == "__main__":

@@ -116,6 +116,8 @@ def run_config(
     else:
         raise UserError("the checkpoint holds no config (hyper_parameters): name its run with RUN=")
     _one_process(cfg)
+    for unused in ("callbacks", "logger"):  # eval, predict and export build their own, or none
+        cfg[unused] = None
     spec = checkpoint.get("input_spec")
     if spec and OmegaConf.select(cfg, "data.classes") is not None:
         _take_spec(cfg.data, spec)
@@ -223,13 +225,24 @@ def _group_node(override: str) -> DictConfig:
     return OmegaConf.select(composed, group.replace("/", "."))
 
 
-def build_model(cfg: DictConfig, checkpoint: dict, path: Path):
-    """The configured LightningModule with the weights of `checkpoint` (read from `path`)."""
+def build(cfg: DictConfig, key: str, **kwargs):
+    """The object `cfg.<key>` describes; a failure to build it is one line naming the key."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    try:
+        return instantiate(cfg[key], **kwargs)
+    except InstantiationException as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = " ".join(ln for ln in lines if not ln.startswith("full_key:"))
+        raise UserError(f"{key}: cannot be built: {why}") from None
+
+
+def build_model(cfg: DictConfig, checkpoint: dict, path: Path):
+    """The configured LightningModule with the weights of `checkpoint` (read from `path`)."""
     from mnistlab.resume import check_fits
 
-    model = instantiate(cfg.model)
+    model = build(cfg, "model")
     state = model.strip_compile_prefix(checkpoint["state_dict"])
     check_fits(state, model, path)
     model.load_state_dict(state)

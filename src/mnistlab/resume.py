@@ -38,7 +38,8 @@ def resume_point(cfg: DictConfig, model: nn.Module, datamodule) -> tuple[str | N
         if policy != "auto":
             tried = f" (refused: {', '.join(rejected)})" if rejected else ""
             raise UserError(f"resume={policy}: no intact checkpoint in {folder}{tried}")
-        log.info("resume=auto: no checkpoint of this command yet; starting a new run")
+        log.info("resume=auto: no checkpoint in %s yet; training from the start there",
+                 cfg.paths.output_dir)  # fmt: skip
         return None, 0
     checkpoint = load(path)
     _quiet_lightning_about_resuming(datamodule)

@@ -13,6 +13,7 @@ import importlib
 import inspect
 import types
 from collections.abc import Iterable
+from math import isfinite
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from mnistlab import UserError
@@ -456,10 +457,10 @@ def _matches(value: Any, kind: Any, path: str, errors: list[str]) -> bool:
         return value in args and not (isinstance(value, bool) and True not in args)
     if kind is bool:
         return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is int:  # one that fits in 64 bits: torch, numpy and itertools need no more
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
     if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return isinstance(value, int | float) and not isinstance(value, bool) and isfinite(value)
     if kind is str:
         return isinstance(value, str)
     if origin is list:
@@ -518,7 +519,7 @@ def _describe(kind: Any) -> str:
         return f"a list of ({_describe(args[0])})"
     if origin is dict:
         return "a mapping"
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
              type(None): "null", None: "null", Node: "a node with a _target_"}  # fmt: skip
     return names.get(kind, "a mapping")
 

@@ -129,14 +129,19 @@ def _same_search(study, fixed: list[str], space: dict, direction: str, sweep_dir
         return
     if recorded == search:
         return
-    what = [k for k in ("fixed", "space", "direction") if recorded.get(k) != search[k]]
-    first = what[0]
-    old, new = recorded.get(first), search[first]
-    if first == "fixed":
+    names = {"fixed": "fixed overrides", "space": "search space", "direction": "direction"}
+    what = [k for k in names if recorded.get(k) != search[k]]
+    old, new = recorded.get(what[0]), search[what[0]]
+    if what[0] == "fixed":
         old, new = sorted(set(old) - set(new)), sorted(set(new) - set(old))
+    elif what[0] == "space":  # the keys whose distribution differs
+        keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        old, new = ({k: json.loads(d[k])["attributes"] if k in d else None for k in keys}
+                    for d in (old, new))  # fmt: skip
     print(f"mnistlab-train: error: study {study.study_name} in {sweep_dir} was started with"
-          f" other {' and '.join(what)} ({old} there, {new} now): run the same command to continue"
-          " it, or start another study with hydra.sweeper.study_name=<new name>", file=sys.stderr)  # fmt: skip
+          f" another {' and '.join(names[k] for k in what)} ({old} there, {new} now): run the"
+          " same command to continue it, or start another study with"
+          " hydra.sweeper.study_name=<new name>", file=sys.stderr)  # fmt: skip
     sys.exit(2)
 
 
