@@ -99,6 +99,9 @@ def _zip_damage(path: Path) -> str | None:
     return f"damaged: {bad} fails its CRC check" if bad else None
 
 
+_told: set[str] = set()
+
+
 def load(path: str | Path, map_location="cpu", require_checksum: bool = True) -> dict:
     """A verified checkpoint as plain data; CheckpointError (one line, naming the file) otherwise.
     `require_checksum=False` accepts a file with no checksum beside it (one from elsewhere)."""
@@ -106,8 +109,9 @@ def load(path: str | Path, map_location="cpu", require_checksum: bool = True) ->
     problem = verify(path)
     if problem and not (problem.startswith("no checksum") and not require_checksum):
         raise CheckpointError(f"checkpoint {path} is not usable: {problem}")
-    if problem:
-        log.warning("%s has no checksum beside it: loading it unverified", path)
+    if problem and str(path) not in _told:  # once per file, however often it is loaded
+        _told.add(str(path))
+        log.warning("%s has no .sha256 beside it: checked by the CRCs inside the file only", path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def export(cfg, checkpoint: dict, path: Path, spec) -> dict[str, Path]:
     folder = path.parent
     files = {"safetensors": folder / "model.safetensors", "json": folder / "model.json"}
     save_file(weights, files["safetensors"], metadata={"checkpoint": path.name})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(files["safetensors"], 0o666 & ~umask)  # safetensors writes it owner-only
     described = {
         "network": {"class": net_cfg.pop("_target_"), "arguments": net_cfg},
         "input": {"shape": list(spec.shape), "dtype": "uint8", "layout": "NCHW",
