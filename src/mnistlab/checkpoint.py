@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnistlab import UserError
-from mnistlab.files import file_sha256
+from mnistlab.files import atomic_write, file_sha256, write_whole
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +37,18 @@ def save(checkpoint: dict, path: str | Path) -> None:
     """Write `checkpoint` to `path` and its checksum beside it, each replaced only when complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp_sum = path.with_name(f".{path.name}.sha256.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:  # both written whole before either is renamed into place
             torch.save(checkpoint, f)
             f.flush()
-            os.fsync(f.fileno())
-        _write_synced(tmp_sum, f"{file_sha256(tmp)}  {path.name}\n".encode())
-        os.replace(tmp, path)
-        os.replace(tmp_sum, sidecar(path))  # a crash between the two renames reads as damage
+            # A crash between the two renames leaves a checkpoint and a checksum that disagree:
+            # damage, so resuming takes the newest intact checkpoint.
+            write_whole(sidecar(path), f"{file_sha256(Path(f.name))}  {path.name}\n".encode())
         _sync_dir(path.parent)
     except OSError as e:
         raise CheckpointError(
             f"cannot write checkpoint {path}: {e.strerror or e}; the previous one is kept"
         ) from e
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_sum.unlink(missing_ok=True)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _sync_dir(folder: Path) -> None:

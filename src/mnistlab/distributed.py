@@ -218,9 +218,11 @@ class FileExchange:
                     old.unlink()
             except OSError:  # removed meanwhile by another job's rank 0
                 pass
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**answer, "nonce": self.nonce, "written": time.time()}))
-        os.replace(tmp, self.path)
+        from mnistlab.files import write_whole
+
+        write_whole(
+            self.path, json.dumps({**answer, "nonce": self.nonce, "written": time.time()}).encode()
+        )
         _written.append(self.path)
 
     def get(self) -> dict:

@@ -27,6 +27,7 @@ from typing import ClassVar
 import numpy as np
 
 from mnistlab import UserError
+from mnistlab.files import write_whole
 from mnistlab.idx import encode_idx
 
 log = logging.getLogger(__name__)
@@ -245,20 +246,13 @@ def _store(raw_dir: Path, files: dict[str, bytes], checksums: dict[str, str]) ->
         if (actual := sha256(data)) != checksums[name]:
             rejected.append(f"{name} has sha256 {actual}, expected {checksums[name]}")
             continue
-        tmp = raw_dir / f".{name}.{os.getpid()}.tmp"
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, raw_dir / name)
+            write_whole(raw_dir / name, data)
         except OSError as e:
             raise UserError(
                 f"cannot write {raw_dir / name}: {e.strerror or e}; nothing half-written was kept."
                 " Free some space or set paths.data_dir to a writable folder"
             ) from e
-        finally:
-            tmp.unlink(missing_ok=True)
     return rejected
 
 

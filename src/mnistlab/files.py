@@ -22,6 +22,12 @@ def atomic_write(path: Path):
         tmp.unlink(missing_ok=True)
 
 
+def write_whole(path: Path, data: bytes) -> None:
+    """`path` holds `data`, or what it held before: never a part of it (`atomic_write`)."""
+    with atomic_write(path) as f:
+        f.write(data)
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

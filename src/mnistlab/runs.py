@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from mnistlab.files import write_whole
+
 LOCK = ".lock"  # held by the process writing into a run or sweep folder
 RESULTS = "results.json"  # written when a run has trained and tested; its presence means "finished"
 POLICIES = ("auto", "must", "never")
@@ -54,10 +56,7 @@ def finished(run_dir: Path, max_epochs, max_steps) -> dict | None:
 
 def write_results(run_dir: Path, results: dict) -> None:
     """Atomically, so that a run is never marked finished by half a file."""
-    path = Path(run_dir) / RESULTS
-    tmp = path.with_name(f".{RESULTS}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_whole(Path(run_dir) / RESULTS, (json.dumps(results, indent=2) + "\n").encode())
 
 
 @contextmanager

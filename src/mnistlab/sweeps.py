@@ -8,10 +8,10 @@ torch): the sweepers run in Hydra's process.
 
 import csv
 import json
-import os
 import time
 from pathlib import Path
 
+from mnistlab.files import write_whole
 from mnistlab.runs import RESULTS
 
 JOB = "job.json"
@@ -24,11 +24,8 @@ def columns(metrics: list[str]) -> list[str]:
 
 def record(folder: Path, **fields) -> None:
     """Merge `fields` into the job's job.json, atomically."""
-    path = Path(folder) / JOB
     data = read_job(folder) | fields
-    tmp = path.with_name(f".{JOB}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_whole(Path(folder) / JOB, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def read_job(folder: Path) -> dict:
