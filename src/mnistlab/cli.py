@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mnistlab import UserError
 from mnistlab.config import CONF_DIR, project_path
-from mnistlab.runs import POLICIES, find_run, finished, identity
+from mnistlab.runs import POLICIES, find_run, finished, identity, without_resume
 from mnistlab.schema import validate
 from mnistlab.trust import check_target, trusted
 
@@ -116,8 +116,7 @@ def _recorded(run: Path) -> list[str]:
     """The overrides a run was started with (its data, network, ...), `resume=` aside. The run
     folder may come from elsewhere: a `_target_` it sets must be allowed (`mnistlab.trust`;
     `$MNISTLAB_TRUST` to add modules)."""
-    recorded = [o for o in OmegaConf.load(run / ".hydra" / "overrides.yaml")
-                if not o.lstrip("+~").startswith("resume=")]  # fmt: skip
+    recorded = without_resume(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
     allowed = trusted()
     for override in recorded if allowed is not None else ():
         key, _, value = override.lstrip("+~").partition("=")

@@ -24,9 +24,14 @@ RESULTS = "results.json"  # written when a run has trained and tested; its prese
 POLICIES = ("auto", "must", "never")
 
 
+def without_resume(overrides) -> list[str]:
+    """The overrides, in their order, but `resume=` (how to run, not what)."""
+    return [o for o in overrides if not o.lstrip("+~").startswith("resume=")]
+
+
 def identity(overrides: list[str]) -> list[str]:
     """What makes two commands the same run: their overrides in any order, `resume=` aside."""
-    return sorted(o for o in overrides if not o.lstrip("+~").startswith("resume="))
+    return sorted(without_resume(overrides))
 
 
 def find_run(runs_dir: Path, overrides: list[str]) -> Path | None:

@@ -274,11 +274,10 @@ def _job_as_own_command(cfg: DictConfig, overrides: list[str]) -> float | None:
 
     from mnistlab.distributed import JOB_PROCESS_ENV
     from mnistlab.preemption import Interrupted
-    from mnistlab.runs import RESULTS
+    from mnistlab.runs import RESULTS, without_resume
 
     folder = Path(cfg.paths.output_dir)
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith("resume=")]
-    overrides.append(f"resume={cfg.resume}")  # as this job resolved it (a requeue continues)
+    overrides = [*without_resume(overrides), f"resume={cfg.resume}"]  # as this job resolved it
     command = [sys.executable, "-m", "mnistlab.train", *overrides,
                f'hydra.run.dir="{folder}"', "hydra.output_subdir=null"]  # fmt: skip
     log.info("DDP job: running it as its own command, which starts its processes")
