@@ -201,7 +201,7 @@ def test_submitit_s_signal_checkpoints_first_then_submitit_requeues(
 
 
 def test_a_requeued_sweep_job_continues_from_its_checkpoint(tiny_cfg, monkeypatch):
-    from mnistlab.train import _continue_if_requeued
+    from mnistlab.launch import _continue_if_requeued
 
     cfg = tiny_cfg()
     _continue_if_requeued(cfg)

@@ -173,3 +173,17 @@ def test_val_acc_best_is_the_best_epoch_so_far_not_the_last(tiny_cfg):
     acc, best = ([e.value for e in events.Scalars(t)] for t in ("val/acc", "val/acc_best"))
     assert acc[1] < acc[0]  # the dip
     assert best == [max(acc[: i + 1]) for i in range(len(acc))]
+
+
+def test_the_run_module_reads_alone():
+    """`train(cfg)` is the whole run: importing it brings in none of the command's machinery
+    (the command line, exits, sweep jobs, requeue), which lives in mnistlab.launch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mnistlab.train\n"
+            "print(sorted(m for m in ('mnistlab.launch', 'mnistlab.cli', 'hydra_plugins')"
+            " if m in sys.modules))")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -28,7 +28,7 @@ CELL = 84  # pixels per image in a labelled grid: the image scaled to fit, a cap
 class Dashboard(Callback):
     def __init__(self, sample_size: int = 32, histograms: bool = False, graph: bool = False):
         self.sample_size, self.histograms, self.graph = sample_size, histograms, graph
-        self._epoch_start, self._images = 0.0, 0
+        self._epoch_start, self._images, self._last_batch = 0.0, 0, False
         self._test: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     @staticmethod
@@ -52,6 +52,9 @@ class Dashboard(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start, self._images = time.perf_counter(), 0
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._last_batch = batch_idx + 1 >= trainer.num_training_batches
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._images += len(batch[1])
 
@@ -70,7 +73,7 @@ class Dashboard(Callback):
         writer = self._writer(trainer)
         if not (self.histograms and writer is not None):
             return
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if self._last_batch:
             for name, p in pl_module.net.named_parameters():
                 if p.grad is not None:
                     writer.add_histogram(f"grads/{name}", p.grad, trainer.global_step)

@@ -6,7 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from mnistlab import UserError
+from mnistlab import UserError, quiet_lightning, refuse
 from mnistlab.restore import build, locate, parse_args, run_config
 
 log = logging.getLogger("mnistlab.eval")
@@ -29,8 +29,7 @@ def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:
     from mnistlab.callbacks import progress_bar
     from mnistlab.checkpoint import AtomicCheckpointIO
 
-    logging.getLogger("lightning").handlers.clear()
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    quiet_lightning()
     # Testing needs none of the callbacks that saved the checkpoint (they hold training state).
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
     L.seed_everything(cfg.seed, verbose=False)
@@ -57,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir, path = locate(args["run"], args["ckpt"], args["which"])
         cfg = run_config(run_dir, _checkpoint(path), overrides, "eval", args["trust"])
     except UserError as e:
-        print(f"mnistlab-eval: error: {e}", file=sys.stderr)
-        return 2
+        return refuse("mnistlab-eval", e)
     out = Path(cfg.paths.output_dir)
     _log_to(out)
     log.info("Evaluating %s (run %s)", path, run_dir or "unknown")

@@ -138,7 +138,7 @@ def parity(model, datamodule, files: dict[str, Path], images: Tensor) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mnistlab import UserError
+    from mnistlab import UserError, refuse
     from mnistlab.checkpoint import load
     from mnistlab.restore import build, build_model, locate, parse_args, run_config
 
@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = load(path, require_checksum=False)
         cfg = run_config(run_dir, checkpoint, overrides, "export", args["trust"])
     except UserError as e:
-        print(f"mnistlab-export: error: {e}", file=sys.stderr)
-        return 2
+        return refuse("mnistlab-export", e)
     try:
         datamodule = build(cfg, "data")
         datamodule.prepare_data()
@@ -161,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         images, _ = datamodule.test_set.gather(range(min(256, len(datamodule.test_set))))
         gaps = parity(build_model(cfg, checkpoint, path), datamodule, files, images)
     except UserError as e:
-        print(f"mnistlab-export: error: {e}", file=sys.stderr)
-        return 1
+        return refuse("mnistlab-export", e, code=1)
     for kind, file in files.items():
         print(f"{kind:12s} {file}")
     print(f"parity on {len(images)} test images, max |logit difference| vs the checkpoint: "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistlab import UserError
+from mnistlab import UserError, refuse
 from mnistlab.decode import SUFFIXES
 from mnistlab.idx import read_idx
 from mnistlab.restore import locate, parse_args, run_config
@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         write(rows, args["output"])
     except UserError as e:
-        print(f"mnistlab-predict: error: {e}", file=sys.stderr)
-        return 2
+        return refuse("mnistlab-predict", e)
     failed = sum(1 for r in rows if r["error"])
     log.info("%d image(s) in %.2f s (%.0f images/s)%s", len(rows) - failed, seconds,
              (len(rows) - failed) / seconds, f"; {failed} could not be read" if failed else "")  # fmt: skip

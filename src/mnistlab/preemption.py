@@ -92,6 +92,7 @@ class Preemption(Callback):
         if self.pending is not None:
             # What Lightning does right after this hook, so that this step's metrics are logged:
             # the resumed run starts with the next step and would never log them.
+            # Private API, checked against lightning 2.6.6.
             trainer._logger_connector.update_train_step_metrics()
         self._stop_if_asked(trainer)
 

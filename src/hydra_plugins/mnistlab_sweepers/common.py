@@ -8,7 +8,7 @@ from pathlib import Path
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig
 
-from mnistlab import UserError, sweeps
+from mnistlab import UserError, refuse, sweeps
 from mnistlab.runs import hold
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,7 @@ def holding(sweep_dir: Path):
         try:
             stack.enter_context(hold(sweep_dir, "sweep"))
         except UserError as e:
-            print(f"mnistlab-train: error: {e}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(refuse("mnistlab-train", e, code=1))
         yield
 
 
@@ -82,7 +81,7 @@ def finish(config: DictConfig, jobs: list[tuple[int, list[str]]], objective: str
 
 
 def stopped_by_signal(result) -> int | None:
-    """The signal number if this job was stopped by one."""
-    if result is None or result.status != JobStatus.FAILED:
+    """The signal number if this job was stopped by one, as its job.json records it."""
+    if result is None or result.status != JobStatus.FAILED or result.hydra_cfg is None:
         return None
-    return getattr(result._return_value, "signum", None)
+    return sweeps.read_job(Path(result.hydra_cfg.hydra.runtime.output_dir)).get("signal")

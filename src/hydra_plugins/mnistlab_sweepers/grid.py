@@ -7,7 +7,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+# Private API, checked against hydra-core 1.3.2: Hydra's grid expansion (`split_arguments`).
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # isort: skip
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -33,7 +34,9 @@ ConfigStore.instance().store(
 class GridSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> None:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        overrides = parser.parse_overrides(
+            [*(f"{k}={v}" for k, v in (self.params or {}).items()), *arguments]
+        )
         jobs = list(enumerate(o for batch in self.split_arguments(overrides, None) for o in batch))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         with holding(sweep_dir):

@@ -21,7 +21,7 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.mnistlab_sweepers.common import finish, holding, launch
+from hydra_plugins.mnistlab_sweepers.common import finish, holding, launch, stopped_by_signal
 from mnistlab.runs import identity
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,7 @@ class OptunaSweeper(Sweeper):
             results = launch(self.launcher, jobs)
             for trial in trials:
                 _tell(study, trial, results.get(trial.number))
-            if any(getattr(r, "status", None) == JobStatus.FAILED and getattr(r._return_value, "signum", None)
-                   for r in results.values()):  # fmt: skip
+            if any(stopped_by_signal(r) for r in results.values()):
                 break  # stopped by a signal: so is the search
 
     def _search_space(self, arguments: list[str]) -> tuple[list[str], dict]:
@@ -185,7 +184,7 @@ def _fail_stale_trials(study) -> None:
     import optuna
 
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         log.warning("Trial %d was left running by an earlier sweep: marked failed", trial.number)
 
 
