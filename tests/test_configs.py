@@ -32,7 +32,7 @@ def test_group_option_composes_and_instantiates(group, option, tmp_path, image_f
     if option == "fashion_mnist":
         overrides.append("data.checksums={}")
     cfg = compose_train(overrides)
-    validate(to_plain(cfg))  # the schema knows every key a shipped option sets
+    validate(to_plain(cfg), deep=True)  # every key a shipped option sets is a real argument
     model = instantiate(cfg.model)
     size = cfg.data.image_size
     shape = (cfg.data.channels, *((size, size) if isinstance(size, int) else size))

@@ -166,14 +166,15 @@ def _compose_checked(name: str, overrides: list[str]) -> DictConfig:
         raise UserError(_first_line(e)) from None
     except ValueError as e:  # Hydra's check of a group override's value (`data=null`, `~data=1`)
         raise UserError(f"{' '.join(overrides)}: {_first_line(e)}; see --help") from None
-    validate(_resolved(cfg), added=_added_top_level(overrides))
+    validate(_resolved(cfg), added=_added(overrides))
     return cfg
 
 
-def _added_top_level(overrides: list[str]) -> set[str]:
-    """Top-level keys added with `+key=...`: unlike keys of conf/train.yaml, they may be typos."""
-    added = (o.lstrip("~").split("=", 1)[0] for o in overrides if o.startswith("+"))
-    return {key.lstrip("+") for key in added if "." not in key and "/" not in key}
+def _added(overrides: list[str]) -> set[str]:
+    """Keys added with `+key=...`: unlike keys of the config files, they may be typos, so their
+    nodes are checked against the real signatures (mnistlab.schema)."""
+    added = (o.split("=", 1)[0].lstrip("+") for o in overrides if o.startswith("+"))
+    return {key for key in added if "/" not in key}
 
 
 def _resolved(cfg: DictConfig) -> dict:

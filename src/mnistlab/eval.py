@@ -26,8 +26,8 @@ def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:
     """Test the checkpoint with the run's data and model; return the test metrics."""
     import lightning as L
 
-    from mnistlab.callbacks import progress_bar
     from mnistlab.checkpoint import AtomicCheckpointIO
+    from mnistlab.progress import progress_bar
 
     quiet_lightning()
     # Testing needs none of the callbacks that saved the checkpoint (they hold training state).

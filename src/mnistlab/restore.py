@@ -131,7 +131,7 @@ def run_config(
         allowed = trusted(trust)  # before validating: that imports the targets to read them
         for key in BUILT:
             check_targets(plain.get(key) or {}, key, allowed)
-        validate(plain)
+        validate(plain, deep=True)
     except OmegaConfBaseException as e:
         raise UserError(str(e).splitlines()[0]) from None
     return cfg

