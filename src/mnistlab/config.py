@@ -5,9 +5,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-# The package is installed in editable mode from <root>/src/mnistlab, next to <root>/conf.
-ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = ROOT / "conf"
+# The configs travel with the package (src/mnistlab/conf links to the checkout's conf/). The
+# project root, where `data/` and `logs/` go by default: the checkout this package runs from
+# (an editable install, `make`), else the folder the command runs in (`pip install .`).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+_CHECKOUT = Path(__file__).resolve().parents[2]
+ROOT = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else Path.cwd()
 
 
 def project_path(path: str | Path) -> Path:
