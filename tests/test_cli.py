@@ -10,7 +10,8 @@ import yaml
 from runner import cli_env
 
 from mnistlab import UserError
-from mnistlab.cli import NothingToDo, prepare
+from mnistlab.cli import prepare
+from mnistlab.resume import NothingToDo
 
 BAD = {
     "trainer.max_epoch=3": "unknown key trainer.max_epoch; did you mean trainer.max_epochs?",

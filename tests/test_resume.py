@@ -216,7 +216,7 @@ def test_a_run_folder_has_one_writer_and_a_dead_holder_s_lock_is_taken_over(tmp_
     import sys
     import time
 
-    from mnistlab.runs import hold
+    from mnistlab.run_folder import hold
 
     folder = tmp_path / "run"
     with hold(folder):  # noqa: SIM117 (a second hold, even in the same process, is refused)
@@ -225,7 +225,7 @@ def test_a_run_folder_has_one_writer_and_a_dead_holder_s_lock_is_taken_over(tmp_
     with hold(folder):  # released at the end: taken again
         pass
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from mnistlab.runs import hold\n"
+        [sys.executable, "-c", "import sys, time; from mnistlab.run_folder import hold\n"
          f"with hold({str(folder)!r}):\n    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

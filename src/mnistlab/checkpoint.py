@@ -198,3 +198,20 @@ class RNGState(Callback):
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         version, py_state, py_gauss = state["python"]
         random.setstate((version, tuple(py_state), py_gauss))
+
+
+def check_fits(state_dict: dict, model: torch.nn.Module, path: Path) -> None:
+    """UserError in one line when the checkpoint's weights do not fit the configured model."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    reshaped = [f"{k} {list(state_dict[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
+                if k in state_dict and state_dict[k].shape != v.shape]  # fmt: skip
+    if missing or unexpected or reshaped:
+        parts = [f"{name}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                    ("other shape", reshaped)) if keys]  # fmt: skip
+        raise UserError(
+            f"checkpoint {path} does not fit the configured model ({'; '.join(parts)}); "
+            "resume with the model settings the run started with, or use resume=never"
+        )

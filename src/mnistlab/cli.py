@@ -4,8 +4,8 @@ Hydra creates the run folder and its log before the task function runs, reports 
 in several lines, and its hint for an unknown key (`+key=...`) leads to a key nobody reads. So a
 command is composed here first, exactly as Hydra will compose it, and checked against the schema
 (mnistlab.schema): any mistake ends in one line within a second or two, with nothing loaded or
-written. This is also where `resume=` picks the run folder to continue, as Hydra needs it before
-it starts.
+written. The run folder that `resume=` continues (mnistlab.resume) is settled here too, as Hydra
+needs it before it starts.
 """
 
 import difflib
@@ -15,7 +15,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.utils import get_args_parser  # private API, checked on hydra-core 1.3.2
+from hydra._internal.utils import get_args_parser  # Private API, checked on hydra-core 1.3.2
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
@@ -23,16 +23,11 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from mnistlab import UserError
-from mnistlab.config import CONF_DIR, project_path
-from mnistlab.runs import POLICIES, find_run, finished, identity, without_resume
+from mnistlab.config import CONF_DIR
+from mnistlab.resume import merged, named_run, recorded_overrides, run_to_resume, sweep_to_continue
 from mnistlab.schema import validate
-from mnistlab.trust import check_target, trusted
 
 MAX_VARIANTS = 64  # sweep values checked one at a time, up to this many configs
-
-
-class NothingToDo(Exception):
-    """The command names a run that has already finished."""
 
 
 def _refuse(message: str):
@@ -59,9 +54,9 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
         return argv  # nothing to run, or configs from elsewhere: Hydra alone handles those
     name = args.config_name or config_name
     overrides = list(args.overrides)
-    if not args.multirun and (folder := _resume_folder(overrides)) is not None:
+    if not args.multirun and (folder := named_run(overrides)) is not None:
         flags = [a for a in argv if a not in overrides]
-        overrides = _merged(_recorded(folder), overrides)
+        overrides = merged(recorded_overrides(folder), overrides)
         argv = [*flags, *overrides]
     variants = _variants(overrides) if args.multirun else [overrides]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=name):
@@ -73,9 +68,9 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
     hydra_cfg = configs[0].hydra
     _creatable(Path(hydra_cfg.sweep.dir if args.multirun else hydra_cfg.run.dir))
     if args.multirun:
-        sweep = _sweep_to_continue(configs[0], overrides)
+        sweep = sweep_to_continue(configs[0], overrides)
         return argv if sweep is None else _with(argv, "hydra.sweep.dir", sweep)
-    run = _run_to_resume(configs[0], overrides)
+    run = run_to_resume(configs[0], overrides)
     if run is None and processes > 1:
         run = Path(configs[0].hydra.run.dir)  # its time resolved once, for every process
     if run is None:
@@ -98,61 +93,8 @@ def _creatable(folder: Path) -> None:
         ) from None
 
 
-def _resume_folder(overrides: list[str]) -> Path | None:
-    """The run folder named by `resume=<folder>`, if any (not auto, must or never)."""
-    values = [o.split("=", 1)[1] for o in overrides if o.lstrip("+~").startswith("resume=")]
-    if not values or values[-1] in POLICIES:
-        return None
-    policy = values[-1]
-    run = Path(policy).resolve() if Path(policy).exists() else project_path(policy)
-    if not (run / ".hydra" / "overrides.yaml").is_file():
-        raise UserError(
-            f"resume={policy}: not {', '.join(POLICIES)} or a run folder (one holding .hydra/)"
-        )
-    return run
-
-
-def _recorded(run: Path) -> list[str]:
-    """The overrides a run was started with (its data, network, ...), `resume=` aside. The run
-    folder may come from elsewhere: a `_target_` it sets must be allowed (`mnistlab.trust`;
-    `$MNISTLAB_TRUST` to add modules)."""
-    recorded = without_resume(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
-    allowed = trusted()
-    for override in recorded if allowed is not None else ():
-        key, _, value = override.lstrip("+~").partition("=")
-        if key.endswith("_target_"):
-            check_target(value, f"{run / '.hydra' / 'overrides.yaml'}: {key}", allowed)
-    return recorded
-
-
-def _merged(recorded: list[str], given: list[str]) -> list[str]:
-    """The run's own overrides, then this command's: a key given now replaces the recorded one."""
-    keys = {o.lstrip("+~").split("=", 1)[0] for o in given}
-    return [o for o in recorded if o.lstrip("+~").split("=", 1)[0] not in keys] + given
-
-
 def _with(argv: list[str], key: str, value: Path) -> list[str]:
     return [a for a in argv if not a.startswith(f"{key}=")] + [f"{key}={value}"]
-
-
-def _sweep_to_continue(cfg: DictConfig, overrides: list[str]) -> Path | None:
-    """The newest grid sweep of the same command that did not complete, to continue in place
-    (its completed jobs are skipped); None to start a new sweep."""
-    if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("GridSweeper"):
-        return None
-    wanted = identity(overrides)
-    for sweep in sorted(Path(cfg.hydra.sweep.dir).parent.glob("*/multirun.yaml"), reverse=True):
-        try:
-            recorded = OmegaConf.load(sweep).hydra.overrides.task
-        except (OSError, OmegaConfBaseException):
-            continue
-        if identity(list(recorded)) == wanted:
-            summary = sweep.parent / "summary.csv"
-            done = summary.is_file() and all(
-                row.split(",")[1] == "completed" for row in summary.read_text().splitlines()[1:]
-            )
-            return None if done else sweep.parent
-    return None
 
 
 def _compose_checked(name: str, overrides: list[str]) -> DictConfig:
@@ -250,33 +192,3 @@ def _sweep_values(o) -> list[str]:
     except Exception:  # an interval (for an optimizing sweeper): check both ends
         sweep = o.value()
         return [f"{key}={getattr(sweep, end)}" for end in ("start", "end") if hasattr(sweep, end)]
-
-
-def _run_to_resume(cfg: DictConfig, overrides: list[str]) -> Path | None:
-    """The run folder `resume=` continues, or None for a new one; NothingToDo if it has finished."""
-    policy = str(cfg.resume)
-    if policy == "never":
-        return None
-    if policy in POLICIES:
-        runs_dir = Path(cfg.hydra.run.dir).parent
-        run = find_run(runs_dir, overrides)
-        if run is None and policy == "must":
-            raise UserError(
-                f"resume=must: no earlier run of this command in {runs_dir}; "
-                "use resume=auto to start one when there is none"
-            )
-    else:  # a run folder, given on the command line or in a config file
-        run = _resume_folder([f"resume={policy}"])
-    if run is not None and (results := finished(run, *_limits(cfg))):
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in results.get("metrics", {}).items()
-                          if k in (cfg.get("report_metrics") or []))  # fmt: skip
-        raise NothingToDo(
-            f"{run} has already finished ({shown}); nothing to do. "
-            f"resume=never starts a new run; resume={run} trainer.max_epochs=<more>"
-            " continues this one."
-        )
-    return run
-
-
-def _limits(cfg: DictConfig) -> tuple:
-    return cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")

@@ -344,7 +344,7 @@ class ImageDataModule(LightningDataModule):
         """Where training stands in the data, and the measured spec: saved in every checkpoint."""
         if self.trainer is None:
             return {}
-        # Lightning's loop counters: public attributes, no documented API (lightning 2.6.6).
+        # Private API (Lightning's loop counters, undocumented), checked against lightning 2.6.6.
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         epoch = self.trainer.current_epoch
         if done >= self.trainer.num_training_batches:  # a finished epoch: the next one is due

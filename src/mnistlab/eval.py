@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 from mnistlab import UserError, quiet_lightning, refuse
-from mnistlab.restore import build, locate, parse_args, run_config
+from mnistlab.rebuild import build, locate, parse_args, run_config
 
 log = logging.getLogger("mnistlab.eval")
 

@@ -71,7 +71,7 @@ def export(cfg, checkpoint: dict, path: Path, spec) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     from mnistlab.config import to_plain
-    from mnistlab.restore import build_model
+    from mnistlab.rebuild import build_model
 
     model = build_model(cfg, checkpoint, path)
     net_cfg = to_plain(cfg.model.net)
@@ -140,7 +140,7 @@ def parity(model, datamodule, files: dict[str, Path], images: Tensor) -> dict[st
 def main(argv: list[str] | None = None) -> int:
     from mnistlab import UserError, refuse
     from mnistlab.checkpoint import load
-    from mnistlab.restore import build, build_model, locate, parse_args, run_config
+    from mnistlab.rebuild import build, build_model, locate, parse_args, run_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     try:  # the command line, the checkpoint and its config: exit 2 as for eval and predict

@@ -20,8 +20,9 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from mnistlab import UserError, refuse
-from mnistlab.cli import NothingToDo, prepare
+from mnistlab.cli import prepare
 from mnistlab.config import CONF_DIR
+from mnistlab.resume import NothingToDo
 from mnistlab.train import train
 
 log = logging.getLogger("mnistlab.train")  # the run's logger: one name in train.log
@@ -111,10 +112,10 @@ def _sweep_job(cfg: DictConfig) -> float:
 
 
 def _holding(folder: str, lock: bool):
-    """The run folder's lock (`runs.hold`) when `lock`, else nothing."""
+    """The run folder's lock (`run_folder.hold`) when `lock`, else nothing."""
     from contextlib import nullcontext
 
-    from mnistlab.runs import hold
+    from mnistlab.run_folder import hold
 
     return hold(Path(folder)) if lock else nullcontext()
 
@@ -151,7 +152,7 @@ def _job_as_own_command(cfg: DictConfig, overrides: list[str]) -> float | None:
 
     from mnistlab.distributed import JOB_PROCESS_ENV
     from mnistlab.preemption import Interrupted
-    from mnistlab.runs import RESULTS, without_resume
+    from mnistlab.run_folder import RESULTS, without_resume
 
     folder = Path(cfg.paths.output_dir)
     overrides = [*without_resume(overrides), f"resume={cfg.resume}"]  # as this job resolved it

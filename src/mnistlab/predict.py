@@ -21,7 +21,7 @@ import numpy as np
 from mnistlab import UserError, refuse
 from mnistlab.decode import SUFFIXES
 from mnistlab.idx import read_idx
-from mnistlab.restore import locate, parse_args, run_config
+from mnistlab.rebuild import locate, parse_args, run_config
 
 log = logging.getLogger("mnistlab.predict")
 
@@ -204,7 +204,7 @@ def load(args: dict, overrides: list[str]):
     """The run's model (eval mode, CPU) and data module (for preparing images and its
     normalization; no data loaded)."""
     from mnistlab.checkpoint import load as load_checkpoint
-    from mnistlab.restore import build, build_model
+    from mnistlab.rebuild import build, build_model
 
     run_dir, path = locate(args["run"], args["ckpt"], args["which"])
     checkpoint = load_checkpoint(path, require_checksum=False)

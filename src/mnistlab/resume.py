@@ -1,21 +1,24 @@
-"""Where a run continues from: the checkpoint `resume=` picks, checked against today's config.
+"""Continuing a run: which folder (before Hydra creates one) and which checkpoint (in the run).
 
-The command line has already put the run in its old folder (mnistlab.cli); here its newest intact
-checkpoint is found (damaged ones are skipped and named), changed settings are listed, and a model
-that no longer fits the checkpoint is refused before anything trains.
+`resume=` names how: `never` (a new folder), `auto` / `must` (the newest run of the same command,
+its overrides in any order), or a run folder (its own overrides reused, those given now on top).
+The command line picks the folder here before Hydra runs (`mnistlab.cli`), and says when that
+run has finished already; in the run, `resume_point` finds its newest intact checkpoint (damaged
+ones are skipped and named), lists changed settings, and refuses a model that no longer fits.
+Light to import: torch and Lightning only once a run asks for its checkpoint.
 """
 
 import logging
 import warnings
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule
-from omegaconf import DictConfig
-from torch import nn
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from mnistlab import UserError
-from mnistlab.checkpoint import latest_intact, load
-from mnistlab.config import to_plain
+from mnistlab.config import project_path, to_plain
+from mnistlab.run_folder import POLICIES, find_run, finished, identity, without_resume
+from mnistlab.trust import check_target, trusted
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +26,10 @@ log = logging.getLogger(__name__)
 VOLATILE = ("resume", "ckpt_path", "paths.")
 
 
-def resume_point(cfg: DictConfig, model: nn.Module, datamodule) -> tuple[str | None, int | None]:
+def resume_point(cfg: DictConfig, model, datamodule) -> tuple[str | None, int | None]:
     """The checkpoint to start from and its global step; the step is None for a fresh folder."""
+    from mnistlab.checkpoint import check_fits, latest_intact, load
+
     policy = str(cfg.resume)
     if policy == "never":
         return cfg.get("ckpt_path"), None
@@ -59,6 +64,8 @@ def _quiet_lightning_about_resuming(datamodule) -> None:
     """Lightning warns that the checkpoint folder is not empty (it is the run's own) and, after a
     mid-epoch stop, that the data loader cannot resume; a data module that saves its position in
     `state_dict` (MNISTDataModule does) can."""
+    from lightning.pytorch import LightningDataModule
+
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
     if type(datamodule).state_dict is not LightningDataModule.state_dict:
         warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint")
@@ -77,21 +84,91 @@ def warn_changes(before: dict, now: dict) -> list[str]:
     return changed
 
 
-def check_fits(state_dict: dict, model: nn.Module, path: Path) -> None:
-    """UserError in one line when the checkpoint's weights do not fit the configured model."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    reshaped = [f"{k} {list(state_dict[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
-                if k in state_dict and state_dict[k].shape != v.shape]  # fmt: skip
-    if missing or unexpected or reshaped:
-        parts = [f"{name}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                 for name, keys in (("missing", missing), ("unexpected", unexpected),
-                                    ("other shape", reshaped)) if keys]  # fmt: skip
+class NothingToDo(Exception):
+    """The command names a run that has already finished."""
+
+
+def named_run(overrides: list[str]) -> Path | None:
+    """The run folder named by `resume=<folder>`, if any (not auto, must or never)."""
+    values = [o.split("=", 1)[1] for o in overrides if o.lstrip("+~").startswith("resume=")]
+    if not values or values[-1] in POLICIES:
+        return None
+    policy = values[-1]
+    run = Path(policy).resolve() if Path(policy).exists() else project_path(policy)
+    if not (run / ".hydra" / "overrides.yaml").is_file():
         raise UserError(
-            f"checkpoint {path} does not fit the configured model ({'; '.join(parts)}); "
-            "resume with the model settings the run started with, or use resume=never"
+            f"resume={policy}: not {', '.join(POLICIES)} or a run folder (one holding .hydra/)"
         )
+    return run
+
+
+def recorded_overrides(run: Path) -> list[str]:
+    """The overrides a run was started with (its data, network, ...), `resume=` aside. The run
+    folder may come from elsewhere: a `_target_` it sets must be allowed (`mnistlab.trust`;
+    `$MNISTLAB_TRUST` to add modules)."""
+    recorded = without_resume(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
+    allowed = trusted()
+    for override in recorded if allowed is not None else ():
+        key, _, value = override.lstrip("+~").partition("=")
+        if key.endswith("_target_"):
+            check_target(value, f"{run / '.hydra' / 'overrides.yaml'}: {key}", allowed)
+    return recorded
+
+
+def merged(recorded: list[str], given: list[str]) -> list[str]:
+    """The run's own overrides, then this command's: a key given now replaces the recorded one."""
+    keys = {o.lstrip("+~").split("=", 1)[0] for o in given}
+    return [o for o in recorded if o.lstrip("+~").split("=", 1)[0] not in keys] + given
+
+
+def sweep_to_continue(cfg: DictConfig, overrides: list[str]) -> Path | None:
+    """The newest grid sweep of the same command that did not complete, to continue in place
+    (its completed jobs are skipped); None to start a new sweep."""
+    if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("GridSweeper"):
+        return None
+    wanted = identity(overrides)
+    for sweep in sorted(Path(cfg.hydra.sweep.dir).parent.glob("*/multirun.yaml"), reverse=True):
+        try:
+            recorded = OmegaConf.load(sweep).hydra.overrides.task
+        except (OSError, OmegaConfBaseException):
+            continue
+        if identity(list(recorded)) == wanted:
+            summary = sweep.parent / "summary.csv"
+            done = summary.is_file() and all(
+                row.split(",")[1] == "completed" for row in summary.read_text().splitlines()[1:]
+            )
+            return None if done else sweep.parent
+    return None
+
+
+def run_to_resume(cfg: DictConfig, overrides: list[str]) -> Path | None:
+    """The run folder `resume=` continues, or None for a new one; NothingToDo if it has finished."""
+    policy = str(cfg.resume)
+    if policy == "never":
+        return None
+    if policy in POLICIES:
+        runs_dir = Path(cfg.hydra.run.dir).parent
+        run = find_run(runs_dir, overrides)
+        if run is None and policy == "must":
+            raise UserError(
+                f"resume=must: no earlier run of this command in {runs_dir}; "
+                "use resume=auto to start one when there is none"
+            )
+    else:  # a run folder, given on the command line or in a config file
+        run = named_run([f"resume={policy}"])
+    if run is not None and (results := finished(run, *_limits(cfg))):
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in results.get("metrics", {}).items()
+                          if k in (cfg.get("report_metrics") or []))  # fmt: skip
+        raise NothingToDo(
+            f"{run} has already finished ({shown}); nothing to do. "
+            f"resume=never starts a new run; resume={run} trainer.max_epochs=<more>"
+            " continues this one."
+        )
+    return run
+
+
+def _limits(cfg: DictConfig) -> tuple:
+    return cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
 
 
 def _flatten(tree, prefix: str = "") -> dict:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from mnistlab.files import write_whole
-from mnistlab.runs import RESULTS
+from mnistlab.run_folder import RESULTS
 
 JOB = "job.json"
 REPORTED = ("val/acc_best", "test/acc", "test/loss")  # conf/train.yaml's report_metrics

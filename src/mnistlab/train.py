@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnistlab import quiet_lightning
 from mnistlab.config import to_plain
-from mnistlab.runs import write_results
+from mnistlab.run_folder import write_results
 from mnistlab.schema import validate
 
 log = logging.getLogger("mnistlab.train")  # not "__main__" under `python -m`

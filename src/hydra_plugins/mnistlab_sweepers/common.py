@@ -9,7 +9,7 @@ from hydra.core.utils import JobStatus
 from omegaconf import DictConfig
 
 from mnistlab import UserError, refuse, sweeps
-from mnistlab.runs import hold
+from mnistlab.run_folder import hold
 
 log = logging.getLogger(__name__)
 

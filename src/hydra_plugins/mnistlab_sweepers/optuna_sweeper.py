@@ -22,7 +22,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.mnistlab_sweepers.common import finish, holding, launch, stopped_by_signal
-from mnistlab.runs import identity
+from mnistlab.run_folder import identity
 
 log = logging.getLogger(__name__)
 

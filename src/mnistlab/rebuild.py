@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mnistlab import UserError
 from mnistlab.config import CONF_DIR, ROOT, project_path, to_plain
-from mnistlab.runs import RESULTS
+from mnistlab.run_folder import RESULTS
 from mnistlab.schema import validate
 from mnistlab.trust import check_targets, trusted
 
@@ -240,7 +240,7 @@ def build(cfg: DictConfig, key: str, **kwargs):
 
 def build_model(cfg: DictConfig, checkpoint: dict, path: Path):
     """The configured LightningModule with the weights of `checkpoint` (read from `path`)."""
-    from mnistlab.resume import check_fits
+    from mnistlab.checkpoint import check_fits
 
     model = build(cfg, "model")
     state = model.strip_compile_prefix(checkpoint["state_dict"])
