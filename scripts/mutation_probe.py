@@ -21,11 +21,14 @@ from pathlib import Path
 
 SRC = "src/mnistlab"
 MUTANTS = [  # (file, the line as it is, the mutant, what it breaks)
-    ("system.py", "return losses.mean()", "return losses.sum()", "loss summed, not averaged"),
+    ("system.py", "return losses.mean(), logits", "return losses.sum(), logits",
+     "loss summed, not averaged"),
     ("system.py", 'getattr(self, f"{stage}_loss").update(losses.detach())',
      'getattr(self, f"{stage}_loss").update(losses.detach()[:1])', "loss metric of 1 image"),
     ("system.py", "self.test_images.update(float(len(y)))",
      "self.test_images.update(float(len(y) - 1))", "test images miscounted"),
+    ("system.py", "self.test_confusion.update(logits, y)", "self.test_confusion.update(logits, y.roll(1))",
+     "confusion matrix of the wrong pairs"),
     ("system.py", 'self.log_global({"val/acc_best": self.val_acc_best.compute()}, prog_bar=True)',
      'self.log_global({"val/acc_best": acc}, prog_bar=True)', "val/acc_best is the last epoch's"),
     ("train.py", "model, datamodule=datamodule, ckpt_path=best or None, verbose=False",

@@ -121,6 +121,8 @@ def test_the_dashboard_draws_colour_images_and_a_5_by_5_matrix(run):
     counts = [[int(v) for v in line.strip("| ").split(" | ")[1:]] for line in lines[2:]]
     assert len(counts) == 5 and all(len(row) == 5 for row in counts)
     assert sum(map(sum, counts)) == N_TEST
+    correct = sum(counts[i][i] for i in range(5))  # the diagonal: what test/acc counted
+    assert abs(correct / N_TEST - results(run)["test/acc"]) < 1e-6
     assert events.Graph() is not None  # the network traced with a (1, 3, 24, 24) input
 
 

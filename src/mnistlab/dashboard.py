@@ -4,7 +4,8 @@
 - `val/predictions`: a fixed sample of validation images with predicted and true class names,
   every epoch (the same images each time, so cost and disk stay flat);
 - `test/confusion_matrix` (a picture with the class names, and the exact counts as a text
-  table) and `test/most_confident_errors` when testing ends;
+  table), from the system's `test_confusion` (torchmetrics, summed over processes), and
+  `test/most_confident_errors` (kept while testing from the test step's logits) when testing ends;
 - `run/config` (the composed config as YAML) and `run/git` (the commit of the code);
 - optional: weight and gradient histograms (`histograms`), the model graph (`graph`).
 Pictures are drawn with PIL: no plotting library needed.
@@ -23,13 +24,14 @@ from PIL import Image, ImageDraw
 from mnistlab.config import ROOT
 
 CELL = 84  # pixels per image in a labelled grid: the image scaled to fit, a caption below
+ERRORS_SHOWN = 16  # the most confident test errors drawn
 
 
 class Dashboard(Callback):
     def __init__(self, sample_size: int = 32, histograms: bool = False, graph: bool = False):
         self.sample_size, self.histograms, self.graph = sample_size, histograms, graph
         self._epoch_start, self._images, self._last_batch = 0.0, 0, False
-        self._test: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._errors: list[tuple[float, torch.Tensor, str]] = []  # (confidence, pixels, caption)
 
     @staticmethod
     def _writer(trainer):
@@ -99,55 +101,54 @@ class Dashboard(Callback):
         writer.add_image("val/predictions", grid, trainer.global_step, dataformats="HWC")
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        x, y = batch  # already normalized by the data module
-        with torch.no_grad():
-            probs = pl_module(x).softmax(1)
-        self._test.append((x.cpu(), y.cpu(), probs.cpu()))
-
-    def on_test_end(self, trainer, pl_module) -> None:
-        parts, self._test = self._test, []
+        """Keep the most confident errors so far, from the logits the test step returned."""
+        if not (isinstance(outputs, torch.Tensor) and self._writer(trainer) is not None):
+            return
         if not _draws(trainer.datamodule):
             return
-        matrix, errors = self._summarize_test(parts, trainer.datamodule) if parts else (None, [])
-        if trainer.world_size > 1:  # each process tested its share: combine them on rank 0
-            shares = [None] * trainer.world_size
-            torch.distributed.all_gather_object(shares, (matrix, errors))
-            matrix = sum((m for m, _ in shares if m is not None), start=0)
-            errors = sorted((e for _, es in shares for e in es), key=lambda e: -e[0])[:16]
-        writer = self._writer(trainer)
-        if writer is None or not trainer.is_global_zero or not isinstance(matrix, torch.Tensor):
+        x, y = batch  # already normalized by the data module
+        confidence, predicted = outputs.softmax(1).max(1)
+        wrong = (predicted != y).nonzero().flatten()
+        worst = wrong[confidence[wrong].argsort(descending=True)][:ERRORS_SHOWN].tolist()
+        if not worst:
             return
-        spec = trainer.datamodule.spec
-        writer.add_image("test/confusion_matrix", confusion_image(matrix, list(spec.classes)),
+        spec, names = trainer.datamodule.spec, trainer.datamodule.classes
+        mean, std = (torch.tensor(v, device=x.device).view(-1, 1, 1) for v in (spec.mean, spec.std))
+        pixels = ((x[worst] * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+        found = [(confidence[i].item(), pixels[k],
+                  f"{names[predicted[i]]} ({names[y[i]]}) {confidence[i]:.2f}")
+                 for k, i in enumerate(worst)]  # fmt: skip
+        self._errors = sorted(self._errors + found, key=lambda e: -e[0])[:ERRORS_SHOWN]
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        errors, self._errors = self._errors, []
+        confusion = getattr(pl_module, "test_confusion", None)
+        writer = self._writer(trainer)
+        if writer is None or confusion is None or not _draws(trainer.datamodule):
+            return
+        matrix = confusion.compute().cpu()  # summed over processes by torchmetrics
+        if trainer.world_size > 1:  # each process kept its own: the surest of all, on rank 0
+            shares = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, errors)
+            errors = sorted((e for share in shares for e in share), key=lambda e: -e[0])
+            errors = errors[:ERRORS_SHOWN]
+        if not trainer.is_global_zero:
+            return
+        classes = list(trainer.datamodule.spec.classes)
+        writer.add_image("test/confusion_matrix", confusion_image(matrix, classes),
                          trainer.global_step, dataformats="HWC")  # fmt: skip
-        writer.add_text("test/confusion_matrix", confusion_table(matrix, list(spec.classes)),
-                        trainer.global_step)  # fmt: skip
+        writer.add_text(
+            "test/confusion_matrix", confusion_table(matrix, classes), trainer.global_step
+        )
+        shape = trainer.datamodule.spec.shape
         pixels = (
             torch.stack([e[1] for e in errors])
             if errors
-            else torch.zeros(0, *spec.shape, dtype=torch.uint8)
+            else torch.zeros(0, *shape, dtype=torch.uint8)
         )
         grid = labelled_grid(pixels, [e[2] for e in errors], wrong=[True] * len(errors))
         writer.add_image("test/most_confident_errors", grid, trainer.global_step, dataformats="HWC")
         writer.flush()
-
-    @staticmethod
-    def _summarize_test(parts, datamodule) -> tuple[torch.Tensor, list]:
-        """This process's confusion matrix and its 16 most confident errors (confidence, uint8
-        pixels, caption)."""
-        x, y, probs = (torch.cat(p) for p in zip(*parts, strict=True))
-        confidence, predicted = probs.max(1)
-        classes = probs.shape[1]
-        matrix = torch.bincount(y * classes + predicted, minlength=classes**2)
-        wrong = (predicted != y).nonzero().flatten()
-        worst = wrong[confidence[wrong].argsort(descending=True)][:16]
-        spec, names = datamodule.spec, datamodule.classes
-        mean, std = (torch.tensor(v).view(-1, 1, 1) for v in (spec.mean, spec.std))
-        pixels = ((x[worst] * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-        errors = [(confidence[i].item(), pixels[k],
-                   f"{names[predicted[i]]} ({names[y[i]]}) {confidence[i]:.2f}")
-                  for k, i in enumerate(worst.tolist())]  # fmt: skip
-        return matrix.view(classes, classes), errors
 
 
 def _draws(datamodule) -> bool:

@@ -7,7 +7,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric, SumMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mnistlab import UserError
 
@@ -49,6 +49,8 @@ class Classifier(LightningModule):
         self.val_acc_best = MaxMetric()
         # How many test images the accuracy covers, summed over processes: 10,000 under DDP too.
         self.test_images = SumMetric(nan_strategy="disable")
+        # True rows, predicted columns, summed over processes (the dashboard draws it).
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         # Saved in checkpoints, so that a run resumed part-way reports what an unbroken one would.
         for metric in (self.train_acc, self.train_loss, self.val_acc_best):
             metric.persistent(True)
@@ -57,7 +59,8 @@ class Classifier(LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.contiguous(memory_format=self.memory_format))
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        """The batch's mean loss and its logits; the stage's metrics updated."""
         x, y = batch
         logits = self(x)
         losses = self.criterion(logits, y)  # (B,)
@@ -65,10 +68,11 @@ class Classifier(LightningModule):
         getattr(self, f"{stage}_loss").update(losses.detach())  # weighs every image equally
         if stage == "test":
             self.test_images.update(float(len(y)))
-        return losses.mean()
+            self.test_confusion.update(logits, y)
+        return losses.mean(), logits
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss = self._step(batch, "train")
+        loss, _ = self._step(batch, "train")
         # Checked before backward, while the weights are still those of the last good step;
         # under DDP by every process together, or the others would wait for this one forever.
         finite = bool(torch.isfinite(loss))
@@ -89,8 +93,9 @@ class Classifier(LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> Tensor:
+        """The logits, for callbacks (`outputs` of `on_test_batch_end`: the dashboard's errors)."""
+        return self._step(batch, "test")[1].detach()
 
     def _log_epoch(self, stage: str, loss_name: str) -> Tensor:
         acc, loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
@@ -115,6 +120,7 @@ class Classifier(LightningModule):
         self._log_epoch("test", "test/loss")
         self.log_global({"test/images": self.test_images.compute()})
         self.test_images.reset()
+        self.test_confusion.reset()  # after the callbacks' on_test_epoch_end have read it
 
     def log_global(self, values: dict, prog_bar: bool = False) -> None:
         """Log epoch values that are the same in every process (torchmetrics synced them). Under
