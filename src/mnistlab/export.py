@@ -66,14 +66,14 @@ def load_exported(folder: str | Path, trust: str | None = None) -> Exported:
     return Exported(net, prep["mean"], prep["std"], prep.get("channels_last", False)).eval()
 
 
-def export(cfg, checkpoint: dict, path: Path, spec) -> dict[str, Path]:
-    """Write the files beside `path` for inputs of `spec` (an InputSpec); return them by kind."""
+def export(cfg, model, path: Path, spec) -> tuple[dict[str, Path], Exported]:
+    """Write `model`'s network (its weights from checkpoint `path`) beside `path`, for inputs of
+    `spec` (an InputSpec); return the files by kind, and the model read back from them."""
     from safetensors.torch import save_file
 
     from mnistlab.config import to_plain
-    from mnistlab.rebuild import build_model
+    from mnistlab.files import write_whole
 
-    model = build_model(cfg, checkpoint, path)
     net_cfg = to_plain(cfg.model.net)
     weights = {k: v.contiguous() for k, v in model.net.state_dict().items()}
     folder = path.parent
@@ -91,14 +91,14 @@ def export(cfg, checkpoint: dict, path: Path, spec) -> dict[str, Path]:
         "classes": list(spec.classes),
         "checkpoint": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
     }  # fmt: skip
-    files["json"].write_text(json.dumps(described, indent=2) + "\n")
+    write_whole(files["json"], (json.dumps(described, indent=2) + "\n").encode())
     exported = load_exported(folder, trust="all")  # written just now from a checked config
     if _onnx_available():
         files["onnx"] = folder / "model.onnx"
         _to_onnx(exported, files["onnx"], spec.shape)
     else:
         log.warning("onnx/onnxruntime not installed: no model.onnx (pip install -e '.[export]')")
-    return files
+    return files, exported
 
 
 def _onnx_available() -> bool:
@@ -121,14 +121,14 @@ def onnx_logits(path: Path, images: Tensor) -> Tensor:
     return torch.from_numpy(logits)
 
 
-def parity(model, datamodule, files: dict[str, Path], images: Tensor) -> dict[str, float]:
+def parity(model, exported, datamodule, files: dict[str, Path], images: Tensor) -> dict[str, float]:
     """Max |logit difference| from the checkpoint's model, per exported form; UserError if any
     predicts another class for any image."""
     from mnistlab import UserError
 
     with torch.inference_mode():
         reference = model(datamodule.to_input(images))
-        logits = {"safetensors": load_exported(files["json"].parent, trust="all")(images)}
+        logits = {"safetensors": exported(images)}
     if "onnx" in files:
         logits["onnx"] = onnx_logits(files["onnx"], images)
     for kind, values in logits.items():
@@ -156,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         datamodule = build(cfg, "data")
         datamodule.prepare_data()
         datamodule.setup("test")
-        files = export(cfg, checkpoint, path, datamodule.spec)
+        model = build_model(cfg, checkpoint, path)
+        files, exported = export(cfg, model, path, datamodule.spec)
         images, _ = datamodule.test_set.gather(range(min(256, len(datamodule.test_set))))
-        gaps = parity(build_model(cfg, checkpoint, path), datamodule, files, images)
+        gaps = parity(model, exported, datamodule, files, images)
     except UserError as e:
         return refuse("mnistlab-export", e, code=1)
     for kind, file in files.items():
