@@ -7,7 +7,15 @@ same command with `resume=auto` continues from that checkpoint. Outside training
 nothing to save and the run stops at once; so does a second Ctrl-C. Under SLURM (SLURM_JOB_ID
 set), SIGUSR1 also requeues the job, once. In a job submitit started (hydra/launcher=slurm),
 submitit's own signal (SIGUSR2) first writes the checkpoint, then goes to submitit, which
-requeues the job; the requeued job continues from the checkpoint (mnistlab.train).
+requeues the job; the requeued job continues from the checkpoint (mnistlab.launch).
+
+Why not Lightning's own SLURM auto-requeue (`SLURMEnvironment(auto_requeue=True)`, checked on
+lightning 2.6.6): its SIGUSR1 handler saves `hpc_ckpt_<n>.ckpt` inside the signal handler, at
+whatever point of a step the signal lands (under DDP each process at its own point, and the save
+is collective), marks the loggers finished, and then lets training run on until SLURM kills it;
+the requeued run resumes only from `ckpt_path="hpc"`. Here the processes agree on a step, stop
+at its boundary with an exact `last.ckpt` and exit 138, and `resume=auto` continues from it. As
+these handlers are installed before the Trainer starts, Lightning does not install its own.
 """
 
 import logging
