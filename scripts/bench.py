@@ -254,7 +254,9 @@ def matmul_flops(n: int = 1024, reps: int = 20) -> float:
 def launch(loop: str, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "result.json")
-        env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": str(ROOT / "scripts")}
+        # This checkout's code and its bench timer, whatever the environment has installed.
+        path = os.pathsep.join(str(ROOT / d) for d in ("src", "scripts"))
+        env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": path}
         if loop in ("template", "folder"):
             argv = template_argv(args, str(Path(tmp, "run")), folder=loop == "folder")
         else:
