@@ -22,7 +22,7 @@ LOGDIR ?= logs
 .PHONY: help install install-export install-sweep install-digits data train sweep eval predict export bench test test-slow test-all lint tensorboard clean-logs
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@echo "Setting up $(VENV) (first use: a few minutes)"

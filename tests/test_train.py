@@ -86,6 +86,20 @@ def test_command_line_reports_missing_data_in_a_few_lines(synthetic_mnist, tmp_p
     assert (run_dir / "train.log").is_file()  # a failed run keeps its log
 
 
+def test_a_setting_the_library_refuses_is_one_line_in_the_console_and_the_log(
+    synthetic_mnist, tmp_path
+):
+    """A value only Lightning can judge (an accelerator it does not know) is not Hydra's
+    several-line report: one line naming the key, exit 1, and the failed run's log has it."""
+    run_dir = tmp_path / "run"
+    args = [*cli_args(synthetic_mnist, run_dir), "trainer.accelerator=tpu2"]
+    proc = run_cli(*args, cwd=tmp_path, env={"HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line or "Error" in line]
+    assert len(errors) == 1 and "trainer: cannot be built:" in errors[0] and "tpu2" in errors[0]
+    assert "trainer: cannot be built:" in (run_dir / "train.log").read_text()
+
+
 def test_multirun_gives_each_job_a_complete_folder(synthetic_mnist, tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = [a for a in cli_args(synthetic_mnist, tmp_path / "run") if "hydra.run.dir" not in a]

@@ -146,6 +146,8 @@ def _missing_option(e: MissingConfigException, overrides: list[str]) -> str:
 def _composition_error(e: HydraException, name: str, overrides: list[str]) -> str:
     """Hydra refuses `key=value` for a key not in the config: name the key, then either suggest
     the key meant or, when the key is a real argument of its node, say how to add it."""
+    if present := re.match(r"Could not append to config. An item is already at '([^']+)'", str(e)):
+        return f"{present[1]} is in the config already: set it without the +, {present[1]}=..."
     match = re.match(r"Could not override '([^']+)'", str(e))
     if not match:
         return _first_line(e)

@@ -105,6 +105,23 @@ def slurm_gpus(accelerator, devices) -> int:
     return devices if isinstance(devices, int) and devices > 0 else 1
 
 
+def build(cfg: DictConfig, key: str, **kwargs):
+    """The object that `cfg.<key>` (a dotted key) describes, made with Hydra's `instantiate`;
+    a constructor that refuses its arguments (Lightning's `accelerator=tpu2`, `trainer=gpu` with
+    no GPU) is one line naming the key, not Hydra's report."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from mnistlab import UserError
+
+    try:
+        return instantiate(OmegaConf.select(cfg, key), **kwargs)
+    except InstantiationException as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = " ".join(ln for ln in lines if not ln.startswith("full_key:"))
+        raise UserError(f"{key}: cannot be built: {why}") from None
+
+
 def to_plain(cfg: DictConfig) -> dict:
     """The resolved config as plain dicts and lists: safe for checkpoints and `weights_only`."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

@@ -25,6 +25,18 @@ def to_array(image, channels: int, height: int, width: int) -> np.ndarray:
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
+def unreadable(path: str | Path, error: Exception) -> str:
+    """Why an image file could not be decoded, in one line."""
+    from PIL import Image
+
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "empty file (0 bytes)"
+    why = (str(error).splitlines() or [""])[0][:120] or type(error).__name__
+    if isinstance(error, Image.DecompressionBombError):  # PIL's guard against huge images
+        why += " (raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)"
+    return why
+
+
 def decode_chunk(start: int, files: list[str], shape: tuple[int, int, int]):
     """(start, uint8 images (len(files), *shape), {start + i: error} for files that failed)."""
     from PIL import Image, UnidentifiedImageError
@@ -35,8 +47,7 @@ def decode_chunk(start: int, files: list[str], shape: tuple[int, int, int]):
         try:
             with Image.open(path) as image:
                 out[i] = to_array(image, *shape)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            failed[start + i] = str(e).splitlines()[0][:120] or type(e).__name__
-        except Image.DecompressionBombError as e:  # PIL's guard against huge images
-            failed[start + i] = f"{str(e)[:100]} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)"
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+                Image.DecompressionBombError) as e:  # fmt: skip
+            failed[start + i] = unreadable(path, e)
     return start, out, failed

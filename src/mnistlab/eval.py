@@ -7,7 +7,8 @@ import warnings
 from pathlib import Path
 
 from mnistlab import UserError, quiet_lightning, refuse
-from mnistlab.rebuild import build, locate, parse_args, run_config
+from mnistlab.config import build
+from mnistlab.rebuild import locate, parse_args, run_config
 
 log = logging.getLogger("mnistlab.eval")
 

@@ -140,7 +140,8 @@ def parity(model, exported, datamodule, files: dict[str, Path], images: Tensor) 
 def main(argv: list[str] | None = None) -> int:
     from mnistlab import UserError, refuse
     from mnistlab.checkpoint import load
-    from mnistlab.rebuild import build, build_model, locate, parse_args, run_config
+    from mnistlab.config import build
+    from mnistlab.rebuild import build_model, locate, parse_args, run_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     try:  # the command line, the checkpoint and its config: exit 2 as for eval and predict

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab import UserError, refuse
-from mnistlab.decode import SUFFIXES
+from mnistlab.decode import SUFFIXES, unreadable
 from mnistlab.idx import read_idx
 from mnistlab.rebuild import locate, parse_args, run_config
 
@@ -78,14 +78,9 @@ def images(paths: list[Path], prepare) -> Iterator[tuple[str, np.ndarray | None,
         try:
             with Image.open(path) as image:
                 pixels = prepare(image)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            yield str(path), None, f"cannot read: {e}"
-        except Image.DecompressionBombError as e:  # PIL's guard against huge images
-            yield (
-                str(path),
-                None,
-                f"cannot read: {e} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)",
-            )
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+                Image.DecompressionBombError) as e:  # fmt: skip
+            yield str(path), None, f"cannot read: {unreadable(path, e)}"
         else:
             yield str(path), pixels, ""
 
@@ -204,7 +199,8 @@ def load(args: dict, overrides: list[str]):
     """The run's model (eval mode, CPU) and data module (for preparing images and its
     normalization; no data loaded)."""
     from mnistlab.checkpoint import load as load_checkpoint
-    from mnistlab.rebuild import build, build_model
+    from mnistlab.config import build
+    from mnistlab.rebuild import build_model
 
     run_dir, path = locate(args["run"], args["ckpt"], args["which"])
     checkpoint = load_checkpoint(path, require_checksum=False)

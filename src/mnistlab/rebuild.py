@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mnistlab import UserError
-from mnistlab.config import CONF_DIR, ROOT, project_path, to_plain
+from mnistlab.config import CONF_DIR, ROOT, build, project_path, to_plain
 from mnistlab.run_folder import RESULTS
 from mnistlab.schema import validate
 from mnistlab.trust import check_targets, trusted
@@ -79,6 +79,10 @@ def _newest_finished_run() -> Path:
 
 def _checkpoint_of(run_dir: Path, which: str) -> Path:
     folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        raise UserError(
+            f"run={run_dir} has no checkpoints: it stopped before saving one (its train.log says why)"
+        )
     if which == "last":
         path = folder / "last.ckpt"
     else:  # the best, as the run recorded it; else the newest epoch checkpoint
@@ -223,19 +227,6 @@ def _group_node(override: str) -> DictConfig:
     except HydraException as e:
         raise UserError(str(e).splitlines()[0]) from None
     return OmegaConf.select(composed, group.replace("/", "."))
-
-
-def build(cfg: DictConfig, key: str, **kwargs):
-    """The object `cfg.<key>` describes; a failure to build it is one line naming the key."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(cfg[key], **kwargs)
-    except InstantiationException as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        why = " ".join(ln for ln in lines if not ln.startswith("full_key:"))
-        raise UserError(f"{key}: cannot be built: {why}") from None
 
 
 def build_model(cfg: DictConfig, checkpoint: dict, path: Path):

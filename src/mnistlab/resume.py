@@ -43,8 +43,10 @@ def resume_point(cfg: DictConfig, model, datamodule) -> tuple[str | None, int | 
         if policy != "auto":
             tried = f" (refused: {', '.join(rejected)})" if rejected else ""
             raise UserError(f"resume={policy}: no intact checkpoint in {folder}{tried}")
-        log.info("resume=auto: no checkpoint in %s yet; training from the start there",
-                 cfg.paths.output_dir)  # fmt: skip
+        if rejected or folder.is_dir():
+            log.info("resume=auto: no checkpoint in %s yet; training from the start there", folder)
+        else:
+            log.info("resume=auto: no earlier run of this command; starting one")
         return None, 0
     checkpoint = load(path)
     _quiet_lightning_about_resuming(datamodule)

@@ -214,7 +214,9 @@ class _Check:  # one pass over a config, collecting errors
 
 
 def _unknown(path: str, key: str, allowed: dict, prefix: str) -> str:
-    return f"unknown key {path}{_close(key, allowed, prefix)}"
+    keys = sorted(allowed)
+    listed = f" (the keys: {', '.join(keys[:12])}{', ...' * (len(keys) > 12)})"
+    return f"unknown key {path}{_close(key, keys, prefix) or listed}"
 
 
 def _suggest(value: Any, kind: Any) -> str:
@@ -228,9 +230,8 @@ def _close(word: str, words, prefix: str = "") -> str:
 
 
 def _literals(kind: Any) -> list:
-    if get_origin(kind) is Literal:
-        return list(get_args(kind))
-    return [a for k in get_args(kind) for a in _literals(k)]
+    args = get_args(kind)
+    return list(args) if get_origin(kind) is Literal else [a for k in args for a in _literals(k)]
 
 
 def _describe(kind: Any) -> str:

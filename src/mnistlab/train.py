@@ -7,11 +7,10 @@ line, exits, sweep jobs, SLURM requeue, DDP re-launch) is `mnistlab.launch`.
 
 import logging
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab import quiet_lightning
-from mnistlab.config import to_plain
+from mnistlab.config import build, to_plain
 from mnistlab.run_folder import write_results
 from mnistlab.schema import validate
 
@@ -37,20 +36,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     with Preemption() as preemption:
         L.seed_everything(cfg.seed, workers=True)
-        datamodule = instantiate(cfg.data)
-        model = instantiate(cfg.model)
+        datamodule, model = build(cfg, "data"), build(cfg, "model")
         # The whole resolved config as plain data: enough to rebuild the run, loads with weights_only.
         model.save_hyperparameters(to_plain(cfg), logger=False)
         ckpt_path, resumed_step = resume_point(cfg, model, datamodule)
         loggers = _loggers(cfg, resumed_step)
-        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+        callbacks = [
+            build(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c
+        ]
+        plugins = build(cfg, "trainer.plugins") or []  # a node, or a list of them
         # Always on: the RNG states in every checkpoint, atomic verified checkpoint files, and a
         # clean stop on signals. Without them a run cannot be resumed exactly or trusted.
-        trainer = instantiate(
-            cfg.trainer,
+        trainer = build(
+            cfg,
+            "trainer",
             callbacks=[*callbacks, RNGState(), preemption],
             logger=loggers or False,
-            plugins=[*_instantiate_all(cfg.trainer.get("plugins")), AtomicCheckpointIO()],
+            plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
         )
         _explain_batch(cfg, trainer)
         hparams = to_plain(cfg.log_hparams)
@@ -93,21 +95,14 @@ def _loggers(cfg: DictConfig, resumed_step: int | None) -> list:
     """The configured loggers; when resuming, TensorBoard hides what the old run logged after
     the checkpoint (its `purge_step`), so the curves continue without a doubled stretch."""
     loggers = []
-    for node in (cfg.get("logger") or {}).values():
+    for name, node in (cfg.get("logger") or {}).items():
         if not node:
             continue
         extra = {}
         if resumed_step is not None and node._target_.endswith("TensorBoardLogger"):
             extra["purge_step"] = resumed_step
-        loggers.append(instantiate(node, **extra))
+        loggers.append(build(cfg, f"logger.{name}", **extra))
     return loggers
-
-
-def _instantiate_all(node) -> list:
-    """A config node holding nothing, one object or a list of them, as a list of objects."""
-    if node is None:
-        return []
-    return [instantiate(n) for n in node] if OmegaConf.is_list(node) else [instantiate(node)]
 
 
 def _results(cfg: DictConfig, trainer, metrics: dict[str, float], best: str) -> dict:
