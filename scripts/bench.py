@@ -7,6 +7,9 @@ Each loop runs in a fresh process, the loops alternating within every repetition
             checkpointing on, progress bar off), timed by a callback added on the command line;
   plain     a plain eager PyTorch loop over the same in-memory uint8 tensors, same split, model,
             batch, optimizer (default Adam) and seed: the reference;
+  plain_same  the same loop with the template's kernels: fused Adam and the channels-last layout
+            (`model.optimizer.fused`, `model.channels_last`), so that template / plain_same is
+            the cost of the machinery alone; per step, in microseconds, "per-step overhead";
   origin    the origin document's loop: torchvision MNIST, PIL ToTensor + Normalize, DataLoader
             with 0 workers, training on all 60k images;
   bound     the compute-bound estimate: FLOPs per epoch over a matmul probe's FLOP/s.
@@ -17,7 +20,9 @@ made once; --no-folder skips this part):
             (Grayscale, Resize, ToTensor, Normalize), the same network and optimizer;
   start-up  a fresh process's data setup on the folder: decoding into the cache, then with it.
 Epoch time covers training plus the validation pass where the loop has one (template, plain,
-folder). Ratios to origin and tvfolder use seconds per training image: they train on 60k images.
+folder). `--threads N` runs every loop with N torch threads (a sweep's joblib jobs run with one);
+`--profile` adds one template run under Lightning's SimpleProfiler and prints its costliest
+actions per training step. Ratios to origin and tvfolder use seconds per training image: they train on 60k images.
 """
 
 import argparse
@@ -80,8 +85,11 @@ FOLDER_ARGS = ["data=image_folder", "data.channels=1", "data.image_size=28", f"d
                "data.mean=[0.5]", "data.std=[0.5]"]  # fmt: skip
 
 
-def template_argv(args, run_dir: str, folder: bool = False) -> list[str]:
+def template_argv(args, run_dir: str, folder: bool = False, profile: bool = False) -> list[str]:
     extra = [*FOLDER_ARGS, f"data.root={args.folder}"] if folder else []
+    if profile:
+        extra += ["+trainer.profiler._target_=lightning.pytorch.profilers.SimpleProfiler",
+                  f"+trainer.profiler.dirpath={run_dir}"]  # fmt: skip
     return [
         sys.executable, "-m", "mnistlab.train", *extra,
         f"trainer.max_epochs={args.epochs}", f"data.batch_size={args.batch_size}",
@@ -94,7 +102,7 @@ def template_argv(args, run_dir: str, folder: bool = False) -> list[str]:
 # ------------------------------------------------------------------------------ plain, origin
 
 
-def run_plain(args):
+def run_plain(args, same_kernels: bool = False):
     import torch
     from torch import nn
 
@@ -112,8 +120,10 @@ def run_plain(args):
     test_y = torch.from_numpy(read_idx(raw / "t10k-labels-idx1-ubyte").copy()).long()
     train_x, train_y, val_x, val_y = images[train], labels[train], images[val], labels[val]
 
+    layout = torch.channels_last if same_kernels else torch.contiguous_format
+
     def prep(x):
-        return x.float().div(255).sub(0.5).div(0.5)
+        return x.float().div(255).sub(0.5).div(0.5).contiguous(memory_format=layout)
 
     def accuracy(net, xs, ys):
         net.eval()
@@ -125,8 +135,8 @@ def run_plain(args):
         net.train()
         return correct / len(ys)
 
-    net = ConvNet()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net = ConvNet().to(memory_format=layout)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=same_kernels or None)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(args.epochs):
         rec.epoch_start()
@@ -257,8 +267,10 @@ def launch(loop: str, args) -> dict:
         # This checkout's code and its bench timer, whatever the environment has installed.
         path = os.pathsep.join(str(ROOT / d) for d in ("src", "scripts"))
         env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": path}
-        if loop in ("template", "folder"):
-            argv = template_argv(args, str(Path(tmp, "run")), folder=loop == "folder")
+        if args.threads:  # torch reads it when imported, in every loop alike
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        if loop in ("template", "folder", "profile"):
+            argv = template_argv(args, str(Path(tmp, "run")), loop == "folder", loop == "profile")
         else:
             argv = [sys.executable, __file__, "--child", loop, *child_flags(args)]
         env["BENCH_T0"] = repr(time.time())
@@ -305,6 +317,7 @@ def summarize(runs: dict[str, list[dict]], flops: float, args) -> dict:
         n_train = results[0]["n_train"]
         rss_growth = [r["rss_after_epoch_mb"][-1] - r["rss_after_epoch_mb"][0] for r in results]
         summary[loop] = {
+            "n_train": n_train,
             "epoch_s": epoch_s,
             "images_per_s": n_train / epoch_s,
             "s_per_image": epoch_s / n_train,
@@ -325,9 +338,22 @@ def summarize(runs: dict[str, list[dict]], flops: float, args) -> dict:
     return summary
 
 
+def report_profile(result: dict, args, top: int = 15) -> dict:
+    """The profiled run's costliest actions, per training step (nested actions overlap: a
+    batch's time holds its step's, the step's holds the hooks')."""
+    steps = args.epochs * -(-result["n_train"] // args.batch_size)
+    costs = {k: total / steps * 1e6 for k, (total, _) in result["profile"].items()}
+    print(f"\nSimpleProfiler, one template run: microseconds per training step ({steps} steps)")
+    for action, us in sorted(costs.items(), key=lambda kv: -kv[1])[:top]:
+        calls = result["profile"][action][1]
+        print(f"{us:9.0f}  {action[:90]}  ({calls} calls)")
+    return costs
+
+
 def report(summary: dict, startup: dict, args) -> None:
+    threads = args.threads or f"torch's default on {os.cpu_count()} cores"
     print(f"\nepochs={args.epochs} repeats={args.repeats} batch={args.batch_size} "
-          f"threads={os.cpu_count()} cores")  # fmt: skip
+          f"threads={threads}")  # fmt: skip
     print(f"{'loop':10}{'epoch s':>9}{'img/s':>8}{'1st step s':>11}{'peak RSS MB':>12}"
           f"{'RSS growth':>11}{'test acc':>9}")  # fmt: skip
     for loop, s in summary.items():
@@ -340,9 +366,12 @@ def report(summary: dict, startup: dict, args) -> None:
         acc = "" if s["test_acc"] is None else f"{s['test_acc']:9.4f}"
         print(f"{loop:10}{s['epoch_s']:9.2f}{s['images_per_s']:8.0f}{s['first_step_s']:11.2f}"
               f"{s['peak_rss_mb']:12.0f}{s['rss_growth_mb']:11.1f}{acc}")  # fmt: skip
-    t, p = summary["template"], summary["plain"]
+    t, p, same = summary["template"], summary["plain"], summary["plain_same"]
+    steps = -(-t["n_train"] // args.batch_size)  # training steps per epoch
+    overhead_us = (t["epoch_s"] - same["epoch_s"]) / steps * 1e6
     ratios = {
         "template/plain epoch": t["epoch_s"] / p["epoch_s"],
+        "template/plain_same epoch": t["epoch_s"] / same["epoch_s"],
         "template/bound epoch": t["epoch_s"] / summary["bound"]["epoch_s"],
         "plain/bound epoch": p["epoch_s"] / summary["bound"]["epoch_s"],
         "template/plain first step": t["first_step_s"] / p["first_step_s"],
@@ -360,6 +389,8 @@ def report(summary: dict, startup: dict, args) -> None:
     print()
     for name, value in ratios.items():
         print(f"{name:34}{value:7.2f}")
+    print(f"{'per-step overhead vs plain_same':34}{overhead_us:7.0f} us ({steps} steps/epoch)")
+    summary["per_step_overhead_us"] = overhead_us
     print("start-up (median of 3): " + ", ".join(f"{k} {v:.2f}s" for k, v in startup.items()))
     if "folder" in summary:
         first, *cached = summary["folder_startup"]
@@ -378,6 +409,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="1 epoch, 1 repeat: about 2 minutes")
     parser.add_argument("--no-origin", action="store_true", help="skip the origin loop")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in every loop")
+    parser.add_argument("--profile", action="store_true", help="also profile a template run")
     parser.add_argument("--data-dir", default=str(ROOT / "data"), help="holds MNIST/raw/")
     parser.add_argument("--no-folder", action="store_true", help="skip the image-folder part")
     parser.add_argument(
@@ -387,11 +420,14 @@ def main():
     )
     parser.add_argument("--json", default=str(ROOT / "logs" / "bench.json"))
     parser.add_argument(
-        "--child", choices=["plain", "origin", "tvfolder", "startup"], help=argparse.SUPPRESS
+        "--child",
+        choices=["plain", "plain_same", "origin", "tvfolder", "startup"],
+        help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     if args.child:
         children = {"plain": run_plain, "origin": run_origin, "tvfolder": run_tvfolder,
+                    "plain_same": lambda a: run_plain(a, same_kernels=True),
                     "startup": run_startup}  # fmt: skip
         return children[args.child](args)
     if args.quick:
@@ -400,7 +436,7 @@ def main():
     from mnistlab.download import ensure_mnist  # fetch and verify once, before any timing
 
     ensure_mnist(Path(args.data_dir) / "MNIST" / "raw")
-    loops = ["template", "plain"] + ([] if args.no_origin else ["origin"])
+    loops = ["template", "plain", "plain_same"] + ([] if args.no_origin else ["origin"])
     if not args.no_folder:
         folder_startup = folder_start_ups(args)
         loops += ["folder", "tvfolder"]
@@ -409,6 +445,9 @@ def main():
         for loop in loops[rep % len(loops) :] + loops[: rep % len(loops)]:  # rotate the order
             print(f"repeat {rep + 1}/{args.repeats}: {loop} ...", flush=True)
             runs[loop].append(launch(loop, args))
+    if args.profile:
+        print("profile: a template run under SimpleProfiler ...", flush=True)
+        profile = launch("profile", args)
     py = sys.executable
     startup = {
         "import torch": time_command([py, "-c", "import torch"]),
@@ -419,6 +458,8 @@ def main():
     if not args.no_folder:
         summary["folder_startup"] = folder_startup
     report(summary, startup, args)
+    if args.profile:
+        summary["profile"] = report_profile(profile, args)
     summary["args"] = vars(args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=2))

@@ -19,6 +19,13 @@ class BenchTimer(Callback):
     def on_train_epoch_end(self, trainer, pl_module):  # runs after this epoch's validation
         self.rec.epoch_end()
 
+    def on_train_end(self, trainer, pl_module):
+        """With `--profile`: Lightning's SimpleProfiler's time per action (each hook of each
+        callback, the step, the optimizer), summed over the fit."""
+        durations = getattr(trainer.profiler, "recorded_durations", None)
+        if durations:
+            self.rec.result["profile"] = {k: [sum(v), len(v)] for k, v in durations.items()}
+
     def on_test_end(self, trainer, pl_module):
         n_train = len(trainer.datamodule.train_set)
         self.rec.write(float(trainer.callback_metrics["test/acc"]), n_train)
