@@ -189,6 +189,28 @@ def test_val_acc_best_is_the_best_epoch_so_far_not_the_last(tiny_cfg):
     assert best == [max(acc[: i + 1]) for i in range(len(acc))]
 
 
+class CountsSteps(Callback):
+    last = None
+
+    def __init__(self):
+        self.steps = 0
+        CountsSteps.last = self
+
+    def on_train_batch_end(self, *args) -> None:
+        self.steps += 1
+
+
+def test_hooks_a_callback_defines_run_and_the_inherited_ones_are_not_dispatched(tiny_cfg):
+    """lean.skip_empty_hooks: Lightning skips the per-batch hooks a callback only inherits."""
+    cfg = tiny_cfg("trainer.limit_train_batches=3", "trainer.max_epochs=2")
+    with open_dict(cfg):
+        cfg.callbacks.counts = {"_target_": "test_train.CountsSteps"}
+    train(cfg)
+    counts = CountsSteps.last
+    assert counts.steps == 6
+    assert counts.on_train_batch_start is None and counts.on_before_backward is None
+
+
 def test_the_run_module_reads_alone():
     """`train(cfg)` is the whole run: importing it brings in none of the command's machinery
     (the command line, exits, sweep jobs, requeue), which lives in mnistlab.launch."""

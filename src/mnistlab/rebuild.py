@@ -234,7 +234,7 @@ def build_model(cfg: DictConfig, checkpoint: dict, path: Path):
     from mnistlab.checkpoint import check_fits
 
     model = build(cfg, "model")
-    state = model.strip_compile_prefix(checkpoint["state_dict"])
+    state = model.loadable(checkpoint["state_dict"])
     check_fits(state, model, path)
     model.load_state_dict(state)
     return model.eval()

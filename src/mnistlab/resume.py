@@ -51,7 +51,8 @@ def resume_point(cfg: DictConfig, model, datamodule) -> tuple[str | None, int | 
     checkpoint = load(path)
     _quiet_lightning_about_resuming(datamodule)
     warn_changes(checkpoint.get("hyper_parameters", {}), to_plain(cfg))
-    check_fits(checkpoint["state_dict"], model, path)
+    loadable = getattr(model, "loadable", dict)  # the Classifier renames older checkpoints' keys
+    check_fits(loadable(checkpoint["state_dict"]), model, path)
     log.info(
         "Resuming from %s (epoch %d, step %d)%s",
         path,

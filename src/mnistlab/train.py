@@ -26,6 +26,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from mnistlab.checkpoint import AtomicCheckpointIO, RNGState
     from mnistlab.distributed import launch_read_by_all
+    from mnistlab.lean import NoProfiler, skip_empty_hooks
     from mnistlab.preemption import Preemption
     from mnistlab.resume import resume_point
 
@@ -53,7 +54,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             callbacks=[*callbacks, RNGState(), preemption],
             logger=loggers or False,
             plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
+            **({} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}),
         )
+        skip_empty_hooks(trainer.callbacks)  # Lightning's defaults included
         _explain_batch(cfg, trainer)
         hparams = to_plain(cfg.log_hparams)
         for logger in loggers:
