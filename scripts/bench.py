@@ -1,6 +1,7 @@
 """Benchmark the template's training path against plain PyTorch on this machine.
 
     python scripts/bench.py [--epochs 2] [--repeats 3] [--batch-size 64] [--quick] [--json F]
+                            [--threads N] [--profile] [--no-origin] [--no-folder]
 
 Each loop runs in a fresh process, the loops alternating within every repetition:
   template  `python -m mnistlab.train` with the default config as a user runs it (logging and
@@ -10,6 +11,8 @@ Each loop runs in a fresh process, the loops alternating within every repetition
   plain_same  the same loop with the template's kernels: fused Adam and the channels-last layout
             (`model.optimizer.fused`, `model.channels_last`), so that template / plain_same is
             the cost of the machinery alone; per step, in microseconds, "per-step overhead";
+  lightning  plain_same's step as a minimal LightningModule under a bare Trainer (no logger,
+            callbacks or checkpoints): splits that overhead into Lightning's loop and the template;
   origin    the origin document's loop: torchvision MNIST, PIL ToTensor + Normalize, DataLoader
             with 0 workers, training on all 60k images;
   bound     the compute-bound estimate: FLOPs per epoch over a matmul probe's FLOP/s.
@@ -102,34 +105,45 @@ def template_argv(args, run_dir: str, folder: bool = False, profile: bool = Fals
 # ------------------------------------------------------------------------------ plain, origin
 
 
+def mnist_tensors(args):
+    """uint8 images (N, 1, 28, 28) and labels: train and val (the template's split), test."""
+    import torch
+
+    from mnistlab.idx import read_idx
+
+    raw = Path(args.data_dir) / "MNIST" / "raw"
+
+    def read(stem):
+        images = torch.from_numpy(read_idx(raw / f"{stem}-images-idx3-ubyte").copy()).unsqueeze(1)
+        return images, torch.from_numpy(read_idx(raw / f"{stem}-labels-idx1-ubyte").copy()).long()
+
+    (images, labels), (test_x, test_y) = read("train"), read("t10k")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    val, train = order[:N_VAL], order[N_VAL:]
+    return images[train], labels[train], images[val], labels[val], test_x, test_y
+
+
+def prep(x, layout):
+    """ToTensor + Normalize((0.5,), (0.5,)) on a uint8 batch, in the given memory layout."""
+    return x.float().div(255).sub(0.5).div(0.5).contiguous(memory_format=layout)
+
+
 def run_plain(args, same_kernels: bool = False):
     import torch
     from torch import nn
 
-    from mnistlab.idx import read_idx
     from mnistlab.nets import ConvNet
 
     rec = Recorder()
     torch.manual_seed(SEED)
-    raw = Path(args.data_dir) / "MNIST" / "raw"
-    images = torch.from_numpy(read_idx(raw / "train-images-idx3-ubyte").copy()).unsqueeze(1)
-    labels = torch.from_numpy(read_idx(raw / "train-labels-idx1-ubyte").copy()).long()
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    val, train = order[:N_VAL], order[N_VAL:]
-    test_x = torch.from_numpy(read_idx(raw / "t10k-images-idx3-ubyte").copy()).unsqueeze(1)
-    test_y = torch.from_numpy(read_idx(raw / "t10k-labels-idx1-ubyte").copy()).long()
-    train_x, train_y, val_x, val_y = images[train], labels[train], images[val], labels[val]
-
+    train_x, train_y, val_x, val_y, test_x, test_y = mnist_tensors(args)
     layout = torch.channels_last if same_kernels else torch.contiguous_format
-
-    def prep(x):
-        return x.float().div(255).sub(0.5).div(0.5).contiguous(memory_format=layout)
 
     def accuracy(net, xs, ys):
         net.eval()
         with torch.no_grad():
             correct = sum(
-                (net(prep(xs[i : i + 1000])).argmax(1) == ys[i : i + 1000]).sum().item()
+                (net(prep(xs[i : i + 1000], layout)).argmax(1) == ys[i : i + 1000]).sum().item()
                 for i in range(0, len(ys), 1000)
             )
         net.train()
@@ -143,7 +157,7 @@ def run_plain(args, same_kernels: bool = False):
         perm = torch.randperm(len(train_y))
         for i in range(0, len(perm), args.batch_size):
             idx = perm[i : i + args.batch_size]
-            loss = loss_fn(net(prep(train_x[idx])), train_y[idx])
+            loss = loss_fn(net(prep(train_x[idx], layout)), train_y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -151,6 +165,71 @@ def run_plain(args, same_kernels: bool = False):
         accuracy(net, val_x, val_y)
         rec.epoch_end()
     rec.write(accuracy(net, test_x, test_y), len(train_y))
+
+
+def run_lightning(args):
+    """Lightning's own floor: plain_same's step (same network, fused Adam, channels-last, the same
+    batches gathered the same way) as a minimal LightningModule, run by a Trainer with no logger,
+    callback, checkpoint, progress bar or summary. lightning - plain_same is Lightning's loop;
+    template - lightning is what the template adds to it."""
+    import lightning as L
+    import torch
+    from torch import nn
+
+    from mnistlab.nets import ConvNet
+
+    rec = Recorder()
+    torch.manual_seed(SEED)
+    train_x, train_y, val_x, val_y, test_x, test_y = mnist_tensors(args)
+    layout = torch.channels_last
+
+    class Batches:
+        def __init__(self, x, y, size, shuffle):
+            self.x, self.y, self.size, self.shuffle = x, y, size, shuffle
+
+        def __len__(self):
+            return -(-len(self.y) // self.size)
+
+        def __iter__(self):
+            n = len(self.y)
+            order = torch.randperm(n) if self.shuffle else torch.arange(n)
+            for i in range(0, n, self.size):
+                idx = order[i : i + self.size]
+                yield self.x[idx], self.y[idx]
+
+    class Minimal(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net, self.loss_fn = ConvNet().to(memory_format=layout), nn.CrossEntropyLoss()
+
+        def training_step(self, batch, batch_idx):
+            return self.loss_fn(self.net(prep(batch[0], layout)), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            (self.net(prep(batch[0], layout)).argmax(1) == batch[1]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3, fused=True)
+
+        def on_train_batch_end(self, *args):
+            rec.first_step()
+
+        def on_train_epoch_start(self):
+            rec.epoch_start()
+
+        def on_train_epoch_end(self):
+            rec.epoch_end()
+
+    model = Minimal()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=args.epochs, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(model, Batches(train_x, train_y, args.batch_size, True),
+                Batches(val_x, val_y, 1000, False))  # fmt: skip
+    with torch.no_grad():
+        correct = sum((model.net(prep(x, layout)).argmax(1) == y).sum().item()
+                      for x, y in Batches(test_x, test_y, 1000, False))  # fmt: skip
+    rec.write(correct / len(test_y), len(train_y))
 
 
 def run_origin(args):
@@ -369,9 +448,13 @@ def report(summary: dict, startup: dict, args) -> None:
     t, p, same = summary["template"], summary["plain"], summary["plain_same"]
     steps = -(-t["n_train"] // args.batch_size)  # training steps per epoch
     overhead_us = (t["epoch_s"] - same["epoch_s"]) / steps * 1e6
+    lightning = summary["lightning"]
+    floor_us = (lightning["epoch_s"] - same["epoch_s"]) / steps * 1e6
     ratios = {
         "template/plain epoch": t["epoch_s"] / p["epoch_s"],
         "template/plain_same epoch": t["epoch_s"] / same["epoch_s"],
+        "lightning/plain_same epoch": lightning["epoch_s"] / same["epoch_s"],
+        "template/lightning epoch": t["epoch_s"] / lightning["epoch_s"],
         "template/bound epoch": t["epoch_s"] / summary["bound"]["epoch_s"],
         "plain/bound epoch": p["epoch_s"] / summary["bound"]["epoch_s"],
         "template/plain first step": t["first_step_s"] / p["first_step_s"],
@@ -390,8 +473,17 @@ def report(summary: dict, startup: dict, args) -> None:
     for name, value in ratios.items():
         print(f"{name:34}{value:7.2f}")
     print(f"{'per-step overhead vs plain_same':34}{overhead_us:7.0f} us ({steps} steps/epoch)")
+    print(f"{'  of which Lightning loop alone':34}{floor_us:7.0f} us (lightning - plain_same)")
+    print(f"{'  of which the template':34}{overhead_us - floor_us:7.0f} us (template - lightning)")
     summary["per_step_overhead_us"] = overhead_us
+    summary["lightning_floor_us"] = floor_us
     print("start-up (median of 3): " + ", ".join(f"{k} {v:.2f}s" for k, v in startup.items()))
+    own = t["first_step_s"] - startup["import lightning"]
+    print(f"first step: template {t['first_step_s']:.2f}s = import lightning"
+          f" {startup['import lightning']:.2f}s + the template's own {own:.2f}s;"
+          f" plain {p['first_step_s']:.2f}s = import torch {startup['import torch']:.2f}s"
+          f" + {p['first_step_s'] - startup['import torch']:.2f}s")  # fmt: skip
+    summary["template_own_startup_s"] = own
     if "folder" in summary:
         first, *cached = summary["folder_startup"]
         with_cache = ", ".join(f"{r['setup_s']:.2f}s" for r in cached)
@@ -421,13 +513,14 @@ def main():
     parser.add_argument("--json", default=str(ROOT / "logs" / "bench.json"))
     parser.add_argument(
         "--child",
-        choices=["plain", "plain_same", "origin", "tvfolder", "startup"],
+        choices=["plain", "plain_same", "lightning", "origin", "tvfolder", "startup"],
         help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     if args.child:
         children = {"plain": run_plain, "origin": run_origin, "tvfolder": run_tvfolder,
                     "plain_same": lambda a: run_plain(a, same_kernels=True),
+                    "lightning": run_lightning,
                     "startup": run_startup}  # fmt: skip
         return children[args.child](args)
     if args.quick:
@@ -436,7 +529,9 @@ def main():
     from mnistlab.download import ensure_mnist  # fetch and verify once, before any timing
 
     ensure_mnist(Path(args.data_dir) / "MNIST" / "raw")
-    loops = ["template", "plain", "plain_same"] + ([] if args.no_origin else ["origin"])
+    loops = ["template", "plain", "plain_same", "lightning"] + (
+        [] if args.no_origin else ["origin"]
+    )
     if not args.no_folder:
         folder_startup = folder_start_ups(args)
         loops += ["folder", "tvfolder"]
@@ -451,6 +546,7 @@ def main():
     py = sys.executable
     startup = {
         "import torch": time_command([py, "-c", "import torch"]),
+        "import lightning": time_command([py, "-c", "import lightning"]),
         "--cfg job": time_command([py, "-m", "mnistlab.train", "--cfg", "job"]),
         "--help": time_command([py, "-m", "mnistlab.train", "--help"]),
     }
