@@ -202,12 +202,12 @@ class CountsSteps(Callback):
 
 def test_hooks_a_callback_defines_run_and_the_inherited_ones_are_not_dispatched(tiny_cfg):
     """lean.skip_empty_hooks: Lightning skips the per-batch hooks a callback only inherits."""
-    cfg = tiny_cfg("trainer.limit_train_batches=3", "trainer.max_epochs=2")
+    cfg = tiny_cfg("trainer.limit_train_batches=3", "trainer.limit_test_batches=1")
     with open_dict(cfg):
         cfg.callbacks.counts = {"_target_": "test_train.CountsSteps"}
     train(cfg)
     counts = CountsSteps.last
-    assert counts.steps == 6
+    assert counts.steps == 3
     assert counts.on_train_batch_start is None and counts.on_before_backward is None
 
 
