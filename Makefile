@@ -19,7 +19,7 @@ DIGITS_STAMP := $(VENV)/.digits-installed
 PORT ?= 6006
 LOGDIR ?= logs
 
-.PHONY: help install install-export install-sweep install-digits data train sweep eval predict export bench test test-slow test-all lint tensorboard clean-logs
+.PHONY: help install install-export install-sweep install-digits data train sweep eval predict export bench test test-slow test-slurm test-all lint tensorboard clean-logs slurm-up slurm-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -72,10 +72,13 @@ bench: $(STAMP) ## Time the template against plain PyTorch and the origin loop (
 	$(BIN)/python scripts/bench.py $(ARGS)
 
 test: lint ## Lint, then the fast test tier (offline)
-	$(BIN)/python -m pytest -m "not real_data and not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not real_data and not slow and not slurm" $(PYTEST_ARGS)
 
 test-slow: $(STAMP) ## The slow tier: signals and kill -9 on real processes, sweeps, DDP, a TensorBoard server
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-slurm: $(STAMP) ## The SLURM tier: a real two-node cluster on this machine (installs slurm-wlm as root)
+	$(BIN)/python -m pytest -m slurm $(PYTEST_ARGS)
 
 test-all: lint ## Every tier; the real-data one needs MNIST_DATA_DIR=<folder holding MNIST/raw/>
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -90,3 +93,9 @@ tensorboard: $(STAMP) ## TensorBoard on LOGDIR (default logs/), bound to 127.0.0
 
 clean-logs: ## Delete every run under logs/
 	find logs -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +
+
+slurm-up: ## Start a two-node SLURM cluster on this machine (logs/slurm/); then: export SLURM_CONF=...
+	scripts/slurm_cluster.sh up
+
+slurm-down: ## Stop the local SLURM cluster's processes (only those slurm-up started)
+	scripts/slurm_cluster.sh down
