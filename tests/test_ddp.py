@@ -230,6 +230,41 @@ def test_slurm_parameters_for_2_nodes_of_4_gpus(tmp_path, monkeypatch):
     assert "srun" in sbatch  # which starts the tasks
 
 
+def fake_sinfo(tmp_path, monkeypatch, gres: str) -> None:
+    sinfo = tmp_path / "bin" / "sinfo"
+    sinfo.parent.mkdir(exist_ok=True)
+    sinfo.write_text(f"#!/bin/sh\necho '{gres}'\n")
+    sinfo.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{sinfo.parent}:{os.environ['PATH']}")
+
+
+def test_slurm_gpus_follow_the_trainer_and_for_auto_the_cluster(tmp_path, monkeypatch):
+    from mnistlab.config import slurm_gpus
+
+    fake_sinfo(tmp_path, monkeypatch, "(null)")  # a cluster without GPUs
+    assert (slurm_gpus("cpu", 1), slurm_gpus("auto", 1), slurm_gpus("gpu", 4)) == (None, None, 4)
+    fake_sinfo(tmp_path, monkeypatch, "gpu:a100:4")
+    assert (slurm_gpus("cpu", 1), slurm_gpus("auto", 2), slurm_gpus("gpu", 4)) == (None, 2, 4)
+
+
+def test_a_job_array_sbatch_refuses_is_one_line_naming_the_setting(capsys):
+    from hydra_plugins.mnistlab_sweepers import common
+
+    class FailedJobError(RuntimeError):  # submitit's, by name
+        pass
+
+    class Refused:
+        def launch(self, overrides, initial_job_idx):
+            raise FailedJobError("sbatch: error: Invalid generic resource (gres) specification")
+
+    with pytest.raises(SystemExit) as stop:
+        common.launch(Refused(), [(0, ["a=1"]), (1, ["a=2"])])
+    assert stop.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mnistlab-train: error: SLURM refused the jobs (sbatch: error: Invalid")
+    assert "set hydra.launcher.gpus_per_node" in line
+
+
 def compose_train_with_hydra(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict

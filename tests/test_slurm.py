@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from runner import cli_args, run_cli
 
 pytestmark = pytest.mark.slurm
 SCRIPT = Path(__file__).parents[1] / "scripts" / "slurm_cluster.sh"
@@ -31,36 +32,65 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_a_local_cluster_comes_up_runs_a_two_node_job_and_goes_down_cleanly(tmp_path):
-    env = cluster_env(tmp_path / "slurm", 16917)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The local cluster, up for this module's tests; `down` must leave none of its processes."""
+    folder = tmp_path_factory.mktemp("slurm")
+    env = cluster_env(folder, 16917)
     up = script("up", env)
     if up.returncode != 0:
         reason = f"the local SLURM cluster did not start: {(up.stderr or up.stdout).strip()[-400:]}"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    folder = tmp_path / "slurm"
+    assert f"export SLURM_CONF={folder / 'slurm.conf'}" in up.stdout
     pid_files = [
         *folder.glob("slurmd.*.pid"),
         folder / "slurmctld.pid",
         folder / "munge" / "munged.pid",
     ]
     pids = [int(p.read_text()) for p in pid_files]
-    try:
-        assert f"export SLURM_CONF={folder / 'slurm.conf'}" in up.stdout
-        nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=env, capture_output=True,
-                               text=True, check=True).stdout.split("\n")  # fmt: skip
-        assert sorted(n for n in nodes if n) == ["n1 idle", "n2 idle"]
-        job = tmp_path / "job.sh"
-        job.write_text("#!/bin/bash\nsrun bash -c 'echo $SLURM_PROCID $SLURMD_NODENAME'\n")
-        out = tmp_path / "job.out"
-        subprocess.run(["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1", f"--output={out}",
-                        str(job)], env=env, check=True, capture_output=True, timeout=120)  # fmt: skip
-        assert sorted(out.read_text().split("\n")[:2]) == ["0 n1", "1 n2"]
-        # DDP's rendezvous resolves the first node's name
-        assert subprocess.run(["getent", "hosts", "n1"], capture_output=True).returncode == 0
-    finally:
-        down = script("down", env)
+    yield env
+    down = script("down", env)
     assert down.returncode == 0, down.stderr
     assert len(pids) == 4 and not [pid for pid in pids if alive(pid)]
     assert "mnistlab local slurm cluster" not in Path("/etc/hosts").read_text()
+
+
+def test_two_idle_nodes_and_srun_places_one_task_on_each(cluster, tmp_path):
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=cluster, capture_output=True,
+                           text=True, check=True).stdout.split("\n")  # fmt: skip
+    assert sorted(n for n in nodes if n) == ["n1 idle", "n2 idle"]
+    job, out = tmp_path / "job.sh", tmp_path / "job.out"
+    job.write_text("#!/bin/bash\nsrun bash -c 'echo $SLURM_PROCID $SLURMD_NODENAME'\n")
+    subprocess.run(["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1", f"--output={out}",
+                    str(job)], env=cluster, check=True, capture_output=True, timeout=120)  # fmt: skip
+    assert sorted(out.read_text().split("\n")[:2]) == ["0 n1", "1 n2"]
+    # DDP's rendezvous resolves the first node's name
+    assert subprocess.run(["getent", "hosts", "n1"], capture_output=True).returncode == 0
+
+
+def test_a_sweep_submitted_to_slurm_needs_no_cluster_settings(cluster, synthetic_mnist, tmp_path):
+    """The default trainer (accelerator auto) on a cluster without GPUs: no GPU, CPUs or memory
+    asked for, no partition named; both jobs run as SLURM jobs, each in its own folder."""
+    args = [a for a in cli_args(synthetic_mnist, tmp_path / "run") if a != "trainer=cpu"]
+    sweep, env = tmp_path / "sweep", {"SLURM_CONF": cluster["SLURM_CONF"]}
+    proc = run_cli("-m", *args, "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
+                   "model.optimizer.lr=1e-3,2e-3", cwd=tmp_path, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = (sweep / "summary.md").read_text()
+    assert summary.count("| completed |") == 2, summary
+    assert all((sweep / str(n) / "results.json").is_file() for n in (0, 1))
+    assert list((sweep / ".submitit").iterdir())  # submitted through sbatch, not run here
+
+
+def test_what_sbatch_refuses_is_one_line_naming_the_setting(cluster, synthetic_mnist, tmp_path):
+    args = cli_args(synthetic_mnist, tmp_path / "run")
+    proc = run_cli("-m", *args, "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   "hydra.launcher.gpus_per_node=1", "model.optimizer.lr=1e-3,2e-3", cwd=tmp_path,
+                   env={"SLURM_CONF": cluster["SLURM_CONF"]})  # fmt: skip
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("mnistlab-train: error: SLURM refused the jobs"), proc.stderr[-2000:]
+    assert "hydra.launcher.gpus_per_node" in last
+    assert "Traceback" not in proc.stderr

@@ -97,12 +97,25 @@ def class_folders(root: Path, split: str = "train") -> list[str]:
     return classes
 
 
-def slurm_gpus(accelerator, devices) -> int:
-    """GPUs per node (= tasks per node) to ask SLURM for: none for a CPU trainer; one per
-    device for a GPU one (`auto`: one)."""
-    if str(accelerator) == "cpu":
-        return 0
+def slurm_gpus(accelerator, devices) -> int | None:
+    """GPUs per node (= tasks per node) to ask SLURM for: none for a CPU trainer; one per device
+    for a GPU one; for `auto`, one per device only when the cluster has GPUs (`sinfo`'s generic
+    resources), so that the default trainer is not refused by a cluster without any."""
+    if str(accelerator) == "cpu" or (str(accelerator) == "auto" and not _cluster_has_gpus()):
+        return None
     return devices if isinstance(devices, int) and devices > 0 else 1
+
+
+def _cluster_has_gpus() -> bool:
+    """Whether SLURM's nodes offer GPUs; True when `sinfo` cannot say (ask, as for a GPU trainer)."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True,
+                              timeout=20)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    return proc.returncode != 0 or "gpu" in proc.stdout
 
 
 def build(cfg: DictConfig, key: str, **kwargs):

@@ -37,11 +37,41 @@ def launch(launcher, jobs: list[tuple[int, list[str]]], batch_size: int | None =
     sweep: the jobs after it are not started."""
     results: dict = {}
     for chunk in _chunks(jobs, batch_size):
-        returns = launcher.launch([o for _, o in chunk], initial_job_idx=chunk[0][0])
+        try:
+            returns = launcher.launch([o for _, o in chunk], initial_job_idx=chunk[0][0])
+        except Exception as e:  # submitit's FailedJobError: sbatch refused the job array
+            if type(e).__name__ != "FailedJobError":
+                raise
+            sys.exit(refuse("mnistlab-train", UserError(sbatch_refusal(str(e))), code=1))
         results |= {n: r for (n, _), r in zip(chunk, returns, strict=True)}
         if any(stopped_by_signal(r) for r in returns):
             break
     return results
+
+
+# What SLURM's refusals mean, as the launcher setting to change (conf/hydra/launcher/slurm.yaml).
+SBATCH_HINTS = {
+    "generic resource": "hydra.launcher.gpus_per_node (null: no GPU) to what the nodes have",
+    "node configuration is not available": "hydra.launcher.cpus_per_task, mem_gb, tasks_per_node"
+    " or nodes to what a node has (sinfo -N -l)",
+    "memory specification": "hydra.launcher.mem_gb to what a node has (sinfo -N -l)",
+    "cpu count": "hydra.launcher.cpus_per_task to what a node has (sinfo -N -l)",
+    "more processors": "hydra.launcher.cpus_per_task, tasks_per_node or nodes to what the"
+    " partition allows (sinfo -N -l)",
+    "partition": "hydra.launcher.partition to one that sinfo lists (null: the default one)",
+    "account": "hydra.launcher.account to one you may use (sacctmgr show assoc user=$USER)",
+    "qos": "hydra.launcher.qos to one your account may use",
+    "time limit": "hydra.launcher.timeout_min to within the partition's limit (sinfo)",
+}
+
+
+def sbatch_refusal(text: str) -> str:
+    """One line from sbatch's error output: its message and the setting that causes it."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    message = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "")
+    hint = next((h for key, h in SBATCH_HINTS.items() if key in message.lower()),
+                "the settings in conf/hydra/launcher/slurm.yaml (hydra.launcher.*)")  # fmt: skip
+    return f"SLURM refused the jobs ({message}): set {hint}"
 
 
 def _chunks(jobs: list[tuple[int, list[str]]], size: int | None):
