@@ -94,3 +94,21 @@ def test_what_sbatch_refuses_is_one_line_naming_the_setting(cluster, synthetic_m
     assert last.startswith("mnistlab-train: error: SLURM refused the jobs"), proc.stderr[-2000:]
     assert "hydra.launcher.gpus_per_node" in last
     assert "Traceback" not in proc.stderr
+
+
+def test_a_failed_slurm_job_is_in_the_summary_with_its_first_error(cluster, synthetic_mnist,
+                                                                    tmp_path):  # fmt: skip
+    """One job of two fails inside SLURM (a validation split larger than the data): the summary
+    says which, with its first error line, and the sweep exits 1."""
+    args, sweep = cli_args(synthetic_mnist, tmp_path / "run"), tmp_path / "sweep"
+    proc = run_cli("-m", *[a for a in args if not a.startswith("data.val_size")],
+                   "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}", "data.val_size=100,1000000",
+                   cwd=tmp_path, env={"SLURM_CONF": cluster["SLURM_CONF"]})  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    rows = {r.split("|")[1].strip(): r for r in (sweep / "summary.md").read_text().splitlines()
+            if r.startswith("| ")}  # fmt: skip
+    assert rows["0"].startswith("| 0 | completed |")
+    failed = rows["1"]
+    assert failed.startswith("| 1 | failed |")
+    assert "UserError: data.val_size=1000000 leaves no train or no val images" in failed
+    assert "Traceback" not in proc.stderr
