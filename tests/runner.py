@@ -77,18 +77,18 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 class PauseAt(Callback):
     """At training step `step`, once (the file `marker` records it): create `marker`, then wait
-    until a stop signal has been noted (or a minute), so that a test can signal or kill the run
+    until a stop signal has been noted (or `wait_s`), so that a test can signal or kill the run
     at a known step. Named in configs as `runner.PauseAt`."""
 
-    def __init__(self, step: int, marker: str):
-        self.step, self.marker = step, Path(marker)
+    def __init__(self, step: int, marker: str, wait_s: float = 60):
+        self.step, self.marker, self.wait_s = step, Path(marker), wait_s
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step != self.step or self.marker.exists() or not trainer.is_global_zero:
             return  # under DDP rank 0 pauses; the others wait for it at their next collective
         self.marker.touch()
         (preemption,) = [c for c in trainer.callbacks if type(c).__name__ == "Preemption"]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.wait_s
         while preemption.pending is None and time.monotonic() < deadline:
             time.sleep(0.02)
 

@@ -3,12 +3,17 @@
 Skipped with the reason when the cluster cannot start here (slurm-wlm and munge missing and no
 root to install them); under CI=true that is a failure instead."""
 
+import json
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from runner import cli_args, run_cli
+import torch
+from conftest import SyntheticMNIST
+from runner import cli_args, cli_env, run_cli
 
 pytestmark = pytest.mark.slurm
 SCRIPT = Path(__file__).parents[1] / "scripts" / "slurm_cluster.sh"
@@ -112,3 +117,177 @@ def test_a_failed_slurm_job_is_in_the_summary_with_its_first_error(cluster, synt
     assert failed.startswith("| 1 | failed |")
     assert "UserError: data.val_size=1000000 leaves no train or no val images" in failed
     assert "Traceback" not in proc.stderr
+
+
+# DDP over the two nodes, one process each. One torch thread per process, as torchrun sets it:
+# a CPU kernel's result depends on how many threads split its sums.
+TWO_NODES = ["trainer=ddp_cpu", "trainer.num_nodes=2", "trainer.devices=1"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+# 301 test images (not a multiple of 2: padding would show); 250 training images a process.
+EXACT = ["trainer.max_epochs=3", "trainer.deterministic=true", "trainer.limit_train_batches=null",
+         "trainer.limit_val_batches=null", "trainer.limit_test_batches=null",
+         "data.batch_size=32", "data.eval_batch_size=50", "model.net.dropout=0.25"]  # fmt: skip
+N_TEST = 301
+
+
+@pytest.fixture(scope="module")
+def odd_mnist(tmp_path_factory) -> SyntheticMNIST:
+    return SyntheticMNIST(tmp_path_factory.mktemp("odd"), n_train=600, n_test=N_TEST)
+
+
+def args_for(data, log_dir: Path, *more: str) -> list[str]:
+    args = [a for a in cli_args(data, log_dir / "x") if not a.startswith("hydra.run")]
+    return [*args, *EXACT, *more]
+
+
+def sbatch(cluster: dict, folder: Path, flags: list[str], command: list[str]) -> str:
+    """Submit `srun <command>` as a batch script (what a user writes); returns the job id."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "job.sh"
+    quoted = " ".join(f"'{a}'" for a in command)
+    script.write_text(f"#!/bin/bash\ncd {folder}\nsrun {quoted}\n")
+    env = cli_env({**cluster, **ONE_THREAD})
+    proc = subprocess.run(["sbatch", "--parsable", f"--output={folder / 'job.out'}",
+                           "--open-mode=append", *flags, str(script)], env=env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return proc.stdout.strip().split(";")[0]
+
+
+def squeue(cluster: dict, job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], env=cluster,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+
+def wait_for_job(cluster: dict, job: str, timeout: float = 300) -> None:
+    """Until the job has left the queue. SLURM holds a requeued job for about two minutes
+    (pending, reason BeginTime) before it may start again: released at once here."""
+    deadline = time.monotonic() + timeout
+    while state := squeue(cluster, job):
+        if state == "PENDING BeginTime":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster,
+                           capture_output=True)  # fmt: skip
+        assert time.monotonic() < deadline, f"job {job} still {state} after {timeout} s"
+        time.sleep(0.3)
+
+
+def the_run(log_dir: Path, starts: int = 1) -> Path:
+    """The one run folder under log_dir, with one `.hydra`, one log, and one TensorBoard writer
+    (a process id) for each time the run started."""
+    (run,) = (log_dir / "train" / "runs").iterdir()
+    assert sorted(p.name for p in log_dir.rglob(".hydra")) == [".hydra"]
+    assert [p.name for p in run.glob("*.log")] == ["train.log"]
+    assert len({p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}) == starts
+    return run
+
+
+def final_weights(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst == 0.0, f"max |weight difference| {worst}"
+
+
+@pytest.fixture(scope="module")
+def unbroken(odd_mnist, tmp_path_factory) -> dict:
+    """The reference: the same run as two processes on this machine, launched by torchrun."""
+    tmp = tmp_path_factory.mktemp("torchrun")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
+               "mnistlab.train", *args_for(odd_mnist, tmp, "trainer=ddp_cpu")]  # fmt: skip
+    proc = subprocess.run(command, cwd=tmp, env=cli_env(ONE_THREAD), capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = the_run(tmp)
+    return {
+        "weights": final_weights(run),
+        "results": json.loads((run / "results.json").read_text()),
+    }
+
+
+def test_two_node_ddp_through_srun_is_one_run_equal_to_torchrun(cluster, odd_mnist, unbroken,
+                                                                 tmp_path):  # fmt: skip
+    """A plain sbatch script with `srun`, one task on each node: one run folder, every test image
+    once, and the weights torchrun's two processes on one node end with, to the bit."""
+    job = sbatch(cluster, tmp_path, ["--nodes=2", "--ntasks-per-node=1"],
+                 [sys.executable, "-m", "mnistlab.train", *args_for(odd_mnist, tmp_path, *TWO_NODES)])  # fmt: skip
+    wait_for_job(cluster, job)
+    run = the_run(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    assert results["metrics"]["test/images"] == N_TEST, (tmp_path / "job.out").read_text()[-3000:]
+    assert results["global_step"] == unbroken["results"]["global_step"] == 3 * 8
+    assert_same_weights(final_weights(run), unbroken["weights"])
+    assert list((tmp_path / ".launch").iterdir()) == []  # srun's launch file: read by both, gone
+
+
+def test_two_node_ddp_jobs_of_a_slurm_sweep_write_one_folder_each(cluster, odd_mnist, unbroken,
+                                                                  tmp_path):  # fmt: skip
+    """`hydra/launcher=slurm` with a two-node trainer: submitit starts one task a node, each
+    runs the job; the job's folder has one `.hydra`, one log, one job record, and the weights
+    of the torchrun launch."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", *args_for(odd_mnist, tmp_path, *TWO_NODES), "hydra/launcher=slurm",
+                   f"hydra.sweep.dir={sweep}", "model.optimizer.lr=1e-3", cwd=tmp_path,
+                   env={**cluster, **ONE_THREAD})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("sacct") <= 1  # a cluster without accounting: said once, not per poll
+    tasks = sorted(p.name for p in (sweep / ".submitit").rglob("*_log.out"))
+    assert [t.rsplit("_", 3)[-2] for t in tasks] == ["0", "1"]  # two SLURM tasks ran the job
+    job = sweep / "0"
+    assert sorted(p.name for p in sweep.rglob(".hydra")) == [".hydra"]
+    assert [p.name for p in job.glob("*.log")] == ["train.log"]
+    assert "rank: 1" not in (job / "train.log").read_text()
+    assert json.loads((job / "job.json").read_text())["status"] == "completed"
+    assert json.loads((job / "results.json").read_text())["metrics"]["test/images"] == N_TEST
+    assert_same_weights(final_weights(job), unbroken["weights"])
+
+
+def test_scontrol_requeue_mid_epoch_continues_in_the_same_run_to_the_same_weights(
+    cluster, odd_mnist, unbroken, tmp_path
+):
+    """SLURM requeues a running two-node job (as a preemption does): SIGTERM reaches both
+    tasks, they stop at one step with a checkpoint, SLURM starts the script again, and the same
+    command continues that run to the weights of an unbroken one."""
+    marker = tmp_path / "paused"
+    pause = ["+callbacks.pause._target_=runner.PauseAt", "+callbacks.pause.step=12",
+             f"+callbacks.pause.marker={marker}"]  # fmt: skip
+    command = [sys.executable, "-m", "mnistlab.train",
+               *args_for(odd_mnist, tmp_path, *TWO_NODES, *pause)]  # fmt: skip
+    job = sbatch(cluster, tmp_path, ["--nodes=2", "--ntasks-per-node=1", "--requeue"], command)
+    deadline = time.monotonic() + 180
+    while not marker.exists():  # rank 0 holds at step 12 of 24 (epoch 2) until a signal
+        assert time.monotonic() < deadline and squeue(cluster, job), (tmp_path / "job.out").read_text()[-3000:]  # fmt: skip
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "requeue", job], env=cluster, check=True)
+    wait_for_job(cluster, job)
+    out = (tmp_path / "job.out").read_text()
+    assert out.count("Stopped by SIGTERM") == 2, out[-3000:]  # both tasks, with a checkpoint
+    assert "requeued by SLURM (SLURM_RESTART_COUNT=1): resume=auto" in out
+    assert "(epoch 2, step 12)" in out
+    run = the_run(tmp_path, starts=2)
+    assert json.loads((run / "results.json").read_text())["metrics"]["test/images"] == N_TEST
+    assert_same_weights(final_weights(run), unbroken["weights"])
+
+
+def test_the_time_limit_warning_checkpoints_requeues_and_the_job_finishes(
+    cluster, odd_mnist, unbroken, tmp_path
+):
+    """`--signal=USR1@120` with `--time=3`: SLURM warns a minute into the job (SLURM sends it
+    up to a minute early, never late); the tasks checkpoint, rank 0 requeues the job, and the
+    requeued job continues to the weights of an unbroken run."""
+    marker = tmp_path / "paused"
+    pause = ["+callbacks.pause._target_=runner.PauseAt", "+callbacks.pause.step=12",
+             f"+callbacks.pause.marker={marker}", "+callbacks.pause.wait_s=150"]  # fmt: skip
+    command = [sys.executable, "-m", "mnistlab.train",
+               *args_for(odd_mnist, tmp_path, *TWO_NODES, *pause)]  # fmt: skip
+    job = sbatch(cluster, tmp_path, ["--nodes=2", "--ntasks-per-node=1", "--time=3",
+                                     "--signal=USR1@120", "--requeue"], command)  # fmt: skip
+    wait_for_job(cluster, job, timeout=400)
+    out = (tmp_path / "job.out").read_text()
+    assert "SIGUSR1 received: stopping after this batch with a checkpoint" in out, out[-3000:]
+    assert f"Requeued SLURM job {job}" in out
+    assert "requeued by SLURM (SLURM_RESTART_COUNT=1): resume=auto" in out
+    run = the_run(tmp_path, starts=out.count("requeued by SLURM") + 1)
+    assert json.loads((run / "results.json").read_text())["metrics"]["test/images"] == N_TEST
+    assert_same_weights(final_weights(run), unbroken["weights"])

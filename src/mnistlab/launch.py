@@ -80,9 +80,11 @@ def _sweep_job(cfg: DictConfig) -> float:
     from mnistlab.preemption import Interrupted
 
     folder, hc = cfg.paths.output_dir, HydraConfig.get()
-    sweeps.record(folder, overrides=list(hc.overrides.task), status="running")
+    # A job of several SLURM tasks (DDP through srun) runs here in each: rank 0 keeps its record.
+    record = sweeps.record if distributed.launched_rank() == 0 else lambda *_, **__: None
+    record(folder, overrides=list(hc.overrides.task), status="running")
     if _stopped_by:
-        sweeps.record(folder, status="not started")
+        record(folder, status="not started")
         raise Interrupted(_stopped_by)
     _share_cores(hc.launcher)
     _continue_if_requeued(cfg)
@@ -99,15 +101,15 @@ def _sweep_job(cfg: DictConfig) -> float:
     except Interrupted as e:
         _stopped_by = e.signum
         _report_interrupted(e)
-        sweeps.record(folder, status="interrupted", signal=e.signum, error=str(e),
+        record(folder, status="interrupted", signal=e.signum, error=str(e),
                       wall_s=time.perf_counter() - start)  # fmt: skip
         raise
     except Exception as e:
         error = str(e) if isinstance(e, JobFailed) else _report_failure(e)
-        sweeps.record(folder, status="failed", error=error[:300],
+        record(folder, status="failed", error=error[:300],
                       wall_s=time.perf_counter() - start)  # fmt: skip
         raise
-    sweeps.record(folder, status="completed", wall_s=time.perf_counter() - start)
+    record(folder, status="completed", wall_s=time.perf_counter() - start)
     return objective
 
 
@@ -129,6 +131,20 @@ def _continue_if_requeued(cfg: DictConfig) -> None:
         )
         with open_dict(cfg):
             cfg.resume = "auto"
+
+
+def _resume_if_requeued(argv: list[str]) -> list[str]:
+    """A run that SLURM requeued (`scontrol requeue`, a preemption, our own SIGUSR1 requeue)
+    starts its batch script again: the same command continues its run (`resume=auto`) instead of
+    starting a new folder, unless the command says otherwise. A sweep's jobs do the same
+    (`_continue_if_requeued`)."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    sweep = any(a in ("-m", "--multirun") for a in argv)
+    if restarts == 0 or sweep or any(a.lstrip("+").startswith("resume=") for a in argv):
+        return argv
+    print(f"mnistlab-train: requeued by SLURM (SLURM_RESTART_COUNT={restarts}): resume=auto",
+          file=sys.stderr)  # fmt: skip
+    return [*argv, "resume=auto"]
 
 
 def _report_failure(e: Exception) -> str:
@@ -243,6 +259,7 @@ def main() -> None:
 def _settle(argv: list[str]) -> list[str]:
     from mnistlab.distributed import launched_world_size
 
+    argv = _resume_if_requeued(argv)
     try:
         return prepare(argv, "train", processes=launched_world_size())
     except NothingToDo as e:

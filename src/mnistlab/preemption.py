@@ -27,7 +27,7 @@ import threading
 from lightning.pytorch.callbacks import Callback
 
 from mnistlab.checkpoint import RunCheckpoint
-from mnistlab.distributed import stop_watching_children
+from mnistlab.distributed import launched_rank, stop_watching_children
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ class Preemption(Callback):
 
     def _handle(self, signum: int, frame) -> None:
         if not self.armed or (signum == signal.SIGINT and self.pending == signal.SIGINT):
-            raise Interrupted(signum)
+            # Nothing to save (starting, testing). SLURM's warning still means the time is up:
+            # the job is requeued, and the requeued job starts, or tests, again.
+            requeue = signum == signal.SIGUSR1 and self.slurm_job and launched_rank() == 0
+            raise Interrupted(signum, requeued=bool(requeue) and self._requeue())
         if self.pending is not None:
             return  # already stopping
         self.pending = signum
