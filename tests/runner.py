@@ -107,6 +107,23 @@ class FailOnce(Callback):
             raise RuntimeError("injected failure in epoch 2")
 
 
+class FailInTrial(Callback):
+    """Raises at the start of epoch 2 in the job of Optuna trial `trial` (the sweeper tells a job
+    its trial in its environment): a crashed job in the middle of a study."""
+
+    def __init__(self, trial: int):
+        self.trial = trial
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        import base64
+        import json
+        import os
+
+        spec = json.loads(base64.urlsafe_b64decode(os.environ["MNISTLAB_OPTUNA_TRIAL"]))
+        if trainer.current_epoch == 1 and spec["trial"] == self.trial:
+            raise RuntimeError(f"injected failure in trial {self.trial}")
+
+
 class PauseInTest(Callback):
     """At the first test batch, once: create `marker`, then wait (a minute at most), so that a
     test can kill the run while it tests its best checkpoint. Named as `runner.PauseInTest`."""

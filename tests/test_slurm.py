@@ -291,3 +291,20 @@ def test_the_time_limit_warning_checkpoints_requeues_and_the_job_finishes(
     run = the_run(tmp_path, starts=out.count("requeued by SLURM") + 1)
     assert json.loads((run / "results.json").read_text())["metrics"]["test/images"] == N_TEST
     assert_same_weights(final_weights(run), unbroken["weights"])
+
+
+def test_optuna_trials_as_slurm_jobs_share_one_study_and_the_bad_ones_are_pruned(
+    cluster, synthetic_mnist, tmp_path
+):
+    """Six trials, two SLURM jobs at a time (one on each node), each reporting every epoch to the
+    study's journal file on the shared file system: six distinct trials, the bad region pruned."""
+    from runner import base_args
+    from test_sweeps import PRUNING, TINY, check_pruned_study
+
+    sweep = tmp_path / "sweep"
+    args = base_args(synthetic_mnist, tmp_path, *TINY, f"hydra.sweep.dir={sweep}")
+    proc = run_cli("-m", *args, *PRUNING, "hydra/launcher=slurm", cwd=tmp_path, env=cluster)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_pruned_study(sweep)
+    arrays = {p.name.split("_")[0] for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit()}
+    assert len(arrays) == 3  # three job arrays of two: the trials of each batch ran as SLURM jobs

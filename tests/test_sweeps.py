@@ -134,3 +134,54 @@ def test_the_same_sweep_twice_at_once_is_refused_and_a_killed_one_is_taken_over(
     third = run_cli("-m", *args, *pause_at(2, tmp_path / "m"), cwd=tmp_path)
     assert third.returncode == 0, third.stderr[-3000:]
     assert [r["status"] for r in summary(tmp_path / "sweep")] == ["completed", "completed"]
+
+
+PRUNING = ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
+           "hydra.sweeper.seed=1", "trainer.max_epochs=3", "trainer.limit_train_batches=null",
+           "+hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:1}",
+           # 1e-7 is the bad region: such a trial stays at chance and is pruned after epoch 1
+           "model.optimizer.lr=choice(0.001,0.002,0.003,0.0000001)"]  # fmt: skip
+
+
+def check_pruned_study(sweep_dir, n_trials: int = 6, epochs: int = 3, failed=()) -> None:
+    """Every trial once, in the study and in the summary; the bad ones pruned before the end,
+    with the epochs they ran saved; the others completed with a report every epoch, or failed
+    (`failed`: their numbers)."""
+    import optuna
+
+    from mnistlab.sweeps import open_storage
+
+    study = optuna.load_study(study_name="search", storage=open_storage(str(sweep_dir / "optuna.journal")))  # fmt: skip
+    assert [t.number for t in study.trials] == list(range(n_trials))
+    states = {t.number: t.state.name for t in study.trials}
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned and all(len(t.intermediate_values) < epochs for t in pruned), states
+    for t in study.trials:
+        if t.state.name == "COMPLETE":
+            assert sorted(t.intermediate_values) == list(range(epochs))
+    rows = {int(r["job"]): r for r in summary(sweep_dir)}
+    assert sorted(rows) == list(range(n_trials))
+    assert [n for n, s in states.items() if s == "FAIL"] == list(failed)
+    assert {n: rows[n]["status"] for n in rows} == {
+        n: {"PRUNED": "pruned", "COMPLETE": "completed", "FAIL": "failed"}[s]
+        for n, s in states.items()}  # fmt: skip
+    for t in pruned:
+        job = json.loads((sweep_dir / str(t.number) / "job.json").read_text())
+        assert job["pruned_after_epoch"] == len(t.intermediate_values)
+        assert (sweep_dir / str(t.number) / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_optuna_prunes_the_trials_that_fall_behind_two_at_a_time(synthetic_mnist, tmp_path,
+                                                                 launcher):  # fmt: skip
+    """Two trials at a time (joblib: in two worker processes) report every epoch to one study
+    in a journal file; the median pruner stops those of the bad region after their first. The
+    last trial's job crashes: the study goes on, the trial is failed, the sweep exits 1."""
+    need_modules("optuna", *(LAUNCHERS["joblib"] if launcher == "joblib" else ()), install=INSTALL)
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    crash = ["+callbacks.fail._target_=runner.FailInTrial", "+callbacks.fail.trial=5"]
+    proc = sweep(synthetic_mnist, tmp_path, *PRUNING, *extra, *crash)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Job 5 failed: RuntimeError: injected failure in trial 5" in proc.stderr
+    check_pruned_study(tmp_path / "sweep", failed=[5])
+    assert ", 1 failed" in (tmp_path / "sweep" / "summary.md").read_text().splitlines()[2]

@@ -47,7 +47,7 @@ def _run(cfg: DictConfig) -> float | None:
         # One process writes a run folder: rank 0 (the others follow it), and for a sweep's job
         # run as its own command, the sweep (which holds the lock already).
         with _holding(cfg.paths.output_dir, distributed.launched_rank() == 0 and not as_job):
-            metrics = train(cfg)
+            metrics = _train(cfg)
     except Exception as e:
         expected = isinstance(e, UserError | Interrupted)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (expected or as_job):
@@ -97,7 +97,7 @@ def _sweep_job(cfg: DictConfig) -> float:
             ):
                 objective = _job_as_own_command(cfg, list(hc.overrides.task))
             else:
-                objective = _objective(cfg, train(cfg))
+                objective = _objective(cfg, _train(cfg))
     except Interrupted as e:
         _stopped_by = e.signum
         _report_interrupted(e)
@@ -109,8 +109,22 @@ def _sweep_job(cfg: DictConfig) -> float:
         record(folder, status="failed", error=error[:300],
                       wall_s=time.perf_counter() - start)  # fmt: skip
         raise
-    record(folder, status="completed", wall_s=time.perf_counter() - start)
+    pruned = sweeps.read_job(folder).get("pruned_after_epoch")  # written by the run, rank 0
+    record(folder, status="pruned" if pruned else "completed", wall_s=time.perf_counter() - start)
     return objective
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
+    """`train(cfg)`, reporting to its Optuna trial in a job of an Optuna sweep (its job.json
+    then says after which epoch the study pruned it, if it did)."""
+    from mnistlab import distributed, pruning, sweeps
+
+    callbacks = pruning.callbacks()
+    metrics = train(cfg, callbacks)
+    epoch = pruning.pruned_after(callbacks)
+    if epoch is not None and distributed.launched_rank() == 0:
+        sweeps.record(cfg.paths.output_dir, pruned_after_epoch=epoch)
+    return metrics
 
 
 def _holding(folder: str, lock: bool):

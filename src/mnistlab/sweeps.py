@@ -6,6 +6,7 @@ crashed or a sweep that was killed; a job with no folder was not started. Light 
 torch): the sweepers run in Hydra's process.
 """
 
+import base64
 import csv
 import json
 import time
@@ -16,6 +17,25 @@ from mnistlab.run_folder import RESULTS
 
 JOB = "job.json"
 REPORTED = ("val/acc_best", "test/acc", "test/loss")  # conf/train.yaml's report_metrics
+# An Optuna trial's job: its trial and study (mnistlab.pruning's TrialReport arguments), as JSON
+# in URL-safe base64, an override's value and a variable's with nothing to quote or escape.
+TRIAL_ENV = "MNISTLAB_OPTUNA_TRIAL"
+
+
+def encode_trial(arguments: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(arguments).encode()).decode()
+
+
+def open_storage(spec: str):
+    """An Optuna storage: a database URL (`sqlite:///...`, `postgresql://...`), else the path of a
+    journal file, which any number of processes on any nodes sharing it may use at once."""
+    import optuna
+
+    if "://" in spec:
+        return optuna.storages.RDBStorage(spec)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(spec))
 
 
 def columns(metrics: list[str]) -> list[str]:

@@ -17,8 +17,9 @@ from mnistlab.schema import validate
 log = logging.getLogger("mnistlab.train")  # not "__main__" under `python -m`
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Seed, build, fit (or resume), test the best checkpoint; return the final metrics."""
+def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
+    """Seed, build, fit (or resume), test the best checkpoint; return the final metrics.
+    `extra_callbacks`: the command's own, beside the config's (a sweep trial's report)."""
     validate(to_plain(cfg), deep=True)  # every key against the real signatures, now imported
     # Imported here rather than at the top: `--help`, `--cfg job` and a bad override stay fast,
     # and Lightning, imported after Hydra configured logging, sends its messages to the run's log.
@@ -51,7 +52,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer = build(
             cfg,
             "trainer",
-            callbacks=[*callbacks, RNGState(), preemption],
+            callbacks=[*callbacks, *extra_callbacks, RNGState(), preemption],
             logger=loggers or False,
             plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
             **({} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}),

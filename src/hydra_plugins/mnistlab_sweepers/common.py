@@ -95,7 +95,7 @@ def finish(config: DictConfig, jobs: list[tuple[int, list[str]]], objective: str
     )
     markdown = sweeps.write(sweep_dir, table, objective, reported)
     print(markdown, end="")
-    bad = [r for r in table if r["status"] != "completed"]
+    bad = [r for r in table if r["status"] not in ("completed", "pruned")]  # pruned: on purpose
     # Printed, not logged: the jobs' logging setup (Hydra's, per job) has replaced the sweep's.
     if not bad:
         print(f"Summary: {sweep_dir / 'summary.md'}", file=sys.stderr)

@@ -1,6 +1,12 @@
-"""`hydra/sweeper=optuna`: a search with current Optuna (ask and tell), stored in SQLite inside the
-sweep folder under a stable study name, so that running the same command again continues the
-study: its trials are kept and new ones are added until `n_trials` in all.
+"""`hydra/sweeper=optuna`: a search with current Optuna (ask and tell), stored in the sweep folder
+under a stable study name, so that running the same command again continues the study: its
+trials are kept and new ones are added until `n_trials` in all.
+
+The study is a journal file (`optuna.journal`): every job opens it too, from this process, from
+joblib's workers or from SLURM jobs on other nodes sharing the file system, to report its
+validation metric each epoch; with a `pruner` the study stops the trials that fall behind
+(`mnistlab.pruning`). A database URL in `storage` works the same; a study begun in `optuna.db`
+(SQLite, before journals) continues there.
 
 Search spaces use Hydra's override syntax, in `hydra.sweeper.params` or on the command line:
 `choice(32, 64)` (categorical), `interval(1e-4, 1e-2)` (float, or int when both ends are),
@@ -12,6 +18,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -21,7 +28,14 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.mnistlab_sweepers.common import finish, holding, launch, stopped_by_signal
+from hydra_plugins.mnistlab_sweepers.common import (
+    finish,
+    holding,
+    job_dir,
+    launch,
+    stopped_by_signal,
+)
+from mnistlab import sweeps
 from mnistlab.run_folder import identity
 
 log = logging.getLogger(__name__)
@@ -35,7 +49,9 @@ class OptunaSweeperConf:
     n_trials: int = 20  # in the whole study, over every run of the command
     n_jobs: int = 1  # trials launched together (with hydra/launcher=joblib, in parallel)
     seed: int | None = None  # TPE's seed
-    storage: str | None = None  # default: sqlite:///<sweep folder>/optuna.db
+    storage: str | None = None  # a journal file or a database URL; default <sweep>/optuna.journal
+    # An Optuna pruner, as a node: {_target_: optuna.pruners.MedianPruner, n_warmup_steps: 1}
+    pruner: Any = None
     params: dict[str, str] = field(default_factory=dict)
 
 
@@ -45,13 +61,16 @@ ConfigStore.instance().store(
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, study_name, direction, n_trials, n_jobs, seed, storage, params):
+    def __init__(self, study_name, direction, n_trials, n_jobs, seed, storage, pruner, params):
         self.study_name, self.direction = study_name, direction
         self.n_trials, self.n_jobs, self.seed = n_trials, n_jobs, seed
         self.storage, self.params = storage, dict(params or {})
+        self.pruner = None  # its config, from setup (Hydra passes the pruner built already)
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config = config
+        pruner = config.hydra.sweeper.get("pruner")
+        self.pruner = OmegaConf.to_container(pruner, resolve=True) if pruner else None
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
@@ -64,10 +83,12 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         with holding(sweep_dir):
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            self.storage = self.storage or _default_storage(sweep_dir)
             study = optuna.create_study(
                 study_name=self.study_name,
-                storage=self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}",
+                storage=sweeps.open_storage(self.storage),
                 direction=self.direction,
+                pruner=self._pruner(),
                 load_if_exists=True,
             )
             _same_search(study, fixed, space, self.direction, sweep_dir)
@@ -92,12 +113,28 @@ class OptunaSweeper(Sweeper):
             trials = [
                 study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - len(study.trials)))
             ]
-            jobs = [(t.number, [*fixed, *_as_overrides(t.params)]) for t in trials]
+            jobs = [(t.number, [*fixed, *_as_overrides(t.params), self._trial_env(t.number)])
+                    for t in trials]  # fmt: skip
             results = launch(self.launcher, jobs)
             for trial in trials:
-                _tell(study, trial, results.get(trial.number))
+                _tell(study, trial, results.get(trial.number), job_dir(self.config, trial.number))
             if any(stopped_by_signal(r) for r in results.values()):
                 break  # stopped by a signal: so is the search
+
+    def _pruner(self):
+        """The configured pruner; without one, no trial is ever pruned (Optuna's default prunes)."""
+        import optuna
+        from hydra.utils import instantiate
+
+        return instantiate(self.pruner) if self.pruner else optuna.pruners.NopPruner()
+
+    def _trial_env(self, number: int) -> str:
+        """The override that tells a job its trial (`mnistlab.pruning`), in its environment only:
+        not part of the job's config, its overrides or its summary row."""
+        report = {"storage": str(self.storage), "study": self.study_name, "trial": number,
+                  "pruner": self.pruner or {"_target_": "optuna.pruners.NopPruner"},
+                  "metric": self.config.get("optimized_metric") or "val/acc_best"}  # fmt: skip
+        return f"+hydra.job.env_set.{sweeps.TRIAL_ENV}='{sweeps.encode_trial(report)}'"
 
     def _search_space(self, arguments: list[str]) -> tuple[list[str], dict]:
         """The fixed overrides, and a distribution for every searched key."""
@@ -166,17 +203,21 @@ def _as_overrides(params: dict) -> list[str]:
     return [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()]
 
 
-def _tell(study, trial, result) -> None:
+def _tell(study, trial, result, folder: Path) -> None:
     import optuna
 
-    if (
-        result is not None
-        and result.status == JobStatus.COMPLETED
-        and result.return_value is not None
-    ):
-        study.tell(trial, float(result.return_value))
-    else:
+    if result is None or result.status != JobStatus.COMPLETED or result.return_value is None:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    elif sweeps.read_job(folder).get("status") == "pruned":  # its last report is its value
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(trial, float(result.return_value))
+
+
+def _default_storage(sweep_dir: Path) -> str:
+    """`<sweep>/optuna.journal`; `sqlite:///<sweep>/optuna.db` for a study begun there."""
+    old = sweep_dir / "optuna.db"
+    return f"sqlite:///{old}" if old.is_file() else str(sweep_dir / "optuna.journal")
 
 
 def _fail_stale_trials(study) -> None:
