@@ -2,6 +2,7 @@
 (uncompressed or .gz IDX files), and the UCI digits inside scikit-learn's wheel (the `digits`
 extra). `make test-all` runs these; CI unpacks a byte-exact MNIST copy and installs the extra."""
 
+import json
 import os
 import statistics
 from collections import Counter
@@ -66,3 +67,31 @@ def test_the_second_real_dataset_digits_reaches_97_percent(tmp_path):
     metrics = train(cfg)
     print(f"digits, 30 epochs: test/acc {metrics['test/acc']:.4f} on {metrics['test/images']:.0f}")
     assert metrics["test/images"] == 449 and metrics["test/acc"] >= 0.97
+
+
+def test_mnist_s_own_preparation_of_its_test_digits_leaves_accuracy_unchanged(mnist_dir, tmp_path):
+    """The 10,000 test digits, each prepared again as a new picture would be (prepare=mnist),
+    are classified as well as the originals, within 0.1 point, by a briefly trained reference."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from mnistlab.predict import load
+
+    cfg = compose_train(["experiment=reference", "trainer=cpu", "trainer.max_epochs=1",
+                         "trainer.limit_train_batches=300", "data.sources=[local]",
+                         f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path / 'logs'}",
+                         f"paths.output_dir={tmp_path / 'run'}"])  # fmt: skip
+    train(cfg)
+    best = json.loads((tmp_path / "run" / "results.json").read_text())["best_checkpoint"]
+    model, datamodule = load({"run": None, "ckpt": best, "which": "best", "trust": None}, [])
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    images, labels = datamodule.test_set.images, datamodule.test_set.labels
+    prepared = torch.from_numpy(np.stack([datamodule.prepare_image(Image.fromarray(a[0].numpy()))
+                                          for a in images]))  # fmt: skip
+    with torch.inference_mode():
+        accuracy = [(model(datamodule.to_input(x)).argmax(1) == labels).float().mean().item()
+                    for x in (images, prepared)]  # fmt: skip
+    print(f"test/acc, originals {accuracy[0]:.4f}, prepared again {accuracy[1]:.4f}")
+    assert abs(accuracy[0] - accuracy[1]) <= 0.001, accuracy

@@ -22,6 +22,7 @@ from mnistlab.mnist import MNISTDataModule
 
 TRAINED_WITH = [  # not the defaults: another experiment, another width
     "experiment=two_conv",
+    "data.prepare=fit",  # the synthetic shapes fill the field: they are not digits made as MNIST's
     "model.net.hidden=64",
     "trainer.max_epochs=5",
     "trainer.limit_train_batches=null",
@@ -117,6 +118,19 @@ def test_predict_images_in_order_with_probabilities_and_errors(run, images, tmp_
     assert all(a >= 0.6 for a in accuracy.values()), accuracy  # chance is 0.1
 
 
+def test_predict_saves_what_the_model_saw_and_refuses_an_unknown_preparation(run, images,
+                                                                             tmp_path, capsys):  # fmt: skip
+    folder, truth = images
+    seen = tmp_path / "seen"
+    args = [f"input={folder}", f"run={run}", f"save_prepared={seen}", "prepare=mnist"]
+    assert predict.main(args) == 1  # the unreadable file: its row, no picture
+    files = sorted(seen.iterdir())
+    assert len(files) == len(truth) and files[0].name == "00000_000_plain.png"
+    assert all(Image.open(f).size == (28, 28) for f in files)
+    assert predict.main([f"input={folder}", f"run={run}", "prepare=crop"]) == 2
+    assert "prepare=crop: choose mnist, fit" in capsys.readouterr().err
+
+
 def test_predict_an_idx_file_matches_the_test_set(run, synthetic_mnist, capsys):
     idx = synthetic_mnist.raw / "t10k-images-idx3-ubyte"
     assert predict.main([f"input={idx}", f"run={run}"]) == 0
@@ -129,7 +143,7 @@ def test_predict_an_idx_file_matches_the_test_set(run, synthetic_mnist, capsys):
 
 
 def test_dark_on_light_is_detected_and_can_be_forced():
-    to_mnist = MNISTDataModule().prepare_image
+    to_mnist = MNISTDataModule(prepare="fit").prepare_image
     digit = np.zeros((1, 28, 28), np.uint8)
     digit[0, 8:20, 12:16] = 255
     drawn = Image.fromarray(255 - digit[0])

@@ -66,9 +66,22 @@ def load_exported(folder: str | Path, trust: str | None = None) -> Exported:
     return Exported(net, prep["mean"], prep["std"], prep.get("channels_last", False)).eval()
 
 
-def export(cfg, model, path: Path, spec) -> tuple[dict[str, Path], Exported]:
+# How a new picture becomes an input, as model.json says it (the data module's `prepare`).
+PREPARE = {
+    "mnist": "as MNIST made its digits (mnistlab.digit_image.as_mnist): ink = distance from the"
+    " border's median colour, cropped to the ink, fitted into 20x20 keeping the aspect ratio,"
+    " centre of mass at (14, 14) of 28x28, light on black",
+    "fit": "the whole picture fitted into the field keeping the aspect ratio, padded with black;"
+    " inverted when its median is above mid-grey",
+}
+
+
+def export(
+    cfg, model, path: Path, spec, prepare: str | None = None
+) -> tuple[dict[str, Path], Exported]:
     """Write `model`'s network (its weights from checkpoint `path`) beside `path`, for inputs of
-    `spec` (an InputSpec); return the files by kind, and the model read back from them."""
+    `spec` (an InputSpec) made from new pictures by `prepare` (the data module's, if it says);
+    return the files by kind, and the model read back from them."""
     from safetensors.torch import save_file
 
     from mnistlab.config import to_plain
@@ -87,7 +100,8 @@ def export(cfg, model, path: Path, spec) -> tuple[dict[str, Path], Exported]:
         "input": {"shape": list(spec.shape), "dtype": "uint8", "layout": "NCHW",
                   "mode": "L" if spec.channels == 1 else "RGB", "scale": "1/255",
                   "mean": list(spec.mean), "std": list(spec.std),
-                  "channels_last": bool(cfg.model.get("channels_last", False))},
+                  "channels_last": bool(cfg.model.get("channels_last", False)),
+                  **({"prepare": PREPARE[prepare]} if prepare in PREPARE else {})},
         "classes": list(spec.classes),
         "checkpoint": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
     }  # fmt: skip
@@ -158,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         datamodule.prepare_data()
         datamodule.setup("test")
         model = build_model(cfg, checkpoint, path)
-        files, exported = export(cfg, model, path, datamodule.spec)
+        prepare = getattr(datamodule, "prepare", None)
+        files, exported = export(cfg, model, path, datamodule.spec, prepare)
         images, _ = datamodule.test_set.gather(range(min(256, len(datamodule.test_set))))
         gaps = parity(model, exported, datamodule, files, images)
     except UserError as e:

@@ -27,13 +27,22 @@ class MNISTDataModule(ImageDataModule):
         channels: int = 1,
         image_size: int = 28,
         val_size: int | float = 5000,
+        prepare: str | None = None,
         **kwargs,
     ):
         """`folder`: the dataset's folder under `data_dir` (its IDX files in `raw/`).
         `sources`: where missing files come from (mnistlab.download; `local` alone for a dataset
         other than MNIST). `checksums`: sha256 per raw file name; None means the canonical MNIST
-        ones. Other arguments: `ImageDataModule`'s."""
+        ones. `prepare`: how `prepare_image` brings a new picture to this dataset's form, `mnist`
+        (MNIST's own construction of a digit) or `fit` (the whole picture fitted into the field);
+        None: `mnist` for MNIST itself, `fit` for other IDX datasets (clothes, characters).
+        Other arguments: `ImageDataModule`'s."""
         super().__init__(channels, image_size, classes, val_size=val_size, **kwargs)
+        prepare = prepare or ("mnist" if folder == "MNIST" else "fit")
+        if prepare not in ("mnist", "fit"):
+            raise UserError(f"data.prepare={prepare}: choose mnist (MNIST's own construction of a"
+                            " digit) or fit (the whole picture fitted into the field)")  # fmt: skip
+        self.prepare = prepare
         self.raw_dir = project_path(data_dir) / folder / "raw"
         self.sources, self.checksums = list(sources), checksums
 
@@ -55,11 +64,20 @@ class MNISTDataModule(ImageDataModule):
             )
         return Split(images.unsqueeze(1), labels.long(), self.classes)  # (N, 1, 28, 28)
 
-    def prepare_image(self, image, invert: str = "auto") -> np.ndarray:
-        """A PIL image as MNIST draws digits: grayscale, fitted into 28x28 with its aspect ratio
-        kept and padded with the background, light on dark. Most pixels of a digit image are
-        background, so a median above mid-grey means dark-on-light: inverted unless
-        `invert=false`."""
+    def prepare_image(self, image, invert: str = "auto", prepare: str | None = None) -> np.ndarray:
+        """A PIL image in this dataset's form. `mnist` (`data.prepare`, or `prepare` here): as
+        MNIST's digits were made (`mnistlab.digit_image`), the ink told from the background (any
+        polarity or colour), cropped, fitted into 20x20 and centred by its centre of mass in
+        28x28, light on dark. `fit`: the whole picture fitted into the field with its aspect
+        ratio kept, inverted when its median is above mid-grey (for pictures cut like the
+        dataset's own). `invert="true"/"false"` forces the polarity."""
+        prepare = prepare or self.prepare
+        if prepare not in ("mnist", "fit"):
+            raise UserError(f"prepare={prepare}: choose mnist (MNIST's own construction) or fit")
+        if prepare == "mnist" and (self.width, self.height) == (28, 28):
+            from mnistlab.digit_image import as_mnist
+
+            return as_mnist(image, invert)[None]
         from PIL import Image
 
         gray = image.convert("L")

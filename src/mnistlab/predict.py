@@ -30,13 +30,17 @@ TOP = 3
 
 USAGE = """usage: python -m mnistlab.predict input=FILE_OR_FOLDER [run=FOLDER | ckpt=FILE]
                                 [output=FILE.csv|FILE.json] [invert=auto|true|false]
+                                [prepare=mnist|fit] [save_prepared=FOLDER]
                                 [trust=MODULES] [overrides...]
 
 Predicts the class of each image (PNG, JPEG, BMP, WebP; any size, grayscale or colour) or of each
 image of an IDX file, in input order (a folder: its files sorted by path). Prints a table, or
-writes CSV or JSON by the output's extension. `invert` (MNIST-style data only): auto inverts
-dark-on-light images. Exit status 1 if any input could not be read. trust=: as for eval (the
-run's config builds only allowed targets unless told)."""
+writes CSV or JSON by the output's extension. Each picture is first brought to the dataset's form
+(its data module's prepare_image; for MNIST, as MNIST made its digits: the ink found on any
+background, cropped, fitted into 20x20, centred by its centre of mass in 28x28). MNIST-style data
+only: `prepare=fit` fits the whole picture instead; `invert=true|false` forces the polarity.
+`save_prepared`: PNGs of what the model saw. Exit status 1 if any input could not be read.
+trust=: as for eval (the run's config builds only allowed targets unless told)."""
 
 
 def inputs(path: Path) -> list[Path]:
@@ -163,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         "which": "best",
         "output": None,
         "invert": None,
+        "prepare": None,
+        "save_prepared": None,
         "trust": None,
     }
     try:
@@ -171,9 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("input=: name an image, a folder of images or an IDX file")
         paths = inputs(Path(args["input"]))
         model, datamodule = load(args, overrides)
-        prepare = _preparer(datamodule, args["invert"])
+        prepare = _preparer(datamodule, invert=args["invert"], prepare=args["prepare"])
+        inputs_ = images(paths, prepare)
+        if args["save_prepared"]:
+            inputs_ = _saving(inputs_, Path(args["save_prepared"]))
         start = time.perf_counter()
-        rows = list(predict(model, datamodule, images(paths, prepare), datamodule.classes))
+        rows = list(predict(model, datamodule, inputs_, datamodule.classes))
         seconds = time.perf_counter() - start
         write(rows, args["output"])
     except UserError as e:
@@ -184,15 +193,36 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _preparer(datamodule, invert: str | None):
-    """The data module's `prepare_image`, with `invert=` when given (MNIST-style data)."""
-    if invert is None:
-        return datamodule.prepare_image
-    if "invert" not in inspect.signature(datamodule.prepare_image).parameters:
-        raise UserError(f"invert={invert}: {type(datamodule).__name__} images are not inverted")
-    if invert not in ("auto", "true", "false"):
-        raise UserError(f"invert={invert}: choose auto, true or false")
-    return lambda image: datamodule.prepare_image(image, invert=invert)
+def _preparer(datamodule, **given: str | None):
+    """The data module's `prepare_image`, with `invert=` and `prepare=` when given (for data
+    modules that take them: MNIST-style data)."""
+    from functools import partial
+
+    taken = inspect.signature(datamodule.prepare_image).parameters
+    choices = {"invert": ("auto", "true", "false"), "prepare": ("mnist", "fit")}
+    kwargs = {k: v for k, v in given.items() if v is not None}
+    for key, value in kwargs.items():
+        if key not in taken:
+            raise UserError(f"{key}={value}: {type(datamodule).__name__} does not take {key}")
+        if value not in choices[key]:
+            raise UserError(f"{key}={value}: choose {', '.join(choices[key])}")
+    return partial(datamodule.prepare_image, **kwargs)
+
+
+def _saving(inputs_, folder: Path):
+    """The inputs, each prepared image also written to `folder` as `<n>_<name>.png`."""
+    from PIL import Image
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"save_prepared={folder}: cannot create it ({e.strerror})") from None
+    for n, (name, pixels, error) in enumerate(inputs_):
+        if pixels is not None:
+            stem = Path(name.replace("#", "_")).stem
+            channels = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+            Image.fromarray(channels).save(folder / f"{n:05d}_{stem}.png")
+        yield name, pixels, error
 
 
 def load(args: dict, overrides: list[str]):

@@ -1,0 +1,134 @@
+"""Any picture of one digit, prepared the way MNIST's own digits were made.
+
+MNIST's digits were size-normalized to fit a 20x20 box with their aspect ratio kept (anti-aliased,
+so grey levels), then centred in a 28x28 field by their centre of mass, light ink on black. A
+photo, scan or screenshot of a digit is nothing like that: dark ink on white paper, or colour on
+colour, a small digit on a large canvas with margins, uneven contrast, specks. `as_mnist` brings
+such a picture to MNIST's form:
+
+1. background: the median colour of the picture's border; the ink is each pixel's distance from
+   that colour (so dark on light, light on dark and colour on colour all become light on black);
+2. noise: distances up to the border's own spread (3 MADs) are background;
+3. contrast: the ink is stretched so that its strongest strokes are white;
+4. crop to the ink's bounding box (specks far weaker than the strokes ignored), fit into 20x20
+   with the aspect ratio kept (area-averaged, as anti-aliasing);
+5. centre of mass at the centre of the 28x28 field.
+
+An MNIST digit (28x28, light on black, already so prepared) comes out nearly unchanged.
+No torch: cheap to import in decoding processes.
+"""
+
+import numpy as np
+
+FIELD, BOX = 28, 20  # MNIST's field and the box its digits were fitted into
+
+
+def as_mnist(image, invert: str = "auto") -> np.ndarray:
+    """A PIL image of one digit as uint8 (28, 28), MNIST-style. `invert`: "auto" takes the ink
+    as whatever differs from the background (any polarity, any colour); "true" / "false" force
+    dark-on-light / light-on-dark for a grayscale reading."""
+    from PIL import Image
+
+    ink = _ink(image, invert)
+    rows, cols = _extent(ink)
+    if rows is None:  # a blank picture: nothing to centre
+        return np.zeros((FIELD, FIELD), dtype=np.uint8)
+    crop = ink[rows[0] : rows[1], cols[0] : cols[1]]
+    h, w = crop.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL: (width, height)
+    # Area averaging when shrinking (anti-aliasing, as MNIST's), bilinear when enlarging.
+    method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    box = Image.fromarray(crop.astype(np.float32), mode="F").resize(size, method)
+    box = np.clip(np.asarray(box, dtype=np.float64), 0.0, 1.0)
+    return _centred(box)
+
+
+def _ink(image, invert: str) -> np.ndarray:
+    """How much each pixel is ink, 0..1 (float32, H x W)."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        alpha = np.asarray(image.convert("RGBA"), dtype=np.float32)[..., 3] * np.float32(1 / 255)
+        if invert == "auto" and alpha.min() < alpha.max():  # drawn on a transparent ground
+            return _stretch(alpha, _border(alpha[..., None])[:, 0])
+        image = _on_white(image)
+    if invert in ("true", "false"):
+        gray = np.asarray(image.convert("L"), dtype=np.float32) * np.float32(1 / 255)
+        ink = 1.0 - gray if invert == "true" else gray
+        return _stretch(ink, _border(ink[..., None])[0])
+    # Gray pictures as one channel (MNIST's own, scans: three times less work), others as RGB.
+    mode = "L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+    pixels = np.asarray(image.convert(mode), dtype=np.float32) * np.float32(1 / 255)
+    pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+    background = np.median(_border(pixels), axis=0).astype(np.float32)
+    diff = pixels - background
+    distance = np.sqrt(np.einsum("hwc,hwc->hw", diff, diff) / np.float32(pixels.shape[-1]))
+    return _stretch(distance, _border(distance[..., None])[:, 0])
+
+
+def _on_white(image):
+    from PIL import Image
+
+    rgba = image.convert("RGBA")
+    ground = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(ground, rgba).convert("RGB")
+
+
+def _border(pixels: np.ndarray) -> np.ndarray:
+    """The pixels of the outer frame (a 16th of each side, at least one pixel), as (N, C)."""
+    h, w = pixels.shape[:2]
+    dy, dx = max(1, h // 16), max(1, w // 16)
+    frame = [pixels[:dy], pixels[-dy:], pixels[dy:-dy, :dx], pixels[dy:-dy, -dx:]]
+    return np.concatenate([f.reshape(-1, pixels.shape[-1]) for f in frame])
+
+
+def _stretch(ink: np.ndarray, border: np.ndarray) -> np.ndarray:
+    """Background (the border's level and spread) to 0, the strongest strokes to 1."""
+    level = np.median(border)
+    spread = np.median(np.abs(border - level))
+    ink = ink - level
+    floor = 3.0 * 1.4826 * spread  # 3 standard deviations of the border's noise
+    top = np.percentile(ink[ink > floor], 99) if (ink > floor).any() else 0.0
+    if top <= floor:
+        return np.zeros_like(ink)
+    return np.clip((ink - floor) / (top - floor), 0.0, 1.0)
+
+
+def _extent(ink: np.ndarray) -> tuple:
+    """The rows and columns [start, stop) holding the digit's strokes, or (None, None)."""
+    strong = ink > 0.25 * ink.max() if ink.max() > 0 else np.zeros_like(ink, dtype=bool)
+    if not strong.any():
+        return None, None
+    ys, xs = np.nonzero(strong)
+    # Specks: a few stray pixels far from the strokes widen the box. The box holds the inner
+    # 99.5% of the strong pixels on each axis, then takes in the faint edges next to it (the
+    # anti-aliased rim of a stroke: a few pixels at most, not a shadow across the picture).
+    lo_y, hi_y = np.percentile(ys, [0.25, 99.75]).round().astype(int)
+    lo_x, hi_x = np.percentile(xs, [0.25, 99.75]).round().astype(int)
+    faint = ink > 0
+    h, w = ink.shape
+    rim = max(2, round(0.05 * max(hi_y - lo_y, hi_x - lo_x)))
+    for _ in range(rim):
+        grown = (
+            lo_y - (lo_y > 0 and faint[lo_y - 1, lo_x : hi_x + 1].any()),
+            hi_y + (hi_y < h - 1 and faint[hi_y + 1, lo_x : hi_x + 1].any()),
+            lo_x - (lo_x > 0 and faint[lo_y : hi_y + 1, lo_x - 1].any()),
+            hi_x + (hi_x < w - 1 and faint[lo_y : hi_y + 1, hi_x + 1].any()),
+        )
+        if grown == (lo_y, hi_y, lo_x, hi_x):
+            break
+        lo_y, hi_y, lo_x, hi_x = grown
+    return (lo_y, hi_y + 1), (lo_x, hi_x + 1)
+
+
+def _centred(box: np.ndarray) -> np.ndarray:
+    """The box pasted into the 28x28 field with its centre of mass at the field's centre."""
+    h, w = box.shape
+    total = box.sum()
+    cy = (box.sum(axis=1) * np.arange(h)).sum() / total
+    cx = (box.sum(axis=0) * np.arange(w)).sum() / total
+    centre = FIELD / 2  # MNIST's: its test digits' centres of mass average (14.0, 14.0)
+    top = int(np.clip(round(centre - cy), 0, FIELD - h))
+    left = int(np.clip(round(centre - cx), 0, FIELD - w))
+    field = np.zeros((FIELD, FIELD))
+    field[top : top + h, left : left + w] = box
+    return np.round(field * 255.0).astype(np.uint8)

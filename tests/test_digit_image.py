@@ -1,0 +1,83 @@
+"""Any picture of a digit prepared as MNIST made its digits (mnistlab.digit_image): the ink found
+on any background, cropped, fitted into 20x20, centred by its centre of mass in 28x28."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mnistlab.digit_image import as_mnist
+from mnistlab.mnist import MNISTDataModule
+
+
+def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.mgrid[: pixels.shape[0], : pixels.shape[1]]
+    total = pixels.astype(float).sum()
+    return (pixels * ys).sum() / total, (pixels * xs).sum() / total
+
+
+def extent(pixels: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.nonzero(pixels.sum(axis=1))[0], np.nonzero(pixels.sum(axis=0))[0]
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def seven(size: int, ink, ground, mode: str = "L", corner=(40, 40), canvas=720) -> Image.Image:
+    """A "7" about `size` pixels tall drawn near a corner of a large canvas."""
+    image = Image.new(mode, (canvas, canvas), ground)
+    x, y = corner
+    ImageDraw.Draw(image).line([(x, y), (x + 0.7 * size, y), (x + 0.3 * size, y + size)],
+                               fill=ink, width=max(1, size // 10))  # fmt: skip
+    return image
+
+
+@pytest.mark.parametrize(
+    "picture",
+    [
+        seven(280, 0, 255),  # dark ink on white paper
+        seven(280, 255, 0),  # light on dark
+        seven(280, (200, 30, 30), (40, 120, 200), "RGB"),  # red on blue
+        seven(280, (0, 0, 0, 255), (0, 0, 0, 0), "RGBA"),  # black on a transparent ground
+        seven(280, 40, 235, corner=(420, 380)),  # another corner, low contrast
+    ],
+    ids=["dark-on-white", "light-on-dark", "red-on-blue", "transparent", "low-contrast"],
+)
+def test_a_digit_at_10x_size_in_a_corner_comes_out_centred_as_mnist(picture):
+    out = as_mnist(picture)
+    assert out.shape == (28, 28) and out.dtype == np.uint8
+    assert max(extent(out)) == 20  # fitted into MNIST's 20x20 box
+    cy, cx = centre_of_mass(out)
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1, (cy, cx)
+    assert out.max() == 255 and out[0].max() == out[:, 0].max() == 0  # light ink, dark field
+
+
+def test_specks_and_noise_on_the_paper_do_not_move_the_digit():
+    rng = np.random.default_rng(0)
+    clean = np.asarray(seven(280, 0, 255), dtype=np.float64)
+    noisy = np.clip(clean + rng.normal(0, 12, clean.shape), 0, 255)
+    noisy[690:695, 700:705] = 0  # a speck of dirt far from the digit
+    a, b = as_mnist(seven(280, 0, 255)), as_mnist(Image.fromarray(noisy.astype(np.uint8)))
+    assert np.abs(np.subtract(centre_of_mass(a), centre_of_mass(b))).max() <= 1
+    assert extent(a) == extent(b)
+
+
+def test_an_mnist_like_digit_comes_out_nearly_unchanged():
+    """A digit that already is MNIST-like (ink fitted into 20x20, centred by its mass) is left
+    as it is, up to the contrast stretch's rounding (here: drawn so, then prepared)."""
+    once = as_mnist(seven(280, 0, 255))
+    twice = as_mnist(Image.fromarray(once))
+    assert np.abs(once.astype(int) - twice.astype(int)).max() <= 8
+    assert np.abs(np.subtract(centre_of_mass(once), centre_of_mass(twice))).max() <= 0.5
+
+
+def test_a_blank_picture_is_an_empty_field():
+    assert not as_mnist(Image.new("L", (300, 200), 255)).any()
+
+
+def test_fit_keeps_the_old_preparation_and_other_idx_datasets_use_it(tmp_path):
+    picture = seven(280, 0, 255)
+    mnist = MNISTDataModule(str(tmp_path))
+    assert mnist.prepare == "mnist"
+    fitted = mnist.prepare_image(picture, prepare="fit")[0]
+    assert max(extent(fitted)) <= 10  # the whole canvas in 28x28: the digit small, off-centre
+    assert MNISTDataModule(str(tmp_path), folder="FashionMNIST").prepare == "fit"
+    with pytest.raises(Exception, match=r"data\.prepare=crop: choose mnist"):
+        MNISTDataModule(str(tmp_path), prepare="crop")
