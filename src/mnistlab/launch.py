@@ -102,12 +102,12 @@ def _sweep_job(cfg: DictConfig) -> float:
         _stopped_by = e.signum
         _report_interrupted(e)
         record(folder, status="interrupted", signal=e.signum, error=str(e),
-                      wall_s=time.perf_counter() - start)  # fmt: skip
+               wall_s=time.perf_counter() - start)  # fmt: skip
         raise
     except Exception as e:
         error = str(e) if isinstance(e, JobFailed) else _report_failure(e)
         record(folder, status="failed", error=error[:300],
-                      wall_s=time.perf_counter() - start)  # fmt: skip
+               wall_s=time.perf_counter() - start)  # fmt: skip
         raise
     pruned = sweeps.read_job(folder).get("pruned_after_epoch")  # written by the run, rank 0
     record(folder, status="pruned" if pruned else "completed", wall_s=time.perf_counter() - start)
