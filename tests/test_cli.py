@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import yaml
+from conftest import need_modules
 from runner import cli_env
 
 from mnistlab import UserError
@@ -53,6 +54,18 @@ def test_sweeps_check_every_value():
     assert prepare(["-m", "data.batch_size=32,64"], "train") == ["-m", "data.batch_size=32,64"]
     with pytest.raises(UserError, match=r"model\.optimizer\.lr=-1\.0: must be > 0"):
         prepare(["-m", "data.batch_size=32,64", "model.optimizer.lr=1e-3,-1.0"], "train")
+
+
+def test_an_optuna_pruner_is_checked_before_hydra_builds_it():
+    """Hydra builds the sweeper, its pruner with it, before the run starts: a wrong pruner is
+    named in one line by the command line's check, not in Hydra's error."""
+    need_modules("optuna", install="make install-sweep")
+    search = ["-m", "hparams_search=mnist_optuna"]
+    with pytest.raises(UserError, match=r"hydra\.sweeper\.pruner\._target_=optuna\.pruners\.Nope"):
+        prepare([*search, "hydra.sweeper.pruner._target_=optuna.pruners.NopePruner"], "train")
+    with pytest.raises(UserError, match=r"unknown key hydra\.sweeper\.pruner\.n_startup"):
+        prepare([*search, "+hydra.sweeper.pruner.n_startup=3"], "train")
+    assert prepare([*search, "hydra.sweeper.pruner.n_startup_trials=3"], "train")
 
 
 RUN_MODULE = (

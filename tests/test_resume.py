@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import time
 from typing import ClassVar
 
 import pytest
@@ -74,6 +75,7 @@ def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
 def test_stop_mid_epoch_and_resume_is_exact(tiny_cfg, tmp_path):
     """SIGTERM at step 21 (epoch 2 of 3), then the same config with resume=auto: the weights,
     global step, metrics and TensorBoard curves equal those of a run never stopped."""
+    started = time.monotonic()
     whole = train(tiny_cfg(*EXACT, f"paths.output_dir={tmp_path / 'whole'}"))
 
     cfg = tiny_cfg(*EXACT, f"paths.output_dir={tmp_path / 'cut'}", "resume=auto")
@@ -97,6 +99,9 @@ def test_stop_mid_epoch_and_resume_is_exact(tiny_cfg, tmp_path):
     )
     assert timeless(scalars(tmp_path / "cut")) == timeless(scalars(tmp_path / "whole"))
     assert [p.name for p in (tmp_path / "cut").iterdir() if p.is_dir()] == ["checkpoints"]
+    # The resumed part-epoch is timed from the resume, not from an epoch start it never saw.
+    times = [s for _, s in scalars(tmp_path / "cut")["perf/epoch_time_s"]]
+    assert max(times) <= time.monotonic() - started, times
 
 
 def test_latest_checkpoint_follows_every_epoch_when_the_metric_stalls(tiny_cfg):

@@ -122,13 +122,25 @@ def test_predict_saves_what_the_model_saw_and_refuses_an_unknown_preparation(run
                                                                              tmp_path, capsys):  # fmt: skip
     folder, truth = images
     seen = tmp_path / "seen"
-    args = [f"input={folder}", f"run={run}", f"save_prepared={seen}", "prepare=mnist"]
+    args = [f"input={folder}", f"run={run}", f"save_prepared={seen}", "prepare=fit"]
     assert predict.main(args) == 1  # the unreadable file: its row, no picture
     files = sorted(seen.iterdir())
     assert len(files) == len(truth) and files[0].name == "00000_000_plain.png"
     assert all(Image.open(f).size == (28, 28) for f in files)
+    capsys.readouterr()
     assert predict.main([f"input={folder}", f"run={run}", "prepare=crop"]) == 2
-    assert "prepare=crop: choose mnist, fit" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "prepare=crop: choose mnist, fit" in err and "Model:" not in err  # before loading
+
+    pictures = tmp_path / "pictures"  # a blank page among digits: no class to give it
+    pictures.mkdir()
+    Image.new("L", (300, 200), 255).save(pictures / "blank.png")
+    Image.open(next(iter(truth))).save(pictures / "digit.png")
+    out = tmp_path / "blank.json"
+    assert predict.main([f"input={pictures}", f"run={run}", f"output={out}"]) == 1
+    blank, digit = json.loads(out.read_text())
+    assert blank["class"] is None and blank["error"] == "blank picture: no ink found to classify"
+    assert digit["class"] is not None and digit["error"] == ""
 
 
 def test_predict_an_idx_file_matches_the_test_set(run, synthetic_mnist, capsys):
@@ -319,8 +331,10 @@ def test_predict_on_a_real_decompression_bomb_stays_in_bounded_memory(run, tmp_p
     through the real command: six rows, two predictions, exit 1, peak memory under 1.5 GiB."""
     folder = tmp_path / "mixed"
     folder.mkdir()
-    Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / "a_good.png")
-    Image.fromarray(np.full((28, 28), 255, np.uint8)).save(folder / "b_good.png")
+    stroke = np.zeros((28, 28), np.uint8)
+    stroke[6:22, 12:16] = 255  # a "1": a blank page would have no class to give (its own row)
+    Image.fromarray(stroke).save(folder / "a_good.png")
+    Image.fromarray(255 - stroke).save(folder / "b_good.png")
     Image.new("L", (20_000, 20_000)).save(folder / "c_bomb.png")
     (folder / "d_truncated.png").write_bytes((folder / "a_good.png").read_bytes()[:40])
     (folder / "e_empty.png").write_bytes(b"")

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mnistlab import UserError
 from mnistlab.config import CONF_DIR
 from mnistlab.resume import merged, named_run, recorded_overrides, run_to_resume, sweep_to_continue
-from mnistlab.schema import validate
+from mnistlab.schema import check_node, validate
 
 MAX_VARIANTS = 64  # sweep values checked one at a time, up to this many configs
 
@@ -61,8 +61,14 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
     variants = _variants(overrides) if args.multirun else [overrides]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=name):
         configs = [_compose_checked(name, v) for v in variants]
-    if "Optuna" in str(configs[0].hydra.sweeper.get("_target_")) and not find_spec("optuna"):
-        raise UserError("this search needs Optuna: make install-sweep (pip install -e '.[sweep]')")
+    if "Optuna" in str(configs[0].hydra.sweeper.get("_target_")):
+        if not find_spec("optuna"):
+            raise UserError(
+                "this search needs Optuna: make install-sweep (pip install -e '.[sweep]')"
+            )
+        pruner = configs[0].hydra.sweeper.get("pruner")
+        if OmegaConf.is_dict(pruner) and "_target_" in pruner:  # built by Hydra: checked first
+            check_node(OmegaConf.to_container(pruner, resolve=True), "hydra.sweeper.pruner")
     if args.cfg:
         return argv
     hydra_cfg = configs[0].hydra

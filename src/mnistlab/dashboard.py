@@ -51,6 +51,10 @@ class Dashboard(Callback):
             shape = trainer.datamodule.spec.shape
             writer.add_graph(pl_module.net, torch.zeros(1, *shape, device=pl_module.device))
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Resumed part-way through an epoch, Lightning calls no on_train_epoch_start for it.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start, self._images = time.perf_counter(), 0
 
@@ -107,7 +111,8 @@ class Dashboard(Callback):
         if not _draws(trainer.datamodule):
             return
         x, y = batch  # already normalized by the data module
-        confidence, predicted = outputs.softmax(1).max(1)
+        probabilities = getattr(pl_module, "probabilities", lambda z: z.softmax(1))  # calibrated
+        confidence, predicted = probabilities(outputs).max(1)
         wrong = (predicted != y).nonzero().flatten()
         worst = wrong[confidence[wrong].argsort(descending=True)][:ERRORS_SHOWN].tolist()
         if not worst:

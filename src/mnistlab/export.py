@@ -103,6 +103,9 @@ def export(
                   "channels_last": bool(cfg.model.get("channels_last", False)),
                   **({"prepare": PREPARE[prepare]} if prepare in PREPARE else {})},
         "classes": list(spec.classes),
+        # Calibrated probabilities: softmax(logits / temperature), the temperature fitted on the
+        # validation split (mnistlab.calibration); 1.0 for a checkpoint from before calibration.
+        "temperature": float(getattr(model, "temperature", 1.0)),
         "checkpoint": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
     }  # fmt: skip
     write_whole(files["json"], (json.dumps(described, indent=2) + "\n").encode())

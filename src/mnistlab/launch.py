@@ -43,6 +43,9 @@ def _run(cfg: DictConfig) -> float | None:
     if hc.mode == RunMode.MULTIRUN:
         return _sweep_job(cfg)
     as_job = os.environ.get(distributed.JOB_PROCESS_ENV) == "1"  # a sweep's job, as its own command
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
+        log.info("SLURM requeued this job (SLURM_RESTART_COUNT=%s): resume=%s",
+                 os.environ["SLURM_RESTART_COUNT"], cfg.resume)  # fmt: skip
     try:
         # One process writes a run folder: rank 0 (the others follow it), and for a sweep's job
         # run as its own command, the sweep (which holds the lock already).
@@ -242,12 +245,10 @@ def _share_cores(launcher: DictConfig) -> None:
 
 def _report_interrupted(e) -> None:
     where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no checkpoint"
-    log.warning(
-        "%s: %s%s. Continue with the same command and resume=auto",
-        e,
-        where,
-        ", job requeued" if e.requeued else "",
-    )
+    then = "Continue with the same command and resume=auto"
+    if "SLURM_JOB_ID" in os.environ:
+        then += " (a job SLURM requeues does that by itself)"
+    log.warning("%s: %s%s. %s", e, where, ", job requeued" if e.requeued else "", then)
 
 
 def main() -> None:

@@ -27,10 +27,12 @@ log = logging.getLogger("mnistlab.predict")
 
 BATCH = 256
 TOP = 3
+CHOICES = {"invert": ("auto", "true", "false"), "prepare": ("mnist", "fit")}
 
 USAGE = """usage: python -m mnistlab.predict input=FILE_OR_FOLDER [run=FOLDER | ckpt=FILE]
                                 [output=FILE.csv|FILE.json] [invert=auto|true|false]
                                 [prepare=mnist|fit] [save_prepared=FOLDER]
+                                [min_confidence=0.5]
                                 [trust=MODULES] [overrides...]
 
 Predicts the class of each image (PNG, JPEG, BMP, WebP; any size, grayscale or colour) or of each
@@ -39,7 +41,9 @@ writes CSV or JSON by the output's extension. Each picture is first brought to t
 (its data module's prepare_image; for MNIST, as MNIST made its digits: the ink found on any
 background, cropped, fitted into 20x20, centred by its centre of mass in 28x28). MNIST-style data
 only: `prepare=fit` fits the whole picture instead; `invert=true|false` forces the polarity.
-`save_prepared`: PNGs of what the model saw. Exit status 1 if any input could not be read.
+`save_prepared`: PNGs of what the model saw. Probabilities are calibrated (the temperature
+fitted on the validation split, stored in the checkpoint); a row below `min_confidence` (0.5) is
+marked uncertain. Exit status 1 if any input could not be read.
 trust=: as for eval (the run's config builds only allowed targets unless told)."""
 
 
@@ -77,11 +81,16 @@ def images(paths: list[Path], prepare) -> Iterator[tuple[str, np.ndarray | None,
                 yield str(path), None, str(e)
                 continue
             for i, pixels in enumerate(stack):
-                yield f"{path}#{i}", prepare(Image.fromarray(pixels)), ""
+                try:
+                    yield f"{path}#{i}", prepare(Image.fromarray(pixels)), ""
+                except Blank as e:
+                    yield f"{path}#{i}", None, str(e)
             continue
         try:
             with Image.open(path) as image:
                 pixels = prepare(image)
+        except Blank as e:
+            yield str(path), None, str(e)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
                 Image.DecompressionBombError) as e:  # fmt: skip
             yield str(path), None, f"cannot read: {unreadable(path, e)}"
@@ -99,7 +108,7 @@ def predict(model, datamodule, items, classes: list[str]) -> Iterator[dict]:
     def flush():
         x = torch.from_numpy(np.stack([pixels for _, pixels in batch]))  # (B, C, H, W) uint8
         with torch.inference_mode():
-            probs = model(datamodule.to_input(x)).softmax(dim=1)
+            probs = model.probabilities(model(datamodule.to_input(x)))
         values, indices = probs.topk(top, dim=1)
         for (name, _), v, i in zip(batch, values.tolist(), indices.tolist(), strict=True):
             yield {
@@ -141,10 +150,11 @@ def _top(row: dict) -> str:
 
 def _csv(rows: list[dict], f: io.TextIOBase) -> None:
     writer = csv.writer(f)
-    writer.writerow(["file", "class", "prob", "top", "error"])
+    writer.writerow(["file", "class", "prob", "top", "error", "uncertain"])
     for r in rows:
         prob = "" if r["prob"] is None else f"{r['prob']:.6f}"
-        writer.writerow([r["file"], r["class"] or "", prob, _top(r), r["error"]])
+        uncertain = "" if r["uncertain"] is None else str(r["uncertain"]).lower()
+        writer.writerow([r["file"], r["class"] or "", prob, _top(r), r["error"], uncertain])
 
 
 def _table(rows: list[dict], f: io.TextIOBase) -> None:
@@ -155,7 +165,9 @@ def _table(rows: list[dict], f: io.TextIOBase) -> None:
         if r["error"]:
             print(f"{r['file']:<{width}}  {'-':<{name}}  -       {r['error']}", file=f)
         else:
-            print(f"{r['file']:<{width}}  {r['class']:<{name}}  {r['prob']:.4f}  {_top(r)}", file=f)
+            flag = "  (uncertain)" if r["uncertain"] else ""
+            print(f"{r['file']:<{width}}  {r['class']:<{name}}  {r['prob']:.4f}  {_top(r)}{flag}",
+                  file=f)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,12 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         "invert": None,
         "prepare": None,
         "save_prepared": None,
+        "min_confidence": "0.5",
         "trust": None,
     }
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
         if not args["input"]:
             raise UserError("input=: name an image, a folder of images or an IDX file")
+        threshold = _threshold(args["min_confidence"])
+        for key, value in (("invert", args["invert"]), ("prepare", args["prepare"])):
+            if value is not None and value not in CHOICES[key]:
+                raise UserError(f"{key}={value}: choose {', '.join(CHOICES[key])}")
         paths = inputs(Path(args["input"]))
         model, datamodule = load(args, overrides)
         prepare = _preparer(datamodule, invert=args["invert"], prepare=args["prepare"])
@@ -184,13 +201,34 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         rows = list(predict(model, datamodule, inputs_, datamodule.classes))
         seconds = time.perf_counter() - start
+        uncertain = _mark_uncertain(rows, threshold)
         write(rows, args["output"])
     except UserError as e:
         return refuse("mnistlab-predict", e)
     failed = sum(1 for r in rows if r["error"])
-    log.info("%d image(s) in %.2f s (%.0f images/s)%s", len(rows) - failed, seconds,
-             (len(rows) - failed) / seconds, f"; {failed} could not be read" if failed else "")  # fmt: skip
+    log.info("%d image(s) in %.2f s (%.0f images/s)%s%s", len(rows) - failed, seconds,
+             (len(rows) - failed) / seconds, f"; {failed} could not be read" if failed else "",
+             f"; {uncertain} uncertain (probability below min_confidence={args['min_confidence']})"
+             if uncertain else "")  # fmt: skip
     return 1 if failed else 0
+
+
+def _threshold(min_confidence: str) -> float:
+    try:
+        threshold = float(min_confidence)
+    except ValueError:
+        threshold = -1.0
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"min_confidence={min_confidence}: a probability between 0 and 1")
+    return threshold
+
+
+def _mark_uncertain(rows: list[dict], threshold: float) -> int:
+    """Mark each row whose calibrated probability is below `threshold` as uncertain; return how
+    many are."""
+    for r in rows:
+        r["uncertain"] = None if r["prob"] is None else r["prob"] < threshold
+    return sum(1 for r in rows if r["uncertain"])
 
 
 def _preparer(datamodule, **given: str | None):
@@ -199,14 +237,25 @@ def _preparer(datamodule, **given: str | None):
     from functools import partial
 
     taken = inspect.signature(datamodule.prepare_image).parameters
-    choices = {"invert": ("auto", "true", "false"), "prepare": ("mnist", "fit")}
     kwargs = {k: v for k, v in given.items() if v is not None}
     for key, value in kwargs.items():
         if key not in taken:
             raise UserError(f"{key}={value}: {type(datamodule).__name__} does not take {key}")
-        if value not in choices[key]:
-            raise UserError(f"{key}={value}: choose {', '.join(choices[key])}")
-    return partial(datamodule.prepare_image, **kwargs)
+    prepare = partial(datamodule.prepare_image, **kwargs)
+    if "prepare" not in taken:  # not digit-like data: a dark picture may be one of its classes
+        return prepare
+
+    def checked(image) -> np.ndarray:
+        pixels = prepare(image)
+        if not pixels.any():
+            raise Blank("blank picture: no ink found to classify")
+        return pixels
+
+    return checked
+
+
+class Blank(ValueError):
+    """A digit picture with nothing drawn on it: no class to give."""
 
 
 def _saving(inputs_, folder: Path):

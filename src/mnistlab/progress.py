@@ -29,6 +29,10 @@ class LineProgressBar(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Resumed part-way through an epoch, Lightning calls no on_train_epoch_start for it.
+        self._epoch_start = time.perf_counter()
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()
 

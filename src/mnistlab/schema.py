@@ -106,6 +106,15 @@ def validate(cfg: dict, added: Iterable[str] = (), deep: bool = False) -> None:
         raise UserError("; ".join(errors[:3]) + more)
 
 
+def check_node(node: dict, path: str) -> None:
+    """Raise UserError if the plain node with a `_target_` at `path` (outside the task config:
+    a sweeper's pruner) cannot be imported or has keys its target does not take."""
+    errors: list[str] = []
+    _Check(errors, set(), deep=True).node(node, path)
+    if errors:
+        raise UserError("; ".join(errors[:3]))
+
+
 def arguments(target: str, path: str, errors: list[str]) -> dict[str, bool] | None:
     """The keyword arguments of `target`'s real signature, {name: required}; None when it takes
     any (`**kwargs` that go nowhere we can follow). Imports the target's module."""

@@ -10,6 +10,7 @@ from torchmetrics import MaxMetric, Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mnistlab import UserError
+from mnistlab.calibration import CalibrationError, TemperatureFit
 
 STAGES = ("train", "val", "test")
 
@@ -48,9 +49,19 @@ class Classifier(LightningModule):
         for metric in (self.train_metrics, self.val_acc_best):
             metric.persistent(True)
         self.restored_metrics: dict[str, float] = {}  # from the checkpoint a run resumed from
+        # Calibration (mnistlab.calibration): the temperature fitted on the validation split at
+        # every validation, saved with the weights it fits; the test's calibration error with
+        # and without it.
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.val_temperature = TemperatureFit()
+        self.test_ece, self.test_ece_uncalibrated = CalibrationError(), CalibrationError()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.contiguous(memory_format=self.memory_format))
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Calibrated class probabilities: softmax(logits / temperature)."""
+        return (logits / self.temperature).softmax(dim=1)
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         """The batch's mean loss and its logits; the stage's metrics updated."""
@@ -58,8 +69,12 @@ class Classifier(LightningModule):
         logits = self(x)
         losses = self.criterion(logits, y)  # (B,)
         getattr(self, f"{stage}_metrics").update(logits.detach(), y, losses.detach())
-        if stage == "test":
+        if stage == "val":
+            self.val_temperature.update(logits.detach(), y)
+        elif stage == "test":
             self.test_confusion.update(logits, y)
+            self.test_ece.update(self.probabilities(logits), y)
+            self.test_ece_uncalibrated.update(logits.softmax(dim=1), y)
         return losses.mean(), logits
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -106,9 +121,16 @@ class Classifier(LightningModule):
         if not self.trainer.sanity_checking:
             self.val_acc_best(acc)
             self.log_global({"val/acc_best": self.val_acc_best.compute()}, prog_bar=True)
+            self.temperature.fill_(self.val_temperature.compute())  # saved with these weights
+            self.log_global({"val/temperature": self.temperature.clone()})
+        self.val_temperature.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test", "test/loss")
+        self.log_global({"test/ece": self.test_ece.compute().float(),
+                         "test/ece_uncalibrated": self.test_ece_uncalibrated.compute().float()})  # fmt: skip
+        self.test_ece.reset()
+        self.test_ece_uncalibrated.reset()
         self.test_confusion.reset()  # after the callbacks' on_test_epoch_end have read it
 
     def log_global(self, values: dict, prog_bar: bool = False) -> None:
@@ -120,9 +142,10 @@ class Classifier(LightningModule):
     @staticmethod
     def loadable(state_dict: dict) -> dict:
         """A checkpoint's weights as this class names them: without `torch.compile`'s `_orig_mod.`
-        prefix, and with the train metrics of checkpoints written before `StageMetrics`
+        prefix, with temperature 1 when it has none, and with the train metrics of checkpoints written before `StageMetrics`
         (MulticlassAccuracy's counts, MeanMetric's sums) carried over."""
         state = {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
+        state.setdefault("temperature", torch.tensor(1.0))  # written before calibration: none
         if "train_acc.tp" in state:
             correct, wrong = state.pop("train_acc.tp"), state.pop("train_acc.fn")
             state.pop("train_acc.fp"), state.pop("train_acc.tn")

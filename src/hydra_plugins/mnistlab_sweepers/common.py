@@ -52,12 +52,13 @@ def launch(launcher, jobs: list[tuple[int, list[str]]], batch_size: int | None =
 # What SLURM's refusals mean, as the launcher setting to change (conf/hydra/launcher/slurm.yaml).
 SBATCH_HINTS = {
     "generic resource": "hydra.launcher.gpus_per_node (null: no GPU) to what the nodes have",
-    "node configuration is not available": "hydra.launcher.cpus_per_task, mem_gb, tasks_per_node"
-    " or nodes to what a node has (sinfo -N -l)",
+    "node configuration is not available": "hydra.launcher.cpus_per_task or mem_gb, or"
+    " trainer.num_nodes and trainer.devices (nodes and tasks follow them), to what the nodes"
+    " have (sinfo -N -l)",
     "memory specification": "hydra.launcher.mem_gb to what a node has (sinfo -N -l)",
     "cpu count": "hydra.launcher.cpus_per_task to what a node has (sinfo -N -l)",
-    "more processors": "hydra.launcher.cpus_per_task, tasks_per_node or nodes to what the"
-    " partition allows (sinfo -N -l)",
+    "more processors": "hydra.launcher.cpus_per_task, or trainer.num_nodes and trainer.devices"
+    " (the job's nodes and tasks per node follow them), to what the partition has (sinfo -N -l)",
     "partition": "hydra.launcher.partition to one that sinfo lists (null: the default one)",
     "account": "hydra.launcher.account to one you may use (sacctmgr show assoc user=$USER)",
     "qos": "hydra.launcher.qos to one your account may use",

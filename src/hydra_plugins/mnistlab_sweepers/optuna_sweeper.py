@@ -86,7 +86,7 @@ class OptunaSweeper(Sweeper):
             self.storage = self.storage or _default_storage(sweep_dir)
             study = optuna.create_study(
                 study_name=self.study_name,
-                storage=sweeps.open_storage(self.storage),
+                storage=_opened(self.storage),
                 direction=self.direction,
                 pruner=self._pruner(),
                 load_if_exists=True,
@@ -212,6 +212,21 @@ def _tell(study, trial, result, folder: Path) -> None:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     else:
         study.tell(trial, float(result.return_value))
+
+
+def _opened(storage: str):
+    """The study's storage; a journal's folder is made. One that cannot be opened (a folder
+    that cannot be made, a database that does not answer) is one line, exit 2."""
+    from mnistlab import UserError, refuse
+
+    try:
+        if "://" not in storage:
+            Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        return sweeps.open_storage(storage)
+    except Exception as e:  # OSError, SQLAlchemy's errors, a missing database driver
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        sys.exit(refuse("mnistlab-train", UserError(
+            f"hydra.sweeper.storage={storage}: cannot be opened ({first})")))  # fmt: skip
 
 
 def _default_storage(sweep_dir: Path) -> str:
