@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 # The install stamp is re-made whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed
 ARGS ?=
+comma := ,
+space := $(empty) $(empty)
 RUN ?=
 CKPT ?=
 INPUT ?=
@@ -19,7 +21,7 @@ DIGITS_STAMP := $(VENV)/.digits-installed
 PORT ?= 6006
 LOGDIR ?= logs
 
-.PHONY: help install install-export install-sweep install-digits data train sweep eval predict export bench test test-slow test-slurm test-all lint tensorboard clean-logs slurm-up slurm-down
+.PHONY: help install install-export install-sweep install-digits data train sweep eval predict report export bench test test-slow test-slurm test-all lint tensorboard clean-logs slurm-up slurm-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -64,6 +66,9 @@ eval: $(STAMP) ## Test a run as it was trained: RUN=<run folder> or CKPT=<checkp
 
 predict: $(STAMP) ## Classify images or an IDX file: INPUT=<file or folder> [RUN=|CKPT=] [OUTPUT=x.csv|x.json]
 	$(BIN)/python -m mnistlab.predict input=$(INPUT) $(FROM) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
+
+report: $(STAMP) ## Results over seeds per config (n, mean, std, 95% CI): SWEEP=<multirun folder> or RUNS="a b c"
+	$(BIN)/python -m mnistlab.report $(if $(SWEEP),sweep=$(SWEEP)) $(if $(RUNS),runs=[$(subst $(space),$(comma),$(strip $(RUNS)))]) $(ARGS)
 
 export: $(EXPORT_STAMP) ## safetensors + JSON + ONNX beside a run's checkpoints (RUN=|CKPT=), parity-checked
 	$(BIN)/python -m mnistlab.export $(FROM) $(ARGS)

@@ -185,3 +185,57 @@ def test_optuna_prunes_the_trials_that_fall_behind_two_at_a_time(synthetic_mnist
     assert "Job 5 failed: RuntimeError: injected failure in trial 5" in proc.stderr
     check_pruned_study(tmp_path / "sweep", failed=[5])
     assert ", 1 failed" in (tmp_path / "sweep" / "summary.md").read_text().splitlines()[2]
+
+
+def student_t_975(df: int) -> float:
+    """The 97.5% quantile of Student's t, by mpmath (arbitrary precision), not by our code."""
+    import mpmath
+
+    def tail(x):  # P(T > x) = I_{df / (df + x^2)}(df / 2, 1 / 2) / 2
+        return mpmath.betainc(df / 2, 0.5, 0, df / (df + x * x), regularized=True) / 2 - 0.025
+
+    return float(mpmath.findroot(tail, 3))
+
+
+def test_a_report_over_seeds_agrees_with_numpy_and_leaves_out_a_failed_run(synthetic_mnist,
+                                                                          tmp_path, capsys):  # fmt: skip
+    """2 learning rates x 3 seeds, one run failing: the report groups by lr, and n, mean, std
+    and the 95% confidence interval equal numpy's (Student's t from mpmath) to 1e-12."""
+    import numpy as np
+
+    from mnistlab import report
+
+    fail = ["+callbacks.fail._target_=runner.FailOnce", "+callbacks.fail.lr=0.002",
+            f"+callbacks.fail.marker={tmp_path / 'failed-once'}"]  # fmt: skip
+    proc = sweep(synthetic_mnist, tmp_path, "model.optimizer.lr=1e-3,2e-3", "seed=1,2,3", *fail)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one job failed
+    capsys.readouterr()
+    assert report.main([f"sweep={tmp_path / 'sweep'}"]) == 0
+    printed = capsys.readouterr().out
+    rows = {r["group"]: r for r in csv.DictReader((tmp_path / "sweep" / "report.csv").open())}
+    assert sorted(rows) == ["model.optimizer.lr=0.001", "model.optimizer.lr=0.002"]
+    assert (
+        rows["model.optimizer.lr=0.001"]["failed"],
+        rows["model.optimizer.lr=0.002"]["failed"],
+    ) == ("0", "1")
+    for label, row in rows.items():
+        lr = label.split("=")[1]
+        runs = [json.loads((f / "results.json").read_text())["metrics"]["test/acc"]
+                for f in (tmp_path / "sweep").iterdir()
+                if f.is_dir() and f.name.isdigit() and (f / "results.json").is_file()
+                and f"model.optimizer.lr={lr}" in json.loads((f / "job.json").read_text())["overrides"]]  # fmt: skip
+        values = np.array(runs)
+        n = len(values)
+        assert int(row["runs"]) == n == (3 if lr == "0.001" else 2)
+        t = student_t_975(n - 1)
+        expected = {"mean": values.mean(), "std": values.std(ddof=1),
+                    "ci95": t * values.std(ddof=1) / np.sqrt(n), "min": values.min(), "max": values.max()}  # fmt: skip
+        for key, value in expected.items():
+            assert abs(float(row[f"test/acc:{key}"]) - value) <= 1e-12, (label, key)
+    assert "| model.optimizer.lr=0.002 | 2 | 1 |" in printed
+    summary_md = (tmp_path / "sweep" / "summary.md").read_text()  # the sweep's own summary too
+    assert (
+        "# Results over seeds" in summary_md
+        and "| model.optimizer.lr=0.002 | 2 | 1 |" in summary_md
+    )
+    assert (tmp_path / "sweep" / "report.tex").read_text().startswith(r"\begin{tabular}")

@@ -95,6 +95,7 @@ def finish(config: DictConfig, jobs: list[tuple[int, list[str]]], objective: str
         [(n, o, job_dir(config, n)) for n, o in jobs], objective, reported, maximize
     )
     markdown = sweeps.write(sweep_dir, table, objective, reported)
+    markdown += _over_seeds(sweep_dir, [job_dir(config, n) for n, _ in jobs])
     print(markdown, end="")
     bad = [r for r in table if r["status"] not in ("completed", "pruned")]  # pruned: on purpose
     # Printed, not logged: the jobs' logging setup (Hydra's, per job) has replaced the sweep's.
@@ -109,6 +110,24 @@ def finish(config: DictConfig, jobs: list[tuple[int, list[str]]], objective: str
     print(f"{len(bad)} of {len(table)} jobs did not complete; the same command continues the sweep"
           f" (completed jobs are skipped). Summary: {sweep_dir / 'summary.md'}", file=sys.stderr)  # fmt: skip
     sys.exit(128 + signum if signum else 1)
+
+
+def _over_seeds(sweep_dir: Path, folders: list[Path]) -> str:
+    """When the sweep varies the seed: the jobs grouped by configuration (mnistlab.report),
+    appended to summary.md; else nothing."""
+    from mnistlab import report
+
+    runs = [report.read_run(f) for f in folders if f.is_dir()]
+    seeds = {o for r in runs for o in r["overrides"] if o.lstrip("+").startswith("seed=")}
+    if len(seeds) < 2:
+        return ""
+    metrics = report.METRICS
+    text = "\n" + report.markdown(
+        report.summarize(report.group(runs, ["seed"], []), metrics), metrics
+    )
+    with open(sweep_dir / "summary.md", "a") as f:
+        f.write(text)
+    return text
 
 
 def stopped_by_signal(result) -> int | None:

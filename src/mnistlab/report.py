@@ -1,0 +1,310 @@
+"""Results over seeds: runs grouped by configuration, each group's mean, spread and confidence.
+
+    python -m mnistlab.report sweep=logs/train/multiruns/<timestamp>     (make report SWEEP=...)
+    python -m mnistlab.report runs=[run_a,run_b,run_c]                    (make report RUNS="a b c")
+    python -m mnistlab.report logdir=logs/train                           (every run under it)
+
+Runs are grouped by the overrides they were started with, `seed` left out (`ignore=[seed,...]`
+to leave out more keys, `group_by=[model.optimizer.lr]` to group by those keys alone). For each
+group and metric: n, mean, standard deviation, the half-width of the 95% confidence interval of
+the mean (Student's t with n - 1 degrees of freedom), min and max. A run that failed or did not
+finish is counted in its group's `failed` column and never averaged in. The table is printed and
+written as report.md, report.csv and report.tex (booktabs) into the sweep folder (or `out=`).
+Light on purpose: no torch, no Lightning.
+"""
+
+import csv
+import json
+import logging
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from mnistlab import UserError, refuse
+
+log = logging.getLogger("mnistlab.report")
+
+USAGE = """usage: python -m mnistlab.report (sweep=FOLDER | runs=[A,B,...] | logdir=FOLDER)
+                                [metrics=[test/acc,...]] [ignore=[seed,...]] [group_by=[KEY,...]]
+                                [out=FOLDER]
+
+Groups runs by their overrides without the seed, and prints n, mean, std, 95% CI (Student t),
+min and max of each metric per group, best group first; writes report.md, report.csv and
+report.tex (booktabs) into the sweep folder, or `out`."""
+
+METRICS = ["test/acc", "val/acc_best", "test/loss", "wall_s"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    from mnistlab.rebuild import parse_args
+
+    own = {"sweep": None, "runs": None, "logdir": None, "metrics": None, "ignore": "[seed]",
+           "group_by": None, "out": None}  # fmt: skip
+    try:
+        args, rest = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
+        if rest:
+            raise UserError(f"{rest[0]}: not an option of the report (see --help)")
+        runs, out = _runs(args)
+        metrics = _list(args["metrics"]) or METRICS
+        groups = group(runs, ignore=_list(args["ignore"]), by=_list(args["group_by"]))
+        table = summarize(groups, metrics)
+        text = markdown(table, metrics)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(text)
+        write_csv(table, metrics, out / "report.csv")
+        (out / "report.tex").write_text(latex(table, metrics))
+    except UserError as e:
+        return refuse("mnistlab-report", e)
+    print(text, end="")
+    log.info("Report: %s (and report.csv, report.tex)", out / "report.md")
+    return 0
+
+
+# ------------------------------------------------------------------ runs
+
+
+def _list(value: str | None) -> list[str]:
+    if not value:
+        return []
+    return [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+
+
+def _runs(args: dict) -> tuple[list[dict], Path]:
+    given = [k for k in ("sweep", "runs", "logdir") if args[k]]
+    if len(given) != 1:
+        raise UserError("name the runs: sweep=<multirun folder>, runs=[a,b,...] or logdir=<folder>")
+    if args["sweep"]:
+        sweep = _folder(args["sweep"], "sweep")
+        folders = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()),
+                         key=lambda p: int(p.name))  # fmt: skip
+        out = sweep
+    elif args["runs"]:
+        folders = [_folder(r, "runs") for r in _list(args["runs"])]
+        out = Path(args["out"] or ".")
+    else:
+        root = _folder(args["logdir"], "logdir")
+        folders = sorted({p.parent.parent for p in root.rglob(".hydra/overrides.yaml")})
+        out = root
+    if not folders:
+        raise UserError(f"no runs in {out}: a run folder holds .hydra/ or job.json")
+    return [read_run(f) for f in folders], Path(args["out"]) if args["out"] else out
+
+
+def _folder(path: str, key: str) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"{key}={path}: no such folder")
+    return folder
+
+
+def read_run(folder: Path) -> dict:
+    """A run's overrides, status, metrics and wall time, from its own records."""
+    job = _json(folder / "job.json")
+    results = _json(folder / "results.json")
+    overrides = job.get("overrides")
+    if overrides is None:
+        import yaml
+
+        try:
+            overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+        except (OSError, yaml.YAMLError):
+            overrides = []
+    finished = "metrics" in results
+    status = job.get("status") or ("completed" if finished else "incomplete")
+    if status == "completed" and not finished:
+        status = "incomplete"
+    metrics = dict(results.get("metrics", {}))
+    if job.get("wall_s") is not None:
+        metrics["wall_s"] = job["wall_s"]
+    # Only runs that completed are averaged: a failed, stopped or pruned run is counted apart.
+    return {"folder": str(folder), "overrides": [str(o) for o in overrides], "status": status,
+            "metrics": metrics if status == "completed" else {}}  # fmt: skip
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ------------------------------------------------------------------ groups and statistics
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def group(runs: list[dict], ignore: list[str], by: list[str]) -> dict[str, list[dict]]:
+    """Runs by configuration: the overrides that differ between runs, those in `ignore` left out
+    (`by`: only those keys), as one label per group in the order first met."""
+
+    def kept(run):
+        return [o for o in run["overrides"] if _key(o) not in ignore and not _key(o).startswith("hydra.")
+                and (not by or _key(o) in by)]  # fmt: skip
+
+    common = set.intersection(*(set(kept(r)) for r in runs)) if runs else set()
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        label = " ".join(o for o in kept(run) if o not in common) or "(all runs)"
+        groups.setdefault(label, []).append(run)
+    return groups
+
+
+def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> list[dict]:
+    """One row per group, the best mean of the first metric first (lowest for a loss)."""
+    rows = []
+    for label, runs in groups.items():
+        done = [r for r in runs if r["metrics"]]
+        row = {"group": label, "n": len(done), "failed": len(runs) - len(done), "stats": {}}
+        for metric in metrics:
+            values = [r["metrics"][metric] for r in done if metric in r["metrics"]]
+            row["stats"][metric] = describe(values)
+        rows.append(row)
+    first = metrics[0]
+    lower = "loss" in first or first == "wall_s"
+
+    def rank(row):
+        mean = row["stats"][first]["mean"]
+        return (mean is None, mean if lower or mean is None else -mean)
+
+    return sorted(rows, key=rank)
+
+
+def describe(values: list[float]) -> dict:
+    """n, mean, std (n - 1), 95% CI half-width (Student t), min, max; None where undefined."""
+    n = len(values)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "ci95": None, "min": None, "max": None}
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else None
+    ci = t_quantile(0.975, n - 1) * std / math.sqrt(n) if n > 1 else None
+    return {"n": n, "mean": mean, "std": std, "ci95": ci, "min": min(values), "max": max(values)}
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student's t distribution function, through the regularized incomplete beta function."""
+    x = df / (df + t * t)
+    tail = 0.5 * _betainc(df / 2, 0.5, x)
+    return 1 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The t with t_cdf(t, df) = p (0.5 < p < 1), by bisection to machine precision."""
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """I_x(a, b), by its continued fraction (Lentz's method)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast on this side only
+        return 1 - _betainc(b, a, 1 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x)) / a  # fmt: skip
+    tiny = 1e-300
+    f, c, d = 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1 + num * d
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = 1 + num / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1 - c * d) < 1e-16:
+            break
+    return front * (f - 1)
+
+
+# ------------------------------------------------------------------ output
+
+
+def _num(value, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _cell(stats: dict) -> str:
+    if stats["mean"] is None:
+        return "-"
+    if stats["ci95"] is None:
+        return f"{stats['mean']:.4f}"
+    return f"{stats['mean']:.4f} ± {stats['ci95']:.4f}"
+
+
+def markdown(table: list[dict], metrics: list[str]) -> str:
+    lines = ["# Results over seeds", "",
+             "mean ± half-width of the 95% confidence interval (Student t, n - 1 d.o.f.);"
+             " std, min and max in report.csv", "",
+             "| group | n | failed | " + " | ".join(metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]  # fmt: skip
+    for row in table:
+        cells = " | ".join(_cell(row["stats"][m]) for m in metrics)
+        lines.append(f"| {row['group']} | {row['n']} | {row['failed']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(table: list[dict], metrics: list[str], path: Path) -> None:
+    fields = ["n", "mean", "std", "ci95", "min", "max"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["group", "runs", "failed", *(f"{m}:{k}" for m in metrics for k in fields)])
+        for row in table:
+            writer.writerow([row["group"], row["n"], row["failed"],
+                             *(row["stats"][m][k] for m in metrics for k in fields)])  # fmt: skip
+
+
+TEX = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex(table: list[dict], metrics: list[str]) -> str:
+    def tex(text: str) -> str:
+        return "".join(TEX.get(c, c) for c in text)
+
+    def cell(stats):
+        if stats["mean"] is None:
+            return "--"
+        if stats["ci95"] is None:
+            return f"{stats['mean']:.4f}"
+        return f"{stats['mean']:.4f} $\\pm$ {stats['ci95']:.4f}"
+
+    head = " & ".join(["Configuration", "$n$", *(tex(m) for m in metrics)])
+    lines = [r"\begin{tabular}{l r " + "r " * len(metrics) + "}", r"\toprule", head + r" \\",
+             r"\midrule"]  # fmt: skip
+    for row in table:
+        lines.append(" & ".join([tex(row["group"]), str(row["n"]),
+                                 *(cell(row["stats"][m]) for m in metrics)]) + r" \\")  # fmt: skip
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
