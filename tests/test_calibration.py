@@ -1,5 +1,6 @@
 """Calibrated probabilities (mnistlab.calibration): the temperature fitted on the validation
-split, stored in every checkpoint; the test's expected calibration error with and without it."""
+split, stored in every checkpoint; the test's expected calibration error with and without it.
+The statistics here are fast; a real run's temperature and predict's flags are in the slow tier."""
 
 import json
 
@@ -47,6 +48,7 @@ def test_calibration_error_matches_its_definition():
     assert float(metric.compute()) == pytest.approx(sum(gaps) / 1000, abs=1e-12)
 
 
+@pytest.mark.slow  # a training run: the fast tier keeps to its three minutes
 def test_a_run_stores_its_temperature_reports_the_error_and_predict_flags_doubt(
     tiny_cfg, synthetic_mnist, tmp_path, capsys
 ):
