@@ -13,6 +13,8 @@ RUN ?=
 CKPT ?=
 INPUT ?=
 OUTPUT ?=
+# The runs of report and compare: SWEEP=<multirun folder>, RUNS="a b c", else every run in LOGDIR.
+RUNS_ARG = $(if $(SWEEP),sweep=$(SWEEP),$(if $(RUNS),runs=[$(subst $(space),$(comma),$(strip $(RUNS)))],logdir=$(LOGDIR)))
 # A run (RUN=folder) or a checkpoint (CKPT=file) for eval, predict and export; neither: the newest run.
 FROM = $(if $(RUN),run=$(RUN)) $(if $(CKPT),ckpt=$(CKPT))
 EXPORT_STAMP := $(VENV)/.export-installed
@@ -21,7 +23,7 @@ DIGITS_STAMP := $(VENV)/.digits-installed
 PORT ?= 6006
 LOGDIR ?= logs
 
-.PHONY: help install install-export install-sweep install-digits data train sweep eval predict report export bench test test-slow test-slurm test-all lint tensorboard clean-logs slurm-up slurm-down
+.PHONY: help install install-export install-sweep install-digits data train sweep eval predict report compare export bench test test-slow test-slurm test-all lint tensorboard clean-logs slurm-up slurm-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -67,8 +69,11 @@ eval: $(STAMP) ## Test a run as it was trained: RUN=<run folder> or CKPT=<checkp
 predict: $(STAMP) ## Classify images or an IDX file: INPUT=<file or folder> [RUN=|CKPT=] [OUTPUT=x.csv|x.json]
 	$(BIN)/python -m mnistlab.predict input=$(INPUT) $(FROM) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
 
-report: $(STAMP) ## Results over seeds per config (n, mean, std, 95% CI): SWEEP=<multirun folder> or RUNS="a b c"
-	$(BIN)/python -m mnistlab.report $(if $(SWEEP),sweep=$(SWEEP)) $(if $(RUNS),runs=[$(subst $(space),$(comma),$(strip $(RUNS)))]) $(ARGS)
+report: $(STAMP) ## Results over seeds per config (n, mean, std, 95% CI), curve figures: SWEEP=<folder>, RUNS="a b c" or LOGDIR=
+	$(BIN)/python -m mnistlab.report $(RUNS_ARG) $(ARGS)
+
+compare: $(STAMP) ## Runs side by side: differing config keys, metrics, differences, Welch p (RUNS="a b" or SWEEP=)
+	$(BIN)/python -m mnistlab.compare $(RUNS_ARG) $(ARGS)
 
 export: $(EXPORT_STAMP) ## safetensors + JSON + ONNX beside a run's checkpoints (RUN=|CKPT=), parity-checked
 	$(BIN)/python -m mnistlab.export $(FROM) $(ARGS)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import need_modules
+from conftest import compose_train, need_modules
 from runner import cli_env
 
 from mnistlab import UserError
@@ -54,6 +54,17 @@ def test_sweeps_check_every_value():
     assert prepare(["-m", "data.batch_size=32,64"], "train") == ["-m", "data.batch_size=32,64"]
     with pytest.raises(UserError, match=r"model\.optimizer\.lr=-1\.0: must be > 0"):
         prepare(["-m", "data.batch_size=32,64", "model.optimizer.lr=1e-3,-1.0"], "train")
+    with pytest.raises(UserError, match=r"name=a,b: a sweep has one name"):
+        prepare(["-m", "name=a,b", "seed=1,2"], "train")
+
+
+def test_a_name_is_a_folder_suffix_that_cannot_leave_the_folder():
+    from mnistlab.config import folder_label
+
+    assert [folder_label(n) for n in (None, "", "wide_lr", "../x y", "lr=1e-3,b")] == [
+        "", "", "_wide_lr", "_..-x-y", "_lr=1e-3,b"]  # fmt: skip
+    cfg = compose_train(["name=wide"])
+    assert cfg.name == "wide"
 
 
 def test_an_optuna_pruner_is_checked_before_hydra_builds_it():

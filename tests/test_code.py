@@ -33,4 +33,4 @@ def test_private_api_reaches_are_few_and_each_says_what_it_was_checked_on():
             unmarked.append(f"{path.relative_to(SRC)}:{line} {what}")
     assert not unmarked, f"mark each with '# {MARK}, checked against <package> <version>'"
     marks = sum(p.read_text().count(MARK) for p in SRC.rglob("*.py"))
-    assert len(reaches) <= marks <= 6, (len(reaches), marks)
+    assert len(reaches) <= marks <= 7, (len(reaches), marks)

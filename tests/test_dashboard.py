@@ -1,6 +1,7 @@
 """What TensorBoard shows for a run, checked through a real TensorBoard server and a real browser
 (the `slow` tier: a server start takes seconds)."""
 
+import contextlib
 import io
 import json
 import re
@@ -20,23 +21,31 @@ from conftest import compose_train, missing
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnistlab.dashboard import FONT_PX, tensorboard_tag
 from mnistlab.train import train
 
 pytestmark = pytest.mark.slow
 
+# As TensorBoard shows them: `train` and `val` first, every other group after them (`~...`).
 SCALARS = {"train/loss", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc_best",
-           "test/loss", "test/acc", "lr-Adam", "perf/epoch_time_s", "perf/images_per_s",
-           "hp/test_acc", "hp/val_acc_best"}  # fmt: skip
-IMAGES = {"val/predictions", "test/confusion_matrix", "test/most_confident_errors"}
+           "~test/loss", "~test/acc", "~lr-Adam", "~perf/epoch_time_s", "~perf/images_per_s"}  # fmt: skip
+IMAGES = {"val/predictions", "~test/confusion_matrix", "~test/most_confident_errors"}
 
 
 @pytest.fixture(scope="module")
 def server(tiny_run):
+    with serving(tiny_run) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(logdir):
+    """A TensorBoard server on `logdir`, its URL while the block runs."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     tensorboard = Path(sys.executable).parent / "tensorboard"
-    proc = subprocess.Popen([str(tensorboard), "--logdir", str(tiny_run), "--host", "127.0.0.1",
+    proc = subprocess.Popen([str(tensorboard), "--logdir", str(logdir), "--host", "127.0.0.1",
                              "--port", str(port), "--reload_interval", "0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -100,6 +109,13 @@ def test_tensorboard_lists_the_run_its_scalars_images_and_text(server):
         png = get(server, "/data/plugin/images/individualImage" + "?" + entries[-1]["query"])
         image = Image.open(io.BytesIO(png))
         assert image.format == "PNG" and image.size[0] >= 300
+    # A grid narrow enough to be drawn at its own size in an image card (about 345 px wide at
+    # the default zoom), so its captions are as legible as the page's own text.
+    entry = get(server, "/data/plugin/images/images", run=".", tag="val/predictions")[-1]
+    grid = Image.open(
+        io.BytesIO(get(server, "/data/plugin/images/individualImage?" + entry["query"]))
+    )
+    assert grid.size[0] <= 340 and FONT_PX >= 12
 
     text_tags = get(server, "/data/plugin/text/tags")["."]
     assert {"run/config/text_summary", "run/git/text_summary"} <= set(text_tags)
@@ -127,13 +143,15 @@ def test_hparams_tab_has_the_hyperparameters_and_real_metric_values(server, tiny
         "max_epochs",
         "precision",
         "seed",
+        "experiment",
     } <= names
 
-    # Every report metric, as hp/<name>, holds the value of the run's results.json (float32: what
-    # an event file stores): the HParams tab's table, and the event files read directly.
+    # Every report metric holds the value of the run's results.json (float32: what an event file
+    # stores), read from the run's own chart of it (no one-point hp/ copy): the HParams tab's
+    # table, and the event files read directly.
     results = json.loads((tiny_run / "results.json").read_text())["metrics"]
-    expected = {f"hp/{m.replace('/', '_')}": results[m] for m in compose_train().report_metrics}
-    assert {"hp/test_acc", "hp/val_acc_best"} <= set(expected)
+    expected = {tensorboard_tag(m): results[m] for m in compose_train().report_metrics}
+    assert {"~test/acc", "val/acc_best"} <= set(expected)
     assert {m["name"]["tag"] for m in experiment["metricInfos"]} == set(expected)
 
     statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
@@ -148,16 +166,23 @@ def test_hparams_tab_has_the_hyperparameters_and_real_metric_values(server, tiny
         assert np.float32(in_files[tag]) == np.float32(value), (tag, in_files[tag], value)
 
 
-def test_the_scalars_page_renders_in_headless_chromium(server, tmp_path):
-    """The Time Series page (TensorBoard's scalars) as a browser shows it: the DOM after the page's
-    scripts ran has this run's tag groups with their card counts and the hp/ cards drawn first,
-    and no error page; the screenshot is not blank."""
+def chromium_command(window=(1920, 1080)) -> list[str]:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         missing("no chromium: apt-get install chromium (.ci/run does)")
+    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            f"--window-size={window[0]},{window[1]}", "--virtual-time-budget=30000",
+            "--run-all-compositor-stages-before-draw"]  # fmt: skip
+
+
+def test_the_first_screen_shows_the_curves_in_headless_chromium(server, tmp_path):
+    """The Time Series page (TensorBoard's scalars) as a browser shows it on a 1920 x 1080
+    screen: the DOM after the page's scripts ran has this run's tag groups with their card
+    counts, `train` and `val` first (the two TensorBoard opens), the loss and accuracy cards
+    drawn on the first screen and nothing from the other groups (collapsed); no error page.
+    The screenshots of the Time Series and Images pages are not blank."""
+    chromium = chromium_command()
     page = f"{server}/#timeseries"
-    chromium = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                "--window-size=1400,900", "--virtual-time-budget=15000"]  # fmt: skip
     dom = subprocess.run([*chromium, "--dump-dom", page], capture_output=True, text=True,
                          timeout=120).stdout  # fmt: skip
     text = " ".join(re.sub(r"<(script|style)\b.*?</\1>|<[^>]+>", " ", dom, flags=re.S).split())
@@ -170,14 +195,44 @@ def test_the_scalars_page_renders_in_headless_chromium(server, tmp_path):
         *get(server, "/data/plugin/images/tags")["."],
     ]
     cards = Counter(tag.split("/")[0] for tag in tags)  # one card per tag, grouped by prefix
-    assert set(re.findall(r'class="group-title" title="([^"]*)"', dom)) == set(cards), text[:2000]
+    groups = re.findall(r'class="group-title" title="([^"]*)"', dom)
+    assert set(groups) == set(cards) and groups[:2] == ["train", "val"], (groups, text[:2000])
     for group, n in cards.items():
         assert n == 1 or f"{group} {n} cards" in text, (group, n, text[:2000])
     shown = set(re.findall(r'<tb-truncated-path[^>]*title="([^"]*)"', dom))  # the drawn cards
-    assert {"hp/test_acc", "hp/val_acc_best"} <= shown <= set(tags), shown
+    assert {"train/loss", "train/acc", "val/acc", "val/loss"} <= shown, shown
+    assert all(tag.split("/")[0] in ("train", "val") for tag in shown), shown
 
-    shot = tmp_path / "scalars.png"
-    subprocess.run([*chromium, f"--screenshot={shot}", page], capture_output=True, timeout=120)
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
-    assert pixels.shape == (900, 1400) and pixels.std() > 10  # not a blank page
-    print(f"screenshot: {shot}")
+    for name in ("timeseries", "images"):
+        shot = tmp_path / f"{name}.png"
+        subprocess.run([*chromium, f"--screenshot={shot}", f"{server}/#{name}"],
+                       capture_output=True, timeout=120)  # fmt: skip
+        pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+        assert pixels.shape == (1080, 1920) and pixels.std() > 10  # not a blank page
+        print(f"screenshot: {shot}")
+
+
+def test_a_two_experiment_sweep_is_told_apart_in_the_hparams_tab(synthetic_mnist, tmp_path):
+    """`experiment=reference,two_conv`: TensorBoard's HParams tab (through its HTTP API) has an
+    experiment column holding each job's experiment, beside the swept keys and the metrics."""
+    from test_sweeps import sweep
+
+    proc = sweep(synthetic_mnist, tmp_path, "experiment=reference,two_conv", "seed=7")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with serving(tmp_path / "sweep") as url:
+        experiment = post(url, "/data/plugin/hparams/experiment", {"experimentName": ""})
+        columns = {h["name"] for h in experiment["hparamInfos"]}
+        assert {"experiment", "seed", "lr", "net", "channels"} <= columns, columns
+        statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+        request = {"experimentName": "", "allowedStatuses": statuses, "colParams": [],
+                   "startIndex": 0, "sliceSize": 100}  # fmt: skip
+        groups = post(url, "/data/plugin/hparams/session_groups", request)["sessionGroups"]
+    rows = {g["sessions"][0]["name"]: g for g in groups}
+    assert sorted(rows) == ["0", "1"], rows.keys()
+    assert {name: g["hparams"]["experiment"] for name, g in rows.items()} == {
+        "0": "reference", "1": "two_conv"}  # fmt: skip
+    assert rows["1"]["hparams"]["channels"] == "[16, 32]"  # what the experiment changed
+    for name, group in rows.items():
+        results = json.loads((tmp_path / "sweep" / name / "results.json").read_text())["metrics"]
+        shown = {v["name"]["tag"]: v["value"] for v in group["metricValues"]}
+        assert np.float32(shown["~test/acc"]) == np.float32(results["test/acc"])

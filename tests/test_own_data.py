@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnistlab import UserError, export, predict
 from mnistlab import eval as evaluation
-from mnistlab.dashboard import confusion_image
+from mnistlab.dashboard import CELL, FONT_PX, confusion_image
 
 N_TEST = 5 * 16
 SIZE = 24  # neither MNIST's 28 nor the config's default 32
@@ -108,14 +108,15 @@ def test_the_dashboard_draws_colour_images_and_a_5_by_5_matrix(run):
     events = EventAccumulator(str(run), size_guidance={"images": 0, "tensors": 0}).Reload()
     (grid,) = events.Images("val/predictions")[-1:]
     picture = Image.open(__import__("io").BytesIO(grid.encoded_image_string))
-    assert picture.mode == "RGB" and picture.size == (8 * 84, 3 * (84 + 14))  # 20 val images
+    # The default sample of 16 of the 20 val images, 4 a row, each with a caption line below.
+    assert picture.mode == "RGB" and picture.size == (4 * CELL, 4 * (CELL + FONT_PX + 5))
     pixels = np.asarray(picture)
     assert (np.abs(pixels[..., 0].astype(int) - pixels[..., 2]) > 30).any()  # in colour
-    (matrix,) = events.Images("test/confusion_matrix")[-1:]
+    (matrix,) = events.Images("~test/confusion_matrix")[-1:]
     drawn = Image.open(__import__("io").BytesIO(matrix.encoded_image_string))
     expected = confusion_image(torch.zeros(5, 5, dtype=torch.long), sorted(SHAPES))
     assert drawn.size == (expected.shape[1], expected.shape[0])
-    (table,) = events.Tensors("test/confusion_matrix/text_summary")[-1:]
+    (table,) = events.Tensors("~test/confusion_matrix/text_summary")[-1:]
     lines = table.tensor_proto.string_val[0].decode().splitlines()
     assert lines[0].strip("| ").split(" | ")[1:] == sorted(SHAPES)
     counts = [[int(v) for v in line.strip("| ").split(" | ")[1:]] for line in lines[2:]]

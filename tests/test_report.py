@@ -3,7 +3,10 @@ statistics, what is left out, and its one-line refusals. The slow tier runs it o
 
 import csv
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 from test_sweeps import student_t_975
 
@@ -70,3 +73,130 @@ def test_a_wrong_report_command_is_one_line(args, message, capsys, tmp_path, mon
     assert report.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def written_run(folder, overrides, acc, curve=()):
+    """A finished run as train writes one: its config (composed from `overrides`, unresolved, as
+    Hydra saves it), overrides, results and, when `curve` is given, val/acc events."""
+    from conftest import compose_train
+    from omegaconf import OmegaConf
+
+    fake_run(folder, overrides, acc)
+    (folder / ".hydra").mkdir()
+    OmegaConf.save(compose_train(overrides), folder / ".hydra" / "config.yaml")
+    if curve:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(folder)) as writer:
+            for epoch, value in enumerate(curve):
+                writer.add_scalar("val/acc", value, (epoch + 1) * 10)
+
+
+def test_compare_lists_exactly_the_keys_that_differ(tmp_path, capsys):
+    from mnistlab import compare
+
+    written_run(tmp_path / "a", [], 0.90)
+    written_run(tmp_path / "b", ["model.optimizer.lr=3e-4", "data.batch_size=128"], 0.93)
+    assert compare.main([f"runs=[{tmp_path / 'a'},{tmp_path / 'b'}]"]) == 0
+    printed = capsys.readouterr().out
+    configs = [compare.flat_config(tmp_path / r) for r in "ab"]
+    assert compare.differing(configs, ignore=[]) == ["data.batch_size", "model.optimizer.lr"]
+    assert "| data.batch_size | 64 | 128 |" in printed
+    assert "| model.optimizer.lr | 0.001 | 0.0003 |" in printed
+    assert "| test/acc | 0.9000 | 0.9300, Δ +0.0300 |" in printed
+
+
+def test_welch_p_values_match_an_integral_of_the_t_density():
+    """Welch's t and degrees of freedom by hand, the p-value by mpmath's quadrature of Student's
+    density (not by the incomplete beta function our code uses)."""
+    import mpmath
+
+    from mnistlab import compare
+
+    a, b = [0.981, 0.983, 0.979, 0.984], [0.986, 0.990, 0.985]
+    t, df, p = compare.welch(a, b)
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    assert t == pytest.approx((np.mean(b) - np.mean(a)) / np.sqrt(va + vb), abs=1e-12)
+    assert df == pytest.approx((va + vb) ** 2 / (va**2 / 3 + vb**2 / 2), abs=1e-9)
+
+    def density(x):
+        return (
+            mpmath.gamma((df + 1) / 2)
+            / (mpmath.sqrt(df * mpmath.pi) * mpmath.gamma(df / 2))
+            * (1 + x * x / df) ** (-(df + 1) / 2)
+        )
+
+    assert p == pytest.approx(float(2 * mpmath.quad(density, [abs(t), mpmath.inf])), abs=1e-12)
+    assert compare.welch([0.9], b) is None  # one run: no test
+
+
+def test_sweep_groups_compared_with_welch_and_named_runs_labelled(tmp_path, capsys):
+    from mnistlab import compare
+
+    sweep = tmp_path / "sweep"
+    for n, (lr, seed, acc) in enumerate([("1e-3", 1, 0.90), ("1e-3", 2, 0.92), ("1e-3", 3, 0.91),
+                                         ("3e-4", 1, 0.95), ("3e-4", 2, 0.96)]):  # fmt: skip
+        written_run(sweep / str(n), [f"model.optimizer.lr={lr}", f"seed={seed}",
+                                     f"name={'fast' if lr == '1e-3' else 'slow'}"], acc)  # fmt: skip
+    assert compare.main([f"sweep={sweep}", "baseline=fast"]) == 0
+    printed = capsys.readouterr().out
+    p = compare.welch([0.90, 0.92, 0.91], [0.95, 0.96])[2]
+    assert "| metric | fast | slow |" in printed  # the names, not the overrides
+    assert (
+        f"0.9550 ± {report.describe([0.95, 0.96])['ci95']:.4f} (n=2), Δ +0.0450, p={p:.3g}"
+        in printed
+    )
+    assert "| model.optimizer.lr | 0.001 | 0.0003 |" in printed and "| seed |" not in printed
+    assert (sweep / "compare.md").read_text() == printed
+
+
+def test_the_figure_has_one_mean_curve_and_band_per_group(tmp_path):
+    """Two groups of runs with val/acc events: the PNG holds the first two colours of
+    matplotlib's cycle as lines and as their pale bands, and no third."""
+    from PIL import Image
+
+    from mnistlab.figures import curves
+
+    sweep = tmp_path / "sweep"
+    shifts = [("1e-3", 0.0), ("1e-3", 0.03), ("1e-3", 0.015), ("3e-4", -0.3), ("3e-4", -0.27),
+              ("3e-4", -0.33)]  # fmt: skip
+    for n, (lr, shift) in enumerate(shifts):
+        written_run(sweep / str(n), [f"model.optimizer.lr={lr}", f"seed={n}"], 0.9,
+                    curve=[0.6 + shift, 0.75 + shift, 0.85 + shift, 0.9 + shift])  # fmt: skip
+    groups = report.group([report.read_run(sweep / str(n)) for n in range(6)], ["seed"], [])
+    written = curves(groups, tmp_path, metrics=["val/acc"])
+    assert sorted(p.name for p in written) == ["curve_val_acc.pdf", "curve_val_acc.png",
+                                               "curve_val_acc.svg"]  # fmt: skip
+    image = Image.open(tmp_path / "curve_val_acc.png")
+    assert image.format == "PNG"
+    pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+
+    def count(rgb, tolerance=6):
+        return int((np.abs(pixels - rgb).max(1) <= tolerance).sum())
+
+    cycle = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]  # matplotlib's C0, C1, C2
+    band = [tuple(round(255 - 0.2 * (255 - c)) for c in rgb) for rgb in cycle]  # alpha 0.2 on white
+    assert count(cycle[0]) > 300 and count(cycle[1]) > 300, "a curve per group"
+    assert count(band[0]) > 2000 and count(band[1]) > 2000, "a band per group"
+    assert count(cycle[2]) == 0 and count(band[2]) == 0, "no third group"
+
+
+@pytest.mark.slow
+def test_two_named_runs_compared_through_the_command_line(synthetic_mnist, tmp_path):
+    """Two real runs, `name=` given, the second with another lr and batch size: the folders end
+    in their names, and `compare` lists exactly those two keys, the runs titled by name."""
+    from runner import base_args, run_cli
+
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2"]
+    for extra in (["name=base"], ["name=wide", "model.optimizer.lr=3e-4", "data.batch_size=32"]):
+        proc = run_cli(*base_args(synthetic_mnist, tmp_path, *tiny, *extra), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((tmp_path / "train" / "runs").iterdir())
+    assert [r.name.rsplit("_", 1)[1] for r in runs] == ["base", "wide"], runs
+    proc = subprocess.run([sys.executable, "-m", "mnistlab.compare", f"runs=[{runs[0]},{runs[1]}]"],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("## Config keys that differ")[1].split("## Metrics")[0]
+    keys = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert keys == ["key", "data.batch_size", "model.optimizer.lr"], proc.stdout
+    assert f"| key | base ({runs[0].name}) | wide ({runs[1].name}) |" in proc.stdout

@@ -42,8 +42,10 @@ def test_grid_2x2_one_complete_folder_per_job_and_a_summary(synthetic_mnist, tmp
         folder = tmp_path / "sweep" / str(job)
         assert (folder / "checkpoints" / "last.ckpt").is_file()
         assert (folder / "results.json").is_file() and (folder / ".hydra/config.yaml").is_file()
-        tags = EventAccumulator(str(folder)).Reload().Tags()["scalars"]
-        assert {"hp/test_acc", "hp/val_acc_best"} <= set(tags)  # the HParams tab compares jobs
+        events = EventAccumulator(str(folder)).Reload()
+        assert {"~test/acc", "val/acc_best"} <= set(events.Tags()["scalars"])
+        hparams = events.summary_metadata  # the HParams tab's record of the job: its columns
+        assert any(m.plugin_data.plugin_name == "hparams" for m in hparams.values()), hparams
     assert "| job | status | objective |" in proc.stdout
     assert "4 completed" in (tmp_path / "sweep" / "summary.md").read_text()
 
@@ -239,3 +241,22 @@ def test_a_report_over_seeds_agrees_with_numpy_and_leaves_out_a_failed_run(synth
         and "| model.optimizer.lr=0.002 | 2 | 1 |" in summary_md
     )
     assert (tmp_path / "sweep" / "report.tex").read_text().startswith(r"\begin{tabular}")
+    # The figures: a valid PNG (its pixels are checked in test_report) and its SVG and PDF.
+    from PIL import Image
+
+    for metric in ("val_acc", "val_loss"):
+        assert Image.open(tmp_path / "sweep" / f"curve_{metric}.png").format == "PNG"
+        assert (tmp_path / "sweep" / f"curve_{metric}.pdf").read_bytes().startswith(b"%PDF")
+    # Compared: lr is the one differing key; Welch's p of the two groups as compare.welch gives.
+    from mnistlab import compare
+
+    assert compare.main([f"sweep={tmp_path / 'sweep'}"]) == 0
+    printed = capsys.readouterr().out
+    assert "| model.optimizer.lr | 0.001 | 0.002 |" in printed and "| seed |" not in printed
+    accs = {lr: [json.loads((f / "results.json").read_text())["metrics"]["test/acc"]
+                 for f in sorted((tmp_path / "sweep").iterdir())
+                 if (f / "results.json").is_file()
+                 and f"model.optimizer.lr={lr}" in json.loads((f / "job.json").read_text())["overrides"]]
+            for lr in ("0.001", "0.002")}  # fmt: skip
+    p = compare.welch(accs["0.001"], accs["0.002"])[2]
+    assert f"p={p:.3g}" in printed.split("| test/acc |")[1].splitlines()[0]

@@ -3,12 +3,14 @@
 from pathlib import Path
 
 import torch
+from conftest import compose_train
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf, open_dict
 from runner import cli_args, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnistlab.config import ROOT
+from mnistlab.dashboard import tensorboard_tag
 from mnistlab.nets import ConvNet
 from mnistlab.train import train
 
@@ -68,7 +70,8 @@ def test_command_line_run_leaves_a_complete_run_folder(synthetic_mnist, tmp_path
     events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert tags >= SCALARS | {"hp/test_acc", "hp/val_acc_best"}, tags
+    assert tags >= {tensorboard_tag(t) for t in SCALARS}, tags
+    assert "epoch" not in tags and not any(t.startswith("hp/") for t in tags)  # no one-point charts
     assert len(events.Scalars("val/acc")) == 2 and len(events.Scalars("train/loss")) == 6
     assert "hp_metric" not in tags
     assert not (tmp_path / "lightning_logs").exists() and not (ROOT / "lightning_logs").exists()
@@ -120,7 +123,7 @@ def test_optional_histograms_and_graph_are_written(tiny_cfg, tmp_path):
     train(tiny_cfg("callbacks.dashboard.histograms=true", "callbacks.dashboard.graph=true"))
     events = EventAccumulator(str(tmp_path / "run"), size_guidance={"histograms": 0}).Reload()
     histograms = set(events.Tags()["histograms"])
-    assert {"weights/layers.0.weight", "grads/layers.0.weight"} <= histograms
+    assert {"~weights/layers.0.weight", "~grads/layers.0.weight"} <= histograms
     assert events.Tags()["graph"]
 
 
@@ -223,3 +226,30 @@ def test_the_run_module_reads_alone():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_hparams_columns_are_the_experiment_and_every_key_set_on_the_command_line():
+    from mnistlab.dashboard import hparams
+
+    overrides = ["experiment=two_conv", "model.optimizer.lr=3e-4", "paths.log_dir=/x", "name=w",
+                 "hydra.job.chdir=false", "+trainer.limit_train_batches=3"]  # fmt: skip
+    cfg = compose_train(overrides)
+    columns = hparams(cfg, {"experiment": "two_conv", "data": "mnist"}, overrides)
+    assert {k: columns[k] for k in ("experiment", "name", "model.optimizer.lr",
+                                    "trainer.limit_train_batches")} == {
+        "experiment": "two_conv", "name": "w", "model.optimizer.lr": 3e-4,
+        "trainer.limit_train_batches": 3}  # fmt: skip
+    assert not any(k.startswith(("paths.", "hydra.")) for k in columns), columns
+    assert columns["channels"] == [16, 32] and columns["lr"] == 3e-4  # log_hparams, resolved
+    assert hparams(compose_train())["experiment"] == "none"
+
+
+def test_tensorboard_opens_on_the_curves():
+    from mnistlab.dashboard import tensorboard_tag
+
+    shown = [tensorboard_tag(t) for t in ("train/loss", "val/acc", "test/acc", "lr-Adam",
+                                          "perf/epoch_time_s", "grads/w")]  # fmt: skip
+    assert shown == ["train/loss", "val/acc", "~test/acc", "~lr-Adam", "~perf/epoch_time_s",
+                     "~grads/w"]  # fmt: skip
+    groups = sorted({t.split("/")[0] for t in shown})  # TensorBoard's order of groups
+    assert groups[:2] == ["train", "val"]

@@ -185,6 +185,12 @@ def _variants(overrides: list[str]) -> list[list[str]]:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
         raise UserError(_first_line(e)) from None
+    for o in parsed:
+        if o.is_sweep_override() and o.get_key_element() == "name":
+            raise UserError(
+                f"{o.input_line}: a sweep has one name, the suffix of its folder; its jobs are"
+                " told apart by their swept keys"
+            )
     values = [_sweep_values(o) if o.is_sweep_override() else [o.input_line] for o in parsed]
     base = [v[0] for v in values]
     variants = [base]

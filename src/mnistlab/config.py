@@ -1,6 +1,7 @@
 """Where the project lives, and the small helpers that turn Hydra configs into plain data."""
 
 import os
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,13 +21,23 @@ def project_path(path: str | Path) -> Path:
 
 
 def register_resolvers() -> None:
-    """`${project_root:}`, `${slurm_gpus:accelerator,devices}`, `${class_folders:root}` and
-    `${len:list}` in configs; idempotent, so tests and entry points may call it freely."""
+    """`${project_root:}`, `${slurm_gpus:accelerator,devices}`, `${class_folders:root}`,
+    `${len:list}` and `${label:name}` in configs; idempotent, so tests and entry points may call
+    it freely."""
     resolvers = {"project_root": lambda: str(ROOT), "slurm_gpus": slurm_gpus,
-                 "class_folders": lambda root: dataset_classes(project_path(root)), "len": len}  # fmt: skip
+                 "class_folders": lambda root: dataset_classes(project_path(root)), "len": len,
+                 "label": folder_label}  # fmt: skip
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+def folder_label(name) -> str:
+    """`name=` as a run folder's suffix: "" when unset, else "_<name>" with anything but letters,
+    digits and `.-+=,` made a `-` (no slash can make a folder elsewhere)."""
+    if name is None or str(name) == "":
+        return ""
+    return "_" + re.sub(r"[^\w.+=,-]", "-", str(name))
 
 
 _checked_folders: dict[tuple, list[str]] = {}

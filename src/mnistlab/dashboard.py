@@ -8,27 +8,97 @@
   `test/most_confident_errors` (kept while testing from the test step's logits) when testing ends;
 - `run/config` (the composed config as YAML) and `run/git` (the commit of the code);
 - optional: weight and gradient histograms (`histograms`), the model graph (`graph`).
-Pictures are drawn with PIL: no plotting library needed.
+Pictures are drawn with PIL. `TensorBoard` is the logger, arranged so that TensorBoard's first
+screen shows the curves (see `tensorboard_tag`), and `hparams` the HParams tab's columns.
 """
 
 import subprocess
 import time
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from PIL import Image, ImageDraw
+from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image, ImageDraw, ImageFont
 
 from mnistlab.config import ROOT
 
 CELL = 84  # pixels per image in a labelled grid: the image scaled to fit, a caption below
+COLUMNS = 4  # a grid 4 x 84 px wide is drawn at its own size in TensorBoard's image card
 ERRORS_SHOWN = 16  # the most confident test errors drawn
+FONT_PX = 13  # captions and labels, legible at the browser's default zoom
+CURVES = ("train", "val")  # the tag groups TensorBoard opens first
+
+
+def tensorboard_tag(name: str) -> str:
+    """Where a logged value goes in TensorBoard. Its Time Series page groups the charts by the
+    text before the first `/`, sorts the groups by name and opens only the first two, collapsing
+    the rest. Those two are the curves, `train` and `val`; every other group (`test`, one point
+    each, `perf`, the learning rate, your own) gets a leading `~`, which sorts after them."""
+    return name if name.partition("/")[0] in CURVES else f"~{name}"
+
+
+class TensorBoard(TensorBoardLogger):
+    """Lightning's TensorBoard logger with the charts named by `tensorboard_tag`, no `epoch`
+    staircase (Lightning adds one to every log call; the step is the x axis), and an HParams
+    record that points at the metrics the run logged instead of copying each into a one-point
+    chart. Arguments as TensorBoardLogger's."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        shown = {tensorboard_tag(k): v for k, v in metrics.items() if k != "epoch"}
+        if shown:
+            super().log_metrics(shown, step)
+
+    @rank_zero_only
+    def log_hyperparams(self, params, metrics: dict[str, float] | None = None, step=None) -> None:
+        super().log_hyperparams(params, None, step)  # hparams.yaml
+        if not metrics:
+            return
+        # The HParams tab shows each metric as the last value of the chart its tag names: the
+        # run logged those charts already (val/acc_best's last value is the best one).
+        from torch.utils.tensorboard.summary import hparams as summaries
+
+        plain = {
+            k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in params.items()
+        }
+        # Private API, checked against torch 2.14.1: the open event file (None after close()), as
+        # Lightning's own log_hyperparams reaches it.
+        writer = self.experiment._get_file_writer()
+        for summary in summaries(plain, {tensorboard_tag(k): v for k, v in metrics.items()}):
+            writer.add_summary(summary, step)
+        writer.flush()
+
+
+def hparams(cfg, choices: dict | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+    """The HParams tab's columns: the experiment and `name`, every key set on the command line
+    (so a sweep's varied keys are all there; `paths.*` and `hydra.*` aside), then `log_hparams`.
+    `choices` and `overrides`: Hydra's config group choices and the run's overrides."""
+    from omegaconf import OmegaConf
+
+    from mnistlab.config import to_plain
+
+    choices = choices or {}
+    columns = {"experiment": choices.get("experiment") or "none"}
+    if cfg.get("name"):
+        columns["name"] = cfg.name
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in ("name", "resume") or key.startswith(("hydra", "paths.")):
+            continue  # a label, or where the run is rather than what it is
+        if key in choices:  # a config group: model/net=two_conv
+            columns[key] = choices[key]
+            continue
+        found = OmegaConf.select(cfg, key, default=value, throw_on_missing=False)
+        columns[key] = found if isinstance(found, int | float | str | bool) else str(found)
+    return {**columns, **to_plain(cfg.log_hparams)}
 
 
 class Dashboard(Callback):
-    def __init__(self, sample_size: int = 32, histograms: bool = False, graph: bool = False):
+    def __init__(self, sample_size: int = 16, histograms: bool = False, graph: bool = False):
         self.sample_size, self.histograms, self.graph = sample_size, histograms, graph
         self._epoch_start, self._images, self._last_batch = 0.0, 0, False
         self._errors: list[tuple[float, torch.Tensor, str]] = []  # (confidence, pixels, caption)
@@ -72,7 +142,7 @@ class Dashboard(Callback):
         writer = self._writer(trainer)
         if self.histograms and writer is not None:
             for name, p in pl_module.net.named_parameters():
-                writer.add_histogram(f"weights/{name}", p, trainer.global_step)
+                writer.add_histogram(tensorboard_tag(f"weights/{name}"), p, trainer.global_step)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         """The gradients of the epoch's last step (they are cleared after each step)."""
@@ -82,7 +152,9 @@ class Dashboard(Callback):
         if self._last_batch:
             for name, p in pl_module.net.named_parameters():
                 if p.grad is not None:
-                    writer.add_histogram(f"grads/{name}", p.grad, trainer.global_step)
+                    writer.add_histogram(
+                        tensorboard_tag(f"grads/{name}"), p.grad, trainer.global_step
+                    )
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         writer = self._writer(trainer)
@@ -102,7 +174,9 @@ class Dashboard(Callback):
             f"{names[p]} ({names[t]})" for p, t in zip(predicted, labels.cpu(), strict=True)
         ]
         grid = labelled_grid(images, captions, wrong=(predicted != labels.cpu()).tolist())
-        writer.add_image("val/predictions", grid, trainer.global_step, dataformats="HWC")
+        writer.add_image(
+            tensorboard_tag("val/predictions"), grid, trainer.global_step, dataformats="HWC"
+        )
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         """Keep the most confident errors so far, from the logits the test step returned."""
@@ -140,11 +214,10 @@ class Dashboard(Callback):
         if not trainer.is_global_zero:
             return
         classes = list(trainer.datamodule.spec.classes)
-        writer.add_image("test/confusion_matrix", confusion_image(matrix, classes),
+        writer.add_image(tensorboard_tag("test/confusion_matrix"), confusion_image(matrix, classes),
                          trainer.global_step, dataformats="HWC")  # fmt: skip
-        writer.add_text(
-            "test/confusion_matrix", confusion_table(matrix, classes), trainer.global_step
-        )
+        writer.add_text(tensorboard_tag("test/confusion_matrix"), confusion_table(matrix, classes),
+                        trainer.global_step)  # fmt: skip
         shape = trainer.datamodule.spec.shape
         pixels = (
             torch.stack([e[1] for e in errors])
@@ -152,7 +225,12 @@ class Dashboard(Callback):
             else torch.zeros(0, *shape, dtype=torch.uint8)
         )
         grid = labelled_grid(pixels, [e[2] for e in errors], wrong=[True] * len(errors))
-        writer.add_image("test/most_confident_errors", grid, trainer.global_step, dataformats="HWC")
+        writer.add_image(
+            tensorboard_tag("test/most_confident_errors"),
+            grid,
+            trainer.global_step,
+            dataformats="HWC",
+        )
         writer.flush()
 
 
@@ -164,24 +242,33 @@ def _draws(datamodule) -> bool:
     return isinstance(datamodule, ImageDataModule)
 
 
+def _font(size: int = FONT_PX) -> ImageFont.FreeTypeFont:
+    """Pillow's own scalable font: no system font needed."""
+    return ImageFont.load_default(size=size)
+
+
 def labelled_grid(
-    images: torch.Tensor, captions: list[str], wrong: list[bool], columns: int = 8
+    images: torch.Tensor, captions: list[str], wrong: list[bool], columns: int = COLUMNS
 ) -> np.ndarray:
     """uint8 images (N, C, H, W), grayscale or RGB, in a grid, each with a caption (red when
-    wrong): (H, W, 3)."""
+    wrong): (H, W, 3). Narrow enough that TensorBoard shows it unscaled, captions legible."""
+    font, line = _font(), FONT_PX + 5
     rows = max(1, (len(images) + columns - 1) // columns)
-    canvas = Image.new("RGB", (columns * CELL, rows * (CELL + 14)), "white")
+    canvas = Image.new("RGB", (columns * CELL, rows * (CELL + line)), "white")
     draw = ImageDraw.Draw(canvas)
     if not len(images):
-        draw.text((8, 8), "none", fill="black")
+        draw.text((8, 8), "none", fill="black", font=font)
     for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
-        left, top = (i % columns) * CELL, (i // columns) * (CELL + 14)
+        left, top = (i % columns) * CELL, (i // columns) * (CELL + line)
         pixels = image.cpu().numpy()
         picture = Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0))
         scale = (CELL - 8) / max(picture.size)
         picture = picture.resize((round(picture.width * scale), round(picture.height * scale)))
         canvas.paste(picture.convert("RGB"), (left + 4, top + 4))
-        draw.text((left + 4, top + CELL - 2), caption[:14], fill="red" if wrong[i] else "black")
+        while len(caption) > 3 and draw.textlength(caption, font=font) > CELL - 4:
+            caption = caption[:-2] + "…"  # cut to the cell, visibly
+        draw.text((left + 2, top + CELL - 2), caption, fill="red" if wrong[i] else "black",
+                  font=font)  # fmt: skip
     return np.asarray(canvas)
 
 
@@ -189,23 +276,31 @@ def confusion_image(matrix: torch.Tensor, classes: list[str]) -> np.ndarray:
     """A confusion matrix (true rows, predicted columns) as shaded cells with counts and the
     class names on both axes (columns numbered, names listed by row): (H, W, 3)."""
     n = len(matrix)
-    cell = 36 if n <= 20 else max(6, 720 // n)  # a hundred classes still fit on a screen
-    names = [f"{i} {c}"[:16] for i, c in enumerate(classes)]
-    margin, top = 8 + 6 * max(len(s) for s in names), 24
+    cell = 34 if n <= 20 else max(6, 720 // n)  # a hundred classes still fit on a screen
+    font = _font(FONT_PX if cell >= 30 else 10)
+    names = [(c if c == str(i) else f"{i} {c}")[:16] for i, c in enumerate(classes)]
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    margin = 10 + max(round(draw.textlength(s, font=font)) for s in names)
+    top = FONT_PX + 10
     canvas = Image.new("RGB", (margin + n * cell, top + n * cell), "white")
     draw = ImageDraw.Draw(canvas)
     share = matrix.float() / matrix.sum(1, keepdim=True).clamp(min=1)
     for t in range(n):
         if cell >= 12:
-            draw.text((4, top + t * cell + cell // 2 - 6), names[t], fill="black")
-            draw.text((margin + t * cell + 4, 6), str(t), fill="black")
+            draw.text((4, top + t * cell + cell // 2), names[t], fill="black", font=font,
+                      anchor="lm")  # fmt: skip
+            draw.text((margin + t * cell + cell // 2, top // 2), str(t), fill="black", font=font,
+                      anchor="mm")  # fmt: skip
         for p in range(n):
             shade = int(255 - 200 * share[t, p].item())
             box = (margin + p * cell, top + t * cell,
                    margin + (p + 1) * cell - 1, top + (t + 1) * cell - 1)  # fmt: skip
             draw.rectangle(box, fill=(shade, shade, 255) if t == p else (255, shade, shade))
             if cell >= 30:
-                draw.text((box[0] + 4, box[1] + 12), str(int(matrix[t, p])), fill="black")
+                count = int(matrix[t, p])
+                small = _font(FONT_PX if count < 1000 else 10)
+                draw.text(((box[0] + box[2]) // 2, (box[1] + box[3]) // 2), str(count),
+                          fill="black", font=small, anchor="mm")  # fmt: skip
     return np.asarray(canvas)
 
 

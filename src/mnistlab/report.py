@@ -27,11 +27,12 @@ log = logging.getLogger("mnistlab.report")
 
 USAGE = """usage: python -m mnistlab.report (sweep=FOLDER | runs=[A,B,...] | logdir=FOLDER)
                                 [metrics=[test/acc,...]] [ignore=[seed,...]] [group_by=[KEY,...]]
-                                [out=FOLDER]
+                                [out=FOLDER] [figures=false]
 
 Groups runs by their overrides without the seed, and prints n, mean, std, 95% CI (Student t),
 min and max of each metric per group, best group first; writes report.md, report.csv and
-report.tex (booktabs) into the sweep folder, or `out`."""
+report.tex (booktabs) into the sweep folder, or `out`, with the groups' mean validation curves
+and their 95% bands (curve_val_acc.png, .svg, .pdf; curve_val_loss...)."""
 
 METRICS = ["test/acc", "val/acc_best", "test/loss", "wall_s"]
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from mnistlab.rebuild import parse_args
 
     own = {"sweep": None, "runs": None, "logdir": None, "metrics": None, "ignore": "[seed]",
-           "group_by": None, "out": None}  # fmt: skip
+           "group_by": None, "out": None, "figures": "true"}  # fmt: skip
     try:
         args, rest = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
         if rest:
@@ -55,10 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         (out / "report.md").write_text(text)
         write_csv(table, metrics, out / "report.csv")
         (out / "report.tex").write_text(latex(table, metrics))
+        drawn = []
+        if args["figures"] not in ("false", "False", "0", "no"):
+            from mnistlab.figures import curves
+
+            drawn = curves(groups, out)
     except UserError as e:
         return refuse("mnistlab-report", e)
     print(text, end="")
     log.info("Report: %s (and report.csv, report.tex)", out / "report.md")
+    for path in drawn:
+        if path.suffix == ".png":
+            log.info("Figure: %s (and .svg, .pdf)", path)
     return 0
 
 
@@ -148,9 +157,25 @@ def group(runs: list[dict], ignore: list[str], by: list[str]) -> dict[str, list[
     common = set.intersection(*(set(kept(r)) for r in runs)) if runs else set()
     groups: dict[str, list[dict]] = {}
     for run in runs:
-        label = " ".join(o for o in kept(run) if o not in common) or "(all runs)"
+        label = " ".join(o for o in kept(run) if o not in common)
         groups.setdefault(label, []).append(run)
-    return groups
+    empty = "(all runs)" if len(groups) == 1 else "(defaults)"  # runs with no override of their own
+    groups = {label or empty: runs for label, runs in groups.items()}
+    return _named(groups)
+
+
+def _named(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """A group whose runs share a `name=` is labelled by it, when no other group has it."""
+
+    def names(runs):
+        return {([o.partition("=")[2] for o in r["overrides"] if _key(o) == "name"] or [None])[-1]
+                for r in runs}  # fmt: skip
+
+    shared = {label: n.pop() if len(n := names(runs)) == 1 else None
+              for label, runs in groups.items()}  # fmt: skip
+    taken = list(shared.values())
+    return {(name if name is not None and taken.count(name) == 1 else label): runs
+            for (label, runs), name in zip(groups.items(), shared.values(), strict=True)}  # fmt: skip
 
 
 def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> list[dict]:

@@ -42,7 +42,7 @@ Mode = Literal["min", "max"]
 # fmt: off
 PATHS = {"root_dir": str, "data_dir": str, "log_dir": str, "output_dir": str}
 TOP = {  # conf/train.yaml, composed; `resume` is checked by mnistlab.cli
-    "task_name": str, "seed": int, "ckpt_path": str | None, "optimized_metric": str,
+    "task_name": str, "name": str | None, "seed": int, "ckpt_path": str | None, "optimized_metric": str,
     "report_metrics": list[str], "resume": str, "log_hparams": dict[str, Any], "paths": PATHS,
     "float32_matmul_precision": Literal["highest", "high", "medium"] | None,
     "data": Node, "model": Node, "trainer": Node,

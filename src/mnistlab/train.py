@@ -59,7 +59,7 @@ def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
         )
         skip_empty_hooks(trainer.callbacks)  # Lightning's defaults included
         _explain_batch(cfg, trainer)
-        hparams = to_plain(cfg.log_hparams)
+        hparams = _hparams(cfg)
         for logger in loggers:
             logger.log_hyperparams(hparams)  # into hparams.yaml now, so a crashed run has them too
 
@@ -95,6 +95,19 @@ def _explain_batch(cfg: DictConfig, trainer) -> None:
         )  # fmt: skip
 
 
+def _hparams(cfg: DictConfig) -> dict:
+    """The HParams tab's columns (`dashboard.hparams`), with Hydra's choices and overrides when
+    Hydra runs this (`train(cfg)` from Python: `log_hparams` and the experiment, if set)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from mnistlab.dashboard import hparams
+
+    if not HydraConfig.initialized():
+        return hparams(cfg)
+    hc = HydraConfig.get()
+    return hparams(cfg, dict(hc.runtime.choices), list(hc.overrides.task))
+
+
 def _loggers(cfg: DictConfig, resumed_step: int | None) -> list:
     """The configured loggers; when resuming, TensorBoard hides what the old run logged after
     the checkpoint (its `purge_step`), so the curves continue without a doubled stretch."""
@@ -103,10 +116,17 @@ def _loggers(cfg: DictConfig, resumed_step: int | None) -> list:
         if not node:
             continue
         extra = {}
-        if resumed_step is not None and node._target_.endswith("TensorBoardLogger"):
+        if resumed_step is not None and _is_tensorboard(node._target_):
             extra["purge_step"] = resumed_step
         loggers.append(build(cfg, f"logger.{name}", **extra))
     return loggers
+
+
+def _is_tensorboard(target: str) -> bool:
+    from hydra.utils import get_class
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return issubclass(get_class(target), TensorBoardLogger)
 
 
 def _results(cfg: DictConfig, trainer, metrics: dict[str, float], best: str) -> dict:
@@ -122,15 +142,12 @@ def _results(cfg: DictConfig, trainer, metrics: dict[str, float], best: str) -> 
 
 def _log_results(trainer, hparams: dict, metrics: dict[str, float]) -> None:
     """Fill TensorBoard's HParams tab with real results (not Lightning's `hp_metric` placeholder):
-    `report_metrics` as hp/<name>."""
+    the `report_metrics` the run logged, against its hyperparameters."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    results = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(hparams, results)
-        else:
-            logger.log_metrics(results, step=trainer.global_step)
+            logger.log_hyperparams(hparams, metrics)
         logger.finalize("success")
 
 

@@ -1,0 +1,199 @@
+"""Runs side by side: the config keys that differ, the metrics with their difference, and for
+groups of several seeds Welch's t-test against a baseline group.
+
+    python -m mnistlab.compare runs=[run_a,run_b]          (make compare RUNS="a b")
+    python -m mnistlab.compare sweep=<multirun folder> baseline="model.optimizer.lr=0.001"
+
+Runs are grouped as `make report` groups them (their overrides without the seed). Each group's
+config is its first run's `.hydra/config.yaml`, as written (interpolations unresolved, so a path
+or timestamp that follows another key does not show as a difference of its own). With one run
+per group the metrics are shown run by run with their difference from the baseline (the first
+run, or `baseline=`); with groups of two or more, mean ± 95% CI and Welch's two-sided p-value.
+Light on purpose: no torch, no Lightning.
+"""
+
+import logging
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from mnistlab import UserError, refuse
+from mnistlab.report import METRICS, _list, _runs, describe, group, t_cdf
+
+log = logging.getLogger("mnistlab.compare")
+
+USAGE = """usage: python -m mnistlab.compare (runs=[A,B,...] | sweep=FOLDER | logdir=FOLDER)
+                                 [baseline=GROUP] [metrics=[test/acc,...]] [ignore=[seed,...]]
+                                 [group_by=[KEY,...]] [out=FOLDER]
+
+The config keys that differ between the runs (or groups of runs over seeds), side by side; each
+metric with its difference from the baseline (the first, or `baseline=`: a run folder or a group
+label as the table prints it), and for groups of two or more runs Welch's t-test p-value.
+Printed, and written as compare.md into the sweep folder, or `out` (default: no file for runs=).
+"""
+
+SKIPPED = ("hydra.", "paths.")  # where a run is, not what it is
+LABELS = ("name",)  # what a run is called: its column's title already
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    from mnistlab.rebuild import parse_args
+
+    own = {"sweep": None, "runs": None, "logdir": None, "metrics": None, "ignore": "[seed]",
+           "group_by": None, "out": None, "baseline": None}  # fmt: skip
+    try:
+        args, rest = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
+        if rest:
+            raise UserError(f"{rest[0]}: not an option of compare (see --help)")
+        runs, out = _runs(args)
+        metrics = _list(args["metrics"]) or METRICS
+        groups = group(runs, ignore=_list(args["ignore"]), by=_list(args["group_by"]))
+        if len(groups) < 2:
+            raise UserError(
+                f"{len(runs)} run(s) in one group: nothing to compare; name runs that differ"
+                " (or ignore=[] to keep the seed apart)"
+            )
+        labels = list(groups)
+        base = _baseline(args["baseline"], groups)
+        text = render(groups, labels, base, metrics)
+        if args["sweep"] or args["logdir"] or args["out"]:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "compare.md").write_text(text)
+            log.info("Written: %s", out / "compare.md")
+    except UserError as e:
+        return refuse("mnistlab-compare", e)
+    print(text, end="")
+    return 0
+
+
+def _baseline(wanted: str | None, groups: dict[str, list[dict]]) -> str:
+    if not wanted:
+        return next(iter(groups))
+    if wanted in groups:
+        return wanted
+    folder = str(Path(wanted).resolve())
+    for label, runs in groups.items():
+        if any(str(Path(r["folder"]).resolve()) == folder for r in runs):
+            return label
+    raise UserError(f"baseline={wanted}: neither a group ({', '.join(groups)}) nor one of the runs")
+
+
+# ------------------------------------------------------------------ configs
+
+
+def flat_config(folder: str) -> dict[str, object]:
+    """A run's config as written in `.hydra/config.yaml`, as dotted keys."""
+    import yaml
+
+    path = Path(folder) / ".hydra" / "config.yaml"
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read the run's config ({e})") from e
+    return _flatten(tree)
+
+
+def _flatten(tree, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}  # fmt: skip
+    return {prefix.rstrip("."): tree}
+
+
+def differing(configs: list[dict[str, object]], ignore: list[str]) -> list[str]:
+    """The keys whose value is not the same in every config (absent counts as a value)."""
+    keys = sorted(set().union(*configs))
+    missing = object()
+
+    def kept(key):
+        return not key.startswith(SKIPPED) and key not in (*ignore, *LABELS)
+
+    return [k for k in keys if kept(k) and len({repr(c.get(k, missing)) for c in configs}) > 1]
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float, float] | None:
+    """Welch's unequal-variance t-test: (t, degrees of freedom, two-sided p), or None when
+    either side has fewer than two values or both have no spread."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return None
+    t = (statistics.fmean(b) - statistics.fmean(a)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return t, df, 2 * t_cdf(-abs(t), df)
+
+
+# ------------------------------------------------------------------ output
+
+
+def render(groups: dict[str, list[dict]], labels: list[str], base: str, metrics: list[str]) -> str:
+    configs = [flat_config(groups[label][0]["folder"]) for label in labels]
+    keys = differing(configs, ignore=["seed"] if any(len(g) > 1 for g in groups.values()) else [])
+    several = any(len(runs) > 1 for runs in groups.values())
+    head = [_short(label, groups) for label in labels]
+    lines = ["# Compared", "", f"baseline: {_short(base, groups)}", "",
+             "## Config keys that differ", ""]  # fmt: skip
+    if keys:
+        lines += ["| key | " + " | ".join(head) + " |", "|---|" + "---|" * len(labels)]
+        for key in keys:
+            cells = [_value(c.get(key, "(absent)")) for c in configs]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    else:
+        lines.append("(none: the runs were configured alike)")
+    lines += ["", "## Metrics", ""]
+    if several:
+        lines += ["mean ± 95% CI half-width (n); Δ: difference of means from the baseline;"
+                  " p: Welch's t-test, two-sided", ""]  # fmt: skip
+    lines += ["| metric | " + " | ".join(head) + " |", "|---|" + "---|" * len(labels)]
+    for metric in metrics:
+        values = {label: _values(groups[label], metric) for label in labels}
+        if not any(values.values()):
+            continue
+        cells = [
+            _metric_cell(values[label], values[base], label == base, several) for label in labels
+        ]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    failed = {label: sum(not r["metrics"] for r in runs) for label, runs in groups.items()}
+    if any(failed.values()):
+        lines += ["", "Not finished (left out): "
+                  + ", ".join(f"{_short(k, groups)} {v}" for k, v in failed.items() if v)]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _short(label: str, groups: dict[str, list[dict]]) -> str:
+    """A group's column title: its label; a lone run's folder name beside it."""
+    runs = groups[label]
+    return f"{label} ({Path(runs[0]['folder']).name})" if len(runs) == 1 else label
+
+
+def _values(runs: list[dict], metric: str) -> list[float]:
+    return [r["metrics"][metric] for r in runs if metric in r["metrics"]]
+
+
+def _value(value) -> str:
+    return "null" if value is None else str(value).replace("|", "\\|")
+
+
+def _metric_cell(values: list[float], base: list[float], is_base: bool, several: bool) -> str:
+    if not values:
+        return "-"
+    stats = describe(values)
+    shown = f"{stats['mean']:.4f}"
+    if several:
+        shown += (
+            f" ± {stats['ci95']:.4f}" if stats["ci95"] is not None else ""
+        ) + f" (n={len(values)})"
+    if is_base or not base:
+        return shown
+    shown += f", Δ {stats['mean'] - statistics.fmean(base):+.4f}"
+    test = welch(base, values) if several else None
+    return shown + (f", p={test[2]:.3g}" if test else "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
