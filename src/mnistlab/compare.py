@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from mnistlab import UserError, refuse
-from mnistlab.report import METRICS, _list, _runs, describe, group, t_cdf
+from mnistlab.report import describe, selected, t_cdf
 
 log = logging.getLogger("mnistlab.compare")
 
@@ -39,20 +39,12 @@ LABELS = ("name",)  # what a run is called: its column's title already
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-    from mnistlab.rebuild import parse_args
-
-    own = {"sweep": None, "runs": None, "logdir": None, "metrics": None, "ignore": "[seed]",
-           "group_by": None, "out": None, "baseline": None}  # fmt: skip
     try:
-        args, rest = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
-        if rest:
-            raise UserError(f"{rest[0]}: not an option of compare (see --help)")
-        runs, out = _runs(args)
-        metrics = _list(args["metrics"]) or METRICS
-        groups = group(runs, ignore=_list(args["ignore"]), by=_list(args["group_by"]))
+        args, groups, metrics, out = selected(argv, USAGE, "compare", baseline=None)
         if len(groups) < 2:
+            runs = sum(map(len, groups.values()))
             raise UserError(
-                f"{len(runs)} run(s) in one group: nothing to compare; name runs that differ"
+                f"{runs} run(s) in one group: nothing to compare; name runs that differ"
                 " (or ignore=[] to keep the seed apart)"
             )
         labels = list(groups)

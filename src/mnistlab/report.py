@@ -39,17 +39,8 @@ METRICS = ["test/acc", "val/acc_best", "test/loss", "wall_s"]
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-    from mnistlab.rebuild import parse_args
-
-    own = {"sweep": None, "runs": None, "logdir": None, "metrics": None, "ignore": "[seed]",
-           "group_by": None, "out": None, "figures": "true"}  # fmt: skip
     try:
-        args, rest = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
-        if rest:
-            raise UserError(f"{rest[0]}: not an option of the report (see --help)")
-        runs, out = _runs(args)
-        metrics = _list(args["metrics"]) or METRICS
-        groups = group(runs, ignore=_list(args["ignore"]), by=_list(args["group_by"]))
+        args, groups, metrics, out = selected(argv, USAGE, "the report", figures="true")
         table = summarize(groups, metrics)
         text = markdown(table, metrics)
         out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +63,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------ runs
+
+
+def selected(argv: list[str] | None, usage: str, what: str, **own) -> tuple:
+    """The command line of the report and of compare: (its options, the runs it names grouped,
+    the metrics, the output folder). `own`: the command's other options, with their defaults."""
+    from mnistlab.rebuild import parse_args
+
+    options = {"sweep": None, "runs": None, "logdir": None, "metrics": None, "ignore": "[seed]",
+               "group_by": None, "out": None, **own}  # fmt: skip
+    args, rest = parse_args(sys.argv[1:] if argv is None else argv, options, usage)
+    if rest:
+        raise UserError(f"{rest[0]}: not an option of {what} (see --help)")
+    runs, out = _runs(args)
+    groups = group(runs, ignore=_list(args["ignore"]), by=_list(args["group_by"]))
+    return args, groups, _list(args["metrics"]) or METRICS, out
 
 
 def _list(value: str | None) -> list[str]:
