@@ -14,7 +14,7 @@ CKPT ?=
 INPUT ?=
 OUTPUT ?=
 # The runs of report and compare: SWEEP=<multirun folder>, RUNS="a b c", else every run in LOGDIR.
-RUNS_ARG = $(if $(SWEEP),sweep=$(SWEEP),$(if $(RUNS),runs=[$(subst $(space),$(comma),$(strip $(RUNS)))],logdir=$(LOGDIR)))
+RUNS_ARG = $(if $(SWEEP)$(RUNS),$(if $(SWEEP),sweep=$(SWEEP)) $(if $(RUNS),runs=[$(subst $(space),$(comma),$(strip $(RUNS)))]),logdir=$(LOGDIR))
 # A run (RUN=folder) or a checkpoint (CKPT=file) for eval, predict and export; neither: the newest run.
 FROM = $(if $(RUN),run=$(RUN)) $(if $(CKPT),ckpt=$(CKPT))
 EXPORT_STAMP := $(VENV)/.export-installed
@@ -23,7 +23,7 @@ DIGITS_STAMP := $(VENV)/.digits-installed
 PORT ?= 6006
 LOGDIR ?= logs
 
-.PHONY: help install install-export install-sweep install-digits data train sweep eval predict report compare export bench test test-slow test-slurm test-all lint tensorboard clean-logs slurm-up slurm-down
+.PHONY: help install install-export install-sweep install-digits data train sweep eval predict eval-wild report compare export bench test test-slow test-slurm test-all lint tensorboard clean-logs slurm-up slurm-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ eval: $(STAMP) ## Test a run as it was trained: RUN=<run folder> or CKPT=<checkp
 
 predict: $(STAMP) ## Classify images or an IDX file: INPUT=<file or folder> [RUN=|CKPT=] [OUTPUT=x.csv|x.json]
 	$(BIN)/python -m mnistlab.predict input=$(INPUT) $(FROM) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
+
+eval-wild: $(STAMP) ## A run's accuracy per condition on digits typed in fonts and drawn by a pen (RUN=|CKPT=)
+	$(BIN)/python -m mnistlab.wild $(FROM) $(ARGS)
 
 report: $(STAMP) ## Results over seeds per config (n, mean, std, 95% CI), curve figures: SWEEP=<folder>, RUNS="a b c" or LOGDIR=
 	$(BIN)/python -m mnistlab.report $(RUNS_ARG) $(ARGS)

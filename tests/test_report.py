@@ -200,3 +200,46 @@ def test_two_named_runs_compared_through_the_command_line(synthetic_mnist, tmp_p
     keys = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
     assert keys == ["key", "data.batch_size", "model.optimizer.lr"], proc.stdout
     assert f"| key | base ({runs[0].name}) | wide ({runs[1].name}) |" in proc.stdout
+
+
+def test_unreadable_records_are_named_and_counted_apart_never_a_traceback(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    fake_run(sweep / "0", ["model.optimizer.lr=1e-3", "seed=1"], 0.9)
+    fake_run(sweep / "1", ["model.optimizer.lr=1e-3", "seed=2"], 0.8)
+    fake_run(sweep / "2", ["model.optimizer.lr=1e-3", "seed=3"], 0.7)
+    (sweep / "1" / "results.json").write_text("[]")  # JSON, of the wrong shape
+    (sweep / "2" / "results.json").write_text('{"metrics": "oops"}')
+    assert report.main([f"sweep={sweep}", "figures=false"]) == 0
+    (row,) = csv.DictReader((sweep / "report.csv").open())
+    assert (row["runs"], row["failed"]) == ("1", "2")
+    named = [line for line in capsys.readouterr().err.splitlines() if "results.json:" in line]
+    assert len(named) == 2 and all("counted as not finished" in m for m in named), named
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["group_by=[nope.key]"], "group_by: no run was started with nope.key; the keys set:"),
+        (["metrics=[test/acc,nope/x]"], "metrics: no run has nope/x; they have:"),
+    ],
+)
+def test_a_key_or_metric_no_run_has_is_refused(args, message, tmp_path, capsys):
+    fake_run(tmp_path / "s" / "0", ["model.optimizer.lr=1e-3", "seed=1"], 0.9)
+    assert report.main([f"sweep={tmp_path / 's'}", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "s" / "report.md").exists()  # nothing written over
+
+
+def test_runs_that_are_not_runs_and_a_broken_config_are_one_line(tmp_path, capsys):
+    from mnistlab import compare
+
+    (tmp_path / "empty").mkdir()
+    assert report.main([f"runs=[{tmp_path / 'empty'}]"]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    written_run(tmp_path / "a", [], 0.9)
+    written_run(tmp_path / "b", ["model.optimizer.lr=3e-4"], 0.9)
+    (tmp_path / "b" / ".hydra" / "config.yaml").write_text("model: [unclosed\n  lr: 1\n")
+    assert compare.main([f"runs=[{tmp_path / 'a'},{tmp_path / 'b'}]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "config.yaml: cannot read the run's config" in err and "\n" not in err

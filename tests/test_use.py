@@ -6,6 +6,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -353,3 +354,69 @@ def test_predict_on_a_real_decompression_bomb_stays_in_bounded_memory(run, tmp_p
     assert sum(" - " not in r for r in rows) == 2 and "decompression bomb" in rows[2]
     print(f"predict peak RSS: {peak_mib:.0f} MiB")
     assert peak_mib < 1536
+
+
+@pytest.fixture(scope="module")
+def wild_set(tmp_path_factory):
+    """A small digits-in-the-wild set: one font, one typed and two pen-drawn pictures a digit."""
+    from mnistlab.wild import generate
+
+    base = tmp_path_factory.mktemp("wild")
+    fonts, folder = base / "fonts", base / "set"
+    fonts.mkdir()
+    dejavu = sorted(Path("/usr/share/fonts").rglob("DejaVuSans.ttf"))
+    if dejavu:
+        shutil.copy(dejavu[0], fonts)  # else: Pillow's own font alone
+    generate(folder, seed=5, fonts_dir=fonts, per_font=1, pen_per_digit=2)
+    return folder
+
+
+def test_the_wild_set_is_seeded_labelled_and_described(wild_set, tmp_path):
+    from mnistlab.wild import CONDITIONS, generate
+
+    again = tmp_path / "again"
+    generate(again, seed=5, fonts_dir=wild_set.parent / "fonts", per_font=1, pen_per_digit=2)
+    assert (again / "labels.csv").read_bytes() == (wild_set / "labels.csv").read_bytes()
+    rows = list(csv.DictReader((wild_set / "labels.csv").open()))
+    assert all(
+        (again / r["file"]).read_bytes() == (wild_set / r["file"]).read_bytes() for r in rows
+    )
+    assert sorted({int(r["label"]) for r in rows}) == list(range(10))
+    assert {r["source"] for r in rows} >= {"pen", "font:pillow-default"}
+    assert set(rows[0]) == {"file", "label", *CONDITIONS}
+
+
+def test_eval_wild_scores_each_condition_as_predict_does(run, wild_set, capsys):
+    """`make eval-wild`: the all-pictures accuracy with MNIST's preparation is predict's on the
+    same files; each condition's rows cover every picture once; the error grid is written."""
+    from mnistlab import predict, wild
+
+    assert wild.main([f"run={run}", f"data={wild_set}"]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader((wild_set / "labels.csv").open()))
+    out = run / "predicted.csv"
+    assert predict.main([f"input={wild_set}", f"run={run}", f"output={out}", "prepare=mnist"]) in (
+        0,
+        1,
+    )
+    predicted = {Path(r["file"]).name: r["class"] for r in csv.DictReader(out.open())}
+    right = sum(predicted[r["file"]] == r["label"] for r in rows)
+    table = (run / "wild" / "accuracy.md").read_text()
+    assert table == printed
+    assert f"| all |  | {len(rows)} | {right / len(rows):.1%} ({right}) |" in table
+    for condition in ("generator", *wild.CONDITIONS[1:]):
+        counts = [int(line.split("|")[3]) for line in table.splitlines()
+                  if line.startswith(f"| {condition} |")]  # fmt: skip
+        assert sum(counts) == len(rows), condition
+    assert Image.open(run / "wild" / "errors.png").format == "PNG"
+
+
+def test_eval_wild_refuses_a_broken_set_in_one_line(run, wild_set, tmp_path, capsys):
+    from mnistlab import wild
+
+    broken = tmp_path / "broken"
+    shutil.copytree(wild_set, broken)
+    next(broken.glob("*.png")).unlink()
+    assert wild.main([f"run={run}", f"data={broken}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing" in err and "delete the folder to remake it" in err and "\n" not in err

@@ -50,13 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         labels = list(groups)
         base = _baseline(args["baseline"], groups)
         text = render(groups, labels, base, metrics)
-        if args["sweep"] or args["logdir"] or args["out"]:
+        written = args["sweep"] or args["logdir"] or args["out"]
+        if written:
             out.mkdir(parents=True, exist_ok=True)
             (out / "compare.md").write_text(text)
-            log.info("Written: %s", out / "compare.md")
     except UserError as e:
         return refuse("mnistlab-compare", e)
     print(text, end="")
+    if written:
+        log.info("Written: %s", out / "compare.md")
     return 0
 
 
@@ -83,7 +85,8 @@ def flat_config(folder: str) -> dict[str, object]:
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: cannot read the run's config ({e})") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: cannot read the run's config ({first})") from None
     return _flatten(tree)
 
 

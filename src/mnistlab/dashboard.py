@@ -44,8 +44,13 @@ def tensorboard_tag(name: str) -> str:
 class TensorBoard(TensorBoardLogger):
     """Lightning's TensorBoard logger with the charts named by `tensorboard_tag`, no `epoch`
     staircase (Lightning adds one to every log call; the step is the x axis), and an HParams
-    record that points at the metrics the run logged instead of copying each into a one-point
-    chart. Arguments as TensorBoardLogger's."""
+    record without one-point copies of the metrics. Arguments as TensorBoardLogger's.
+
+    The record is the run's hyperparameters and its end, not an experiment summary: TensorBoard
+    then builds the HParams table from all the runs it sees, marks the hyperparameters whose
+    values differ between them, shows those first, and takes every chart's last value as a
+    metric (val/acc_best's last value is the best one). A summary written by each run would be
+    one run's columns for all."""
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -56,19 +61,18 @@ class TensorBoard(TensorBoardLogger):
     @rank_zero_only
     def log_hyperparams(self, params, metrics: dict[str, float] | None = None, step=None) -> None:
         super().log_hyperparams(params, None, step)  # hparams.yaml
-        if not metrics:
+        if not metrics:  # the start: the record is written at the end, with the metrics there
             return
-        # The HParams tab shows each metric as the last value of the chart its tag names: the
-        # run logged those charts already (val/acc_best's last value is the best one).
         from torch.utils.tensorboard.summary import hparams as summaries
 
         plain = {
             k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in params.items()
         }
+        _, start, end = summaries(plain, {tensorboard_tag(k): v for k, v in metrics.items()})
         # Private API, checked against torch 2.14.1: the open event file (None after close()), as
         # Lightning's own log_hyperparams reaches it.
         writer = self.experiment._get_file_writer()
-        for summary in summaries(plain, {tensorboard_tag(k): v for k, v in metrics.items()}):
+        for summary in (start, end):
             writer.add_summary(summary, step)
         writer.flush()
 
@@ -82,6 +86,8 @@ def hparams(cfg, choices: dict | None = None, overrides: list[str] = ()) -> dict
     from mnistlab.config import to_plain
 
     choices = choices or {}
+    named = {str(v)[2:-1]: k for k, v in OmegaConf.to_container(cfg.log_hparams).items()
+             if isinstance(v, str) and v.startswith("${") and v.endswith("}")}  # fmt: skip
     columns = {"experiment": choices.get("experiment") or "none"}
     if cfg.get("name"):
         columns["name"] = cfg.name
@@ -91,6 +97,8 @@ def hparams(cfg, choices: dict | None = None, overrides: list[str] = ()) -> dict
             continue  # a label, or where the run is rather than what it is
         if key in choices:  # a config group: model/net=two_conv
             columns[key] = choices[key]
+            continue
+        if key in named:  # a log_hparams column already: lr for model.optimizer.lr
             continue
         found = OmegaConf.select(cfg, key, default=value, throw_on_missing=False)
         columns[key] = found if isinstance(found, int | float | str | bool) else str(found)
@@ -251,24 +259,36 @@ def labelled_grid(
     images: torch.Tensor, captions: list[str], wrong: list[bool], columns: int = COLUMNS
 ) -> np.ndarray:
     """uint8 images (N, C, H, W), grayscale or RGB, in a grid, each with a caption (red when
-    wrong): (H, W, 3). Narrow enough that TensorBoard shows it unscaled, captions legible."""
-    font, line = _font(), FONT_PX + 5
+    wrong): (H, W, 3). Narrow enough that TensorBoard shows it unscaled, captions legible: a
+    caption too wide for its cell (`cat (dog) 0.97` with long class names) takes two lines,
+    split before its `(`, each cut to the cell if it must be."""
+    font = _font()
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def fitted(text):
+        while len(text) > 3 and draw.textlength(text, font=font) > CELL - 4:
+            text = text[:-2] + "…"  # cut to the cell, visibly
+        return text
+
+    lines = [[c] if draw.textlength(c, font=font) <= CELL - 4 or " (" not in c
+             else [c[: c.index(" (")], c[c.index(" (") + 1 :]] for c in captions]  # fmt: skip
+    line = FONT_PX + 5
+    band = line * max((len(t) for t in lines), default=1)  # the caption's height under each cell
     rows = max(1, (len(images) + columns - 1) // columns)
-    canvas = Image.new("RGB", (columns * CELL, rows * (CELL + line)), "white")
+    canvas = Image.new("RGB", (columns * CELL, rows * (CELL + band)), "white")
     draw = ImageDraw.Draw(canvas)
     if not len(images):
         draw.text((8, 8), "none", fill="black", font=font)
-    for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
-        left, top = (i % columns) * CELL, (i // columns) * (CELL + line)
+    for i, (image, text) in enumerate(zip(images, lines, strict=True)):
+        left, top = (i % columns) * CELL, (i // columns) * (CELL + band)
         pixels = image.cpu().numpy()
         picture = Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0))
         scale = (CELL - 8) / max(picture.size)
         picture = picture.resize((round(picture.width * scale), round(picture.height * scale)))
         canvas.paste(picture.convert("RGB"), (left + 4, top + 4))
-        while len(caption) > 3 and draw.textlength(caption, font=font) > CELL - 4:
-            caption = caption[:-2] + "…"  # cut to the cell, visibly
-        draw.text((left + 2, top + CELL - 2), caption, fill="red" if wrong[i] else "black",
-                  font=font)  # fmt: skip
+        for k, part in enumerate(text):
+            draw.text((left + 2, top + CELL - 2 + k * line), fitted(part),
+                      fill="red" if wrong[i] else "black", font=font)  # fmt: skip
     return np.asarray(canvas)
 
 
@@ -276,11 +296,13 @@ def confusion_image(matrix: torch.Tensor, classes: list[str]) -> np.ndarray:
     """A confusion matrix (true rows, predicted columns) as shaded cells with counts and the
     class names on both axes (columns numbered, names listed by row): (H, W, 3)."""
     n = len(matrix)
-    cell = 34 if n <= 20 else max(6, 720 // n)  # a hundred classes still fit on a screen
-    font = _font(FONT_PX if cell >= 30 else 10)
+    font = _font(FONT_PX if n <= 20 else 10)
     names = [(c if c == str(i) else f"{i} {c}")[:16] for i, c in enumerate(classes)]
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     margin = 10 + max(round(draw.textlength(s, font=font)) for s in names)
+    # Up to ten classes within COLUMNS * CELL, drawn unscaled like the grids; a hundred still fit
+    # on a screen.
+    cell = max(30, min(34, (COLUMNS * CELL - margin) // n)) if n <= 20 else max(6, 720 // n)
     top = FONT_PX + 10
     canvas = Image.new("RGB", (margin + n * cell, top + n * cell), "white")
     draw = ImageDraw.Draw(canvas)

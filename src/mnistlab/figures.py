@@ -4,15 +4,18 @@ band, read from the runs' TensorBoard event files and drawn with matplotlib.
 `make report` calls `curves` for its groups; one figure per metric, as PNG, SVG and PDF.
 """
 
+import logging
 import math
 from pathlib import Path
 
 from mnistlab.report import describe
 
-CURVES = {  # metric: (y label, title)
-    "val/acc": ("accuracy (validation split)", "Validation accuracy"),
-    "val/loss": ("cross-entropy (validation split)", "Validation loss"),
-    "train/loss_epoch": ("cross-entropy (training, epoch mean)", "Training loss"),
+log = logging.getLogger("mnistlab.report")
+
+CURVES = {  # metric: (y label, title, the values it can take)
+    "val/acc": ("accuracy (validation split)", "Validation accuracy", (0.0, 1.0)),
+    "val/loss": ("cross-entropy (validation split)", "Validation loss", (0.0, math.inf)),
+    "train/loss_epoch": ("cross-entropy (training, epoch mean)", "Training loss", (0.0, math.inf)),
 }
 FORMATS = ("png", "svg", "pdf")
 
@@ -22,6 +25,7 @@ def read_curve(folder: Path, metric: str) -> list[float]:
     A resumed run's events are read as TensorBoard shows them: the stretch it redid once."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its per-file chatter
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
     if metric not in events.Tags().get("scalars", []):
         return []
@@ -32,7 +36,8 @@ def read_curve(folder: Path, metric: str) -> list[float]:
 def curves(groups: dict[str, list[dict]], out: Path, metrics=tuple(CURVES)) -> list[Path]:
     """One figure per metric (that any run logged): each group's mean over its completed runs at
     each epoch, with the 95% confidence interval of that mean (Student t) as a band where two or
-    more runs reached the epoch. Returns the files written."""
+    more runs reached the epoch, cut to the values the metric can take. A completed run without
+    the curve in its event files is named and left out of it. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -40,14 +45,19 @@ def curves(groups: dict[str, list[dict]], out: Path, metrics=tuple(CURVES)) -> l
 
     written = []
     for metric in metrics:
-        series = {}
+        series, without = {}, []
         for label, runs in groups.items():
-            values = [read_curve(Path(r["folder"]), metric) for r in runs if r["metrics"]]
+            done = [r["folder"] for r in runs if r["metrics"]]
+            values = [read_curve(Path(folder), metric) for folder in done]
+            without += [folder for folder, v in zip(done, values, strict=True) if not v]
             if any(values):
                 series[label] = [v for v in values if v]
         if not series:
             continue
-        ylabel, title = CURVES.get(metric, (metric, metric))
+        if without:
+            log.warning("%s: no events of it in %d completed run(s), left out of its figure: %s",
+                        metric, len(without), ", ".join(without))  # fmt: skip
+        ylabel, title, (low, high) = CURVES.get(metric, (metric, metric, (-math.inf, math.inf)))
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=150, layout="constrained")
         for label, values in series.items():
             epochs, means, lows, highs = [], [], [], []
@@ -55,9 +65,12 @@ def curves(groups: dict[str, list[dict]], out: Path, metrics=tuple(CURVES)) -> l
                 stats = describe([v[epoch] for v in values if len(v) > epoch])
                 epochs.append(epoch + 1)
                 means.append(stats["mean"])
-                half = stats["ci95"] if stats["ci95"] is not None else math.nan
-                lows.append(stats["mean"] - half)
-                highs.append(stats["mean"] + half)
+                if stats["ci95"] is None:  # one run reached this epoch: no band
+                    lows.append(math.nan)
+                    highs.append(math.nan)
+                else:
+                    lows.append(max(low, stats["mean"] - stats["ci95"]))
+                    highs.append(min(high, stats["mean"] + stats["ci95"]))
             (line,) = ax.plot(epochs, means, marker="o", markersize=3, linewidth=1.6,
                               label=f"{label} (n={len(values)})")  # fmt: skip
             ax.fill_between(epochs, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)

@@ -76,8 +76,16 @@ def selected(argv: list[str] | None, usage: str, what: str, **own) -> tuple:
     if rest:
         raise UserError(f"{rest[0]}: not an option of {what} (see --help)")
     runs, out = _runs(args)
-    groups = group(runs, ignore=_list(args["ignore"]), by=_list(args["group_by"]))
-    return args, groups, _list(args["metrics"]) or METRICS, out
+    by, metrics = _list(args["group_by"]), _list(args["metrics"]) or METRICS
+    keys = {_key(o) for r in runs for o in r["overrides"]}
+    if unknown := [k for k in by if k not in keys]:
+        raise UserError(f"group_by: no run was started with {', '.join(unknown)}; the keys set:"
+                        f" {', '.join(sorted(keys)) or '(none)'}")  # fmt: skip
+    known = {m for r in runs for m in r["metrics"]}
+    if known and (unknown := [m for m in metrics if m not in known]):
+        raise UserError(f"metrics: no run has {', '.join(unknown)}; they have:"
+                        f" {', '.join(sorted(known))}")  # fmt: skip
+    return args, group(runs, ignore=_list(args["ignore"]), by=by), metrics, out
 
 
 def _list(value: str | None) -> list[str]:
@@ -97,7 +105,15 @@ def _runs(args: dict) -> tuple[list[dict], Path]:
         out = sweep
     elif args["runs"]:
         folders = [_folder(r, "runs") for r in _list(args["runs"])]
-        out = Path(args["out"] or ".")
+        for folder in folders:
+            if not any((folder / f).exists() for f in (".hydra", "job.json", "results.json")):
+                raise UserError(f"runs: {folder} is not a run folder (no .hydra/, job.json or"
+                                " results.json)")  # fmt: skip
+        from time import strftime
+
+        from mnistlab.config import project_path
+
+        out = project_path("logs") / "reports" / strftime("%Y-%m-%d_%H-%M-%S")
     else:
         root = _folder(args["logdir"], "logdir")
         folders = sorted({p.parent.parent for p in root.rglob(".hydra/overrides.yaml")})
@@ -115,9 +131,17 @@ def _folder(path: str, key: str) -> Path:
 
 
 def read_run(folder: Path) -> dict:
-    """A run's overrides, status, metrics and wall time, from its own records."""
+    """A run's overrides, status, metrics and wall time, from its own records. A record that
+    cannot be read is said, and the run counted as not finished."""
     job = _json(folder / "job.json")
     results = _json(folder / "results.json")
+    if not isinstance(results.get("metrics", {}), dict) or not all(
+        isinstance(v, int | float) for v in results.get("metrics", {}).values()
+    ):
+        results = {}
+    if job.get("status") == "completed" and "metrics" not in results:
+        log.warning("%s: unreadable or missing, though job.json says completed: counted as"
+                    " not finished", folder / "results.json")  # fmt: skip
     overrides = job.get("overrides")
     if overrides is None:
         import yaml
@@ -139,10 +163,12 @@ def read_run(folder: Path) -> dict:
 
 
 def _json(path: Path) -> dict:
+    """A JSON object from `path`; {} when there is none (absent, unreadable, not an object)."""
     try:
-        return json.loads(path.read_text())
+        found = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return found if isinstance(found, dict) else {}
 
 
 # ------------------------------------------------------------------ groups and statistics
@@ -175,7 +201,7 @@ def _named(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
     def names(runs):
         return {([o.partition("=")[2] for o in r["overrides"] if _key(o) == "name"] or [None])[-1]
-                for r in runs}  # fmt: skip
+                or None for r in runs}  # fmt: skip
 
     shared = {label: n.pop() if len(n := names(runs)) == 1 else None
               for label, runs in groups.items()}  # fmt: skip
