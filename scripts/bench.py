@@ -88,8 +88,15 @@ FOLDER_ARGS = ["data=image_folder", "data.channels=1", "data.image_size=28", f"d
                "data.mean=[0.5]", "data.std=[0.5]"]  # fmt: skip
 
 
-def template_argv(args, run_dir: str, folder: bool = False, profile: bool = False) -> list[str]:
+# The per-batch augmentation of experiment=robust (DigitAugment's defaults; the cost is the same
+# whatever its ranges), on the template's own network.
+AUGMENT_ARGS = ["data.batch_augment={_target_:mnistlab.augment.DigitAugment}"]
+
+
+def template_argv(args, run_dir: str, folder: bool = False, profile: bool = False,
+                  augment: bool = False) -> list[str]:  # fmt: skip
     extra = [*FOLDER_ARGS, f"data.root={args.folder}"] if folder else []
+    extra += AUGMENT_ARGS if augment else []
     if profile:
         extra += ["+trainer.profiler._target_=lightning.pytorch.profilers.SimpleProfiler",
                   f"+trainer.profiler.dirpath={run_dir}"]  # fmt: skip
@@ -348,8 +355,9 @@ def launch(loop: str, args) -> dict:
         env = {**os.environ, "BENCH_OUT": str(out), "PYTHONPATH": path}
         if args.threads:  # torch reads it when imported, in every loop alike
             env["OMP_NUM_THREADS"] = str(args.threads)
-        if loop in ("template", "folder", "profile"):
-            argv = template_argv(args, str(Path(tmp, "run")), loop == "folder", loop == "profile")
+        if loop in ("template", "folder", "profile", "augment"):
+            argv = template_argv(args, str(Path(tmp, "run")), loop == "folder", loop == "profile",
+                                 loop == "augment")  # fmt: skip
         else:
             argv = [sys.executable, __file__, "--child", loop, *child_flags(args)]
         env["BENCH_T0"] = repr(time.time())
@@ -459,6 +467,8 @@ def report(summary: dict, startup: dict, args) -> None:
         "plain/bound epoch": p["epoch_s"] / summary["bound"]["epoch_s"],
         "template/plain first step": t["first_step_s"] / p["first_step_s"],
     }
+    if "augment" in summary:  # the per-batch augmentation on the device (experiment=robust)
+        ratios["augment/template epoch"] = summary["augment"]["epoch_s"] / t["epoch_s"]
     if "origin" in summary:
         ratios["origin/template per image"] = summary["origin"]["s_per_image"] / t["s_per_image"]
     if "folder" in summary:
@@ -505,6 +515,8 @@ def main():
     parser.add_argument("--profile", action="store_true", help="also profile a template run")
     parser.add_argument("--data-dir", default=str(ROOT / "data"), help="holds MNIST/raw/")
     parser.add_argument("--no-folder", action="store_true", help="skip the image-folder part")
+    parser.add_argument("--augment", action="store_true",
+                        help="also the template with experiment=robust's batch augmentation")  # fmt: skip
     parser.add_argument(
         "--folder",
         default=str(ROOT / "logs" / "bench" / "mnist_png"),
@@ -529,8 +541,10 @@ def main():
     from mnistlab.download import ensure_mnist  # fetch and verify once, before any timing
 
     ensure_mnist(Path(args.data_dir) / "MNIST" / "raw")
-    loops = ["template", "plain", "plain_same", "lightning"] + (
-        [] if args.no_origin else ["origin"]
+    loops = (
+        ["template", "plain", "plain_same", "lightning"]
+        + ([] if args.no_origin else ["origin"])
+        + (["augment"] if args.augment else [])
     )
     if not args.no_folder:
         folder_startup = folder_start_ups(args)

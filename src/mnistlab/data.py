@@ -166,6 +166,7 @@ class ImageDataModule(LightningDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         augment: Callable | None = None,
+        batch_augment: Callable | None = None,
     ):
         """`channels`, `image_size`, `classes`: the input spec the networks are built for; the
         loaded data must match it. `val_size`: images held out of the training split when the
@@ -176,7 +177,10 @@ class ImageDataModule(LightningDataModule):
         `on_device`: keep the whole dataset on the accelerator and gather each batch there.
         `mean`, `std`: per channel, normalizing batches after ToTensor's scaling to [0, 1];
         None: measured on the training split.
-        `augment`: a transform per training image, on uint8 (C, H, W) tensors."""
+        `augment`: a transform per training image, on uint8 (C, H, W) tensors.
+        `batch_augment`: a transform of each training batch on the device, on float images in
+        [0, 1], given a generator seeded from `seed`, the global step and the rank (so resumable
+        exactly): `mnistlab.augment.DigitAugment`."""
         super().__init__()
         self.channels, (self.height, self.width) = channels, size_of(image_size)
         self.classes = [str(c) for c in classes]
@@ -195,7 +199,7 @@ class ImageDataModule(LightningDataModule):
         for name, values in (("mean", self.mean), ("std", self.std)):
             if values is not None and len(values) not in (1, channels):
                 raise UserError(f"data.{name} has {len(values)} values for {channels} channels")
-        self.augment = augment
+        self.augment, self.batch_augment = augment, batch_augment
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.train_set = self.val_set = self.test_set = None
         self.sampler: EpochSampler | None = None
@@ -374,18 +378,32 @@ class ImageDataModule(LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
+        trainer = self.trainer
+        if self.batch_augment is not None and trainer is not None and trainer.training:
+            from mnistlab.augment import batch_generator
+
+            draw = batch_generator(
+                images.device, self.seed, trainer.global_step, trainer.global_rank
+            )
+            return self.normalize(
+                self.batch_augment(images.to(torch.float32).div(255), draw)
+            ), labels
         return self.to_input(images), labels
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, C, H, W) to the network's input, with exactly the arithmetic of
         torchvision's ToTensor (x / 255) and Normalize ((x - mean) / std)."""
+        return self.normalize(images.to(torch.float32).div(255))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] (B, C, H, W), normalized in place: (x - mean) / std."""
         if images.device not in self._stats:  # built once per device, not per batch
             spec = self.spec
             stats = (torch.tensor(v, device=images.device).view(-1, 1, 1)
                      for v in (spec.mean, spec.std))  # fmt: skip
             self._stats[images.device] = tuple(stats)
         mean, std = self._stats[images.device]
-        return images.to(torch.float32).div(255).sub_(mean).div_(std)
+        return images.sub_(mean).div_(std)
 
 
 def _fields(split: Split) -> tuple:

