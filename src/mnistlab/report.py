@@ -82,7 +82,7 @@ def selected(argv: list[str] | None, usage: str, what: str, **own) -> tuple:
         raise UserError(f"group_by: no run was started with {', '.join(unknown)}; the keys set:"
                         f" {', '.join(sorted(keys)) or '(none)'}")  # fmt: skip
     known = {m for r in runs for m in r["metrics"]}
-    if known and (unknown := [m for m in metrics if m not in known]):
+    if args["metrics"] and known and (unknown := [m for m in metrics if m not in known]):
         raise UserError(f"metrics: no run has {', '.join(unknown)}; they have:"
                         f" {', '.join(sorted(known))}")  # fmt: skip
     return args, group(runs, ignore=_list(args["ignore"]), by=by), metrics, out

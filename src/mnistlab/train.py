@@ -6,6 +6,7 @@ line, exits, sweep jobs, SLURM requeue, DDP re-launch) is `mnistlab.launch`.
 """
 
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -156,7 +157,10 @@ def _summarize(metrics: dict[str, float], reported: list[str], best: str, output
     log.info("Done: %s", shown)
     log.info("Best checkpoint: %s", best or "(none saved)")
     log.info("Run folder: %s", output_dir)
-    log.info("TensorBoard: make tensorboard  (or: tensorboard --logdir %s)", output_dir)
+    # Its parent: TensorBoard's HParams tab has no metric values for a run that is the logdir.
+    log.info(
+        "TensorBoard: make tensorboard  (or: tensorboard --logdir %s)", Path(output_dir).parent
+    )
 
 
 if __name__ == "__main__":  # `python -m mnistlab.train`: the command, as `mnistlab-train`
