@@ -34,7 +34,7 @@ def test_every_change_can_be_turned_off():
     x = digits()
     off = DigitAugment(rotate=0, scale=(1, 1), shear=0, shift=0, stroke=0, blur=0, noise=0)
     assert torch.equal(off(x.clone(), batch_generator(x.device, 0, 0, 0)), x)
-    thick = DigitAugment(rotate=0, scale=(1, 1), shear=0, shift=0, stroke=2, blur=0, noise=0)
+    thick = DigitAugment(rotate=0, scale=(1, 1), shear=0, shift=0, stroke=1, blur=0, noise=0)
     y = thick(x.clone(), batch_generator(x.device, 0, 0, 0))
     assert (y.sum((1, 2, 3)) != x.sum((1, 2, 3))).all()  # every stroke thicker or thinner
 
@@ -66,3 +66,23 @@ def test_a_run_with_batch_augmentation_resumes_exactly(tiny_cfg, tmp_path):
     assert not torch.equal(
         c["state_dict"]["net.layers.0.weight"], a["state_dict"]["net.layers.0.weight"]
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_augment.rotate=-5", "data.batch_augment.rotate=-5: must be within [0, 180]"),
+        ("data.batch_augment.scale=[2]", "data.batch_augment.scale=[2.0]: give [low, high]"),
+        ("data.batch_augment.stroke=1.5", "data.batch_augment.stroke=1.5: must be within [0, 1]"),
+    ],
+)
+def test_a_bad_augmentation_is_one_line_naming_the_key(override, message):
+    from conftest import compose_train
+
+    from mnistlab import UserError
+    from mnistlab.config import build
+
+    cfg = compose_train(["experiment=robust", override])
+    with pytest.raises(UserError) as error:
+        build(cfg, "data")
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)

@@ -13,17 +13,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mnistlab import UserError
+
 
 class DigitAugment:
     """Per image of a batch: an affine map (rotation up to `rotate` degrees, scale within
     `scale`, shear up to `shear`, shift up to `shift` of the side), thicker or thinner strokes
-    (each with probability `stroke`), blur (probability `blur`) and Gaussian noise (standard
+    (probability `stroke`, half each), blur (probability `blur`) and Gaussian noise (standard
     deviation up to `noise`). Arguments mirror what they change; 0 turns one off."""
 
     def __init__(self, rotate: float = 15.0, scale: tuple[float, float] = (0.8, 1.15),
                  shear: float = 0.2, shift: float = 0.1, stroke: float = 0.3, blur: float = 0.3,
                  noise: float = 0.08):  # fmt: skip
-        self.rotate, self.scale, self.shear, self.shift = rotate, tuple(scale), shear, shift
+        scale = tuple(float(v) for v in scale)
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise UserError(
+                f"data.batch_augment.scale={list(scale)}: give [low, high], 0 < low <= high"
+            )
+        for name, value, high in (("rotate", rotate, 180), ("shear", shear, 1), ("shift", shift, 1),
+                                  ("stroke", stroke, 1), ("blur", blur, 1), ("noise", noise, 1)):  # fmt: skip
+            if not 0 <= value <= high:
+                raise UserError(f"data.batch_augment.{name}={value}: must be within [0, {high}]")
+        self.rotate, self.scale, self.shear, self.shift = rotate, scale, shear, shift
         self.stroke, self.blur, self.noise = stroke, blur, noise
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:

@@ -141,6 +141,11 @@ def build(cfg: DictConfig, key: str, **kwargs):
     try:
         return instantiate(OmegaConf.select(cfg, key), **kwargs)
     except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:  # one of ours, deeper down: it names the key already
+            raise UserError(str(cause)) from None
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         why = " ".join(ln for ln in lines if not ln.startswith("full_key:"))
         raise UserError(f"{key}: cannot be built: {why}") from None
