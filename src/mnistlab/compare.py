@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from mnistlab import UserError, refuse
-from mnistlab.report import describe, selected, t_cdf
+from mnistlab.report import _list, describe, selected, t_cdf
 
 log = logging.getLogger("mnistlab.compare")
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         labels = list(groups)
         base = _baseline(args["baseline"], groups)
-        text = render(groups, labels, base, metrics)
+        text = render(groups, labels, base, metrics, _list(args["ignore"]))
         written = args["sweep"] or args["logdir"] or args["out"]
         if written:
             out.mkdir(parents=True, exist_ok=True)
@@ -126,10 +126,13 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float] | None:
 # ------------------------------------------------------------------ output
 
 
-def render(groups: dict[str, list[dict]], labels: list[str], base: str, metrics: list[str]) -> str:
-    configs = [flat_config(groups[label][0]["folder"]) for label in labels]
-    keys = differing(configs, ignore=["seed"] if any(len(g) > 1 for g in groups.values()) else [])
+def render(groups: dict[str, list[dict]], labels: list[str], base: str, metrics: list[str],
+           ignore: list[str] = ("seed",)) -> str:  # fmt: skip
+    """The comparison as Markdown. `ignore`: keys that vary within a group (the seed), left out
+    of the differing keys when a group has several runs."""
     several = any(len(runs) > 1 for runs in groups.values())
+    configs = [flat_config(groups[label][0]["folder"]) for label in labels]
+    keys = differing(configs, ignore=list(ignore) if several else [])
     head = [_short(label, groups) for label in labels]
     lines = ["# Compared", "", f"baseline: {_short(base, groups)}", "",
              "## Config keys that differ", ""]  # fmt: skip
