@@ -41,6 +41,23 @@ BAD = {
 }
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_augment.scale=[2]", "data.batch_augment.scale=[2]: must be [low, high]"),
+        (
+            "data.batch_augment.rotate=abc",
+            "data.batch_augment.rotate=abc: expected a finite number",
+        ),
+        ("data.batch_augment.noise=2", "data.batch_augment.noise=2: must be within [0, 1]"),
+    ],
+)
+def test_a_bad_augmentation_is_refused_before_anything_runs(override, message):
+    with pytest.raises(UserError) as err:
+        prepare(["experiment=robust", override], "train")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("override", list(BAD))
 def test_a_bad_override_is_named_in_one_line(override):
     with pytest.raises(UserError) as err:

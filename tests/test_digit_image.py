@@ -81,3 +81,19 @@ def test_fit_keeps_the_old_preparation_and_other_idx_datasets_use_it(tmp_path):
     assert MNISTDataModule(str(tmp_path), folder="FashionMNIST").prepare == "fit"
     with pytest.raises(Exception, match=r"data\.prepare=crop: choose mnist"):
         MNISTDataModule(str(tmp_path), prepare="crop")
+
+
+@pytest.mark.parametrize("width", [1, 3, 5])
+def test_a_thin_pen_line_on_a_large_page_stays_a_visible_stroke(width):
+    """A 5 drawn with a thin pen on a 900 px page: shrunk to 20x20 it would be a faint trace;
+    prepared, its strokes are white and about as wide as MNIST's (1.5-4 px)."""
+    from PIL import Image, ImageDraw
+
+    page = Image.new("L", (900, 900), 255)
+    five = [(600, 150), (350, 150), (330, 420), (520, 400), (600, 520), (560, 700), (350, 720)]
+    ImageDraw.Draw(page).line(five, fill=0, width=width)
+    field = as_mnist(page)
+    assert field.max() == 255
+    strong = field > 128
+    rows = strong.sum(axis=1)[strong.any(axis=1)]  # stroke pixels across each row it crosses
+    assert 1.5 <= np.median(rows) <= 4.5, rows

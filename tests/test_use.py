@@ -391,7 +391,7 @@ def test_eval_wild_scores_each_condition_as_predict_does(run, wild_set, capsys):
     same files; each condition's rows cover every picture once; the error grid is written."""
     from mnistlab import predict, wild
 
-    assert wild.main([f"run={run}", f"data={wild_set}"]) == 0
+    assert wild.main([f"run={run}", f"data={wild_set}", "seed=5"]) == 0
     printed = capsys.readouterr().out
     rows = list(csv.DictReader((wild_set / "labels.csv").open()))
     out = run / "predicted.csv"
@@ -417,6 +417,25 @@ def test_eval_wild_refuses_a_broken_set_in_one_line(run, wild_set, tmp_path, cap
     broken = tmp_path / "broken"
     shutil.copytree(wild_set, broken)
     next(broken.glob("*.png")).unlink()
-    assert wild.main([f"run={run}", f"data={broken}"]) == 2
+    assert wild.main([f"run={run}", f"data={broken}", "seed=5"]) == 1  # the data: exit 1
     err = capsys.readouterr().err.strip()
     assert "missing" in err and "delete the folder to remake it" in err and "\n" not in err
+
+
+def test_eval_wild_names_a_bad_option_a_bad_row_and_another_seed(run, wild_set, tmp_path, capsys):
+    from mnistlab import wild
+
+    assert wild.main([f"run={run}", f"data={wild_set}", "sed=3"]) == 2  # a typo: refused
+    assert "sed=3: not an option of eval-wild" in capsys.readouterr().err
+    assert wild.main([f"run={run}", f"data={wild_set}", "seed=6"]) == 2
+    assert "was made with seed 5" in capsys.readouterr().err
+    broken = tmp_path / "badrow"
+    shutil.copytree(wild_set, broken)
+    lines = (broken / "labels.csv").read_text().splitlines()
+    lines[3] = lines[3].replace(",", ",X,", 1).split(",X,")[0] + ",X"  # a row cut short
+    (broken / "labels.csv").write_text("\n".join(lines) + "\n")
+    assert wild.main([f"run={run}", f"data={broken}", "seed=5"]) == 1  # the data, not the command
+    err = capsys.readouterr().err.strip()
+    assert (
+        "labels.csv line 4: not a file, a digit 0-9 and its conditions" in err and "\n" not in err
+    )

@@ -25,7 +25,14 @@ class DigitAugment:
     def __init__(self, rotate: float = 15.0, scale: tuple[float, float] = (0.8, 1.15),
                  shear: float = 0.2, shift: float = 0.1, stroke: float = 0.3, blur: float = 0.3,
                  noise: float = 0.08):  # fmt: skip
-        scale = tuple(float(v) for v in scale)
+        # Checked on the command line too (mnistlab.schema); here for DigitAugment(...) in Python.
+        try:
+            scale = tuple(float(v) for v in scale)
+            rotate, shear, shift, stroke, blur, noise = (
+                float(v) for v in (rotate, shear, shift, stroke, blur, noise)
+            )
+        except (TypeError, ValueError):
+            raise UserError("data.batch_augment: every value is a number, scale two") from None
         if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
             raise UserError(
                 f"data.batch_augment.scale={list(scale)}: give [low, high], 0 < low <= high"

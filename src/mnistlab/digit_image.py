@@ -21,6 +21,7 @@ No torch: cheap to import in decoding processes.
 import numpy as np
 
 FIELD, BOX = 28, 20  # MNIST's field and the box its digits were fitted into
+MIN_STROKE = 2.5  # px in the 20x20 box: a pen stroke thinner than this is thickened to it
 
 
 def as_mnist(image, invert: str = "auto") -> np.ndarray:
@@ -34,6 +35,8 @@ def as_mnist(image, invert: str = "auto") -> np.ndarray:
     if rows is None:  # a blank picture: nothing to centre
         return np.zeros((FIELD, FIELD), dtype=np.uint8)
     crop = ink[rows[0] : rows[1], cols[0] : cols[1]]
+    if max(crop.shape) > BOX:
+        crop = _thickened(crop)
     h, w = crop.shape
     scale = BOX / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL: (width, height)
@@ -41,7 +44,36 @@ def as_mnist(image, invert: str = "auto") -> np.ndarray:
     method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
     box = Image.fromarray(crop.astype(np.float32), mode="F").resize(size, method)
     box = np.clip(np.asarray(box, dtype=np.float64), 0.0, 1.0)
-    return _centred(box)
+    return _centred(box / box.max() if box.max() > 0 else box)  # the strongest stroke white
+
+
+def _thickened(crop: np.ndarray) -> np.ndarray:
+    """A large crop shrunk to 4x the box (area-averaged), its strokes made at least MIN_STROKE
+    box pixels wide: a 5 px line across a 900 px page would otherwise average away to a faint
+    trace, unlike any MNIST stroke. The width is measured on the shrunk ink as 2 + 2 x (interior
+    pixels / edge pixels) of its mask, exact for a long stroke of width >= 2."""
+    from PIL import Image, ImageFilter
+
+    h, w = crop.shape
+    factor = min(1.0, 4 * BOX / max(h, w))
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    shrunk = Image.fromarray(crop.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX)
+    ink = np.asarray(shrunk, dtype=np.float64)
+    ink = ink / ink.max() if ink.max() > 0 else ink
+    mask = ink > 0.5
+    padded = np.pad(mask, 1)
+    inner = mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    edge = int(mask.sum() - inner.sum())
+    width = 2 + 2 * inner.sum() / edge if edge else 0.0
+    target = MIN_STROKE * max(ink.shape) / BOX
+    if edge and width < target:
+        k = 2 * round((target - width) / 2) + 1  # an odd max filter adds k - 1 pixels of width
+        if k >= 3:
+            grown = Image.fromarray(np.round(ink * 255).astype(np.uint8)).filter(
+                ImageFilter.MaxFilter(k)
+            )
+            ink = np.asarray(grown, dtype=np.float64) / 255
+    return ink
 
 
 def _ink(image, invert: str) -> np.ndarray:

@@ -31,6 +31,7 @@ Positive = Annotated[float, Rule(lambda v: v > 0, "> 0")]
 NonNegative = Annotated[float, AT_LEAST_0]
 Count, MaybeCount = Annotated[int, AT_LEAST_1], Annotated[int | None, AT_LEAST_1]
 Classes = Annotated[int, Rule(lambda v: v >= 2, ">= 2")]
+Unit = Annotated[float, Rule(lambda v: 0 <= v <= 1, "within [0, 1]")]
 Size = Annotated[int | list[int], Rule(lambda v: v >= 1 if isinstance(v, int) else len(v) == 2 and min(v) >= 1, ">= 1, or [height, width]")]  # fmt: skip
 AllPositive = Annotated[list[float] | None, Rule(lambda v: v is None or all(x > 0 for x in v), "all > 0")]  # fmt: skip
 Batches = Annotated[int | float | None, Rule(lambda v: v is None or (v >= 0 if isinstance(v, int) else 0 <= v <= 1), "a count >= 0 or a fraction in [0, 1]")]  # fmt: skip
@@ -75,6 +76,10 @@ RULES: dict[str, dict[str, Any]] = {  # by target; a trailing "." for every targ
     "mnistlab.nets.resnet": {
         "name": Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
         "in_channels": Count, "num_classes": Classes, "small_images": bool},
+    "mnistlab.augment.DigitAugment": {
+        "rotate": Annotated[float, Rule(lambda v: 0 <= v <= 180, "within [0, 180]")],
+        "scale": Annotated[list[float], Rule(lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high], 0 < low <= high")],
+        **dict.fromkeys(("shear", "shift", "stroke", "blur", "noise"), Unit)},
     "mnistlab.dashboard.Dashboard": {
         "sample_size": Annotated[int, AT_LEAST_0], "histograms": bool, "graph": bool},
     "mnistlab.progress.progress_bar": {"refresh_rate": Annotated[int, AT_LEAST_0]},

@@ -18,6 +18,7 @@ and the old whole-canvas fit, `prepare=fit`, beside it), and writes into the run
 
 import csv
 import io
+import json
 import logging
 import math
 import random
@@ -97,6 +98,7 @@ def generate(
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    (out / "set.json").write_text(json.dumps({"seed": seed, "pictures": len(rows)}) + "\n")
     return len(rows)
 
 
@@ -205,14 +207,19 @@ def main(argv: list[str] | None = None) -> int:
            "seed": str(SEED), "trust": None}  # fmt: skip
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
+        if undotted := [o for o in overrides if "." not in o.partition("=")[0]]:
+            raise UserError(f"{undotted[0]}: not an option of eval-wild (see --help)")
+        try:
+            seed = int(args["seed"])
+        except ValueError:
+            raise UserError(f"seed={args['seed']}: an integer") from None
         folder = project_path(args["data"])
         if not (folder / "labels.csv").is_file():
-            log.info("Making the wild digit set in %s (seed %s): once", folder, args["seed"])
-            log.info("%d pictures", generate(folder, int(args["seed"])))
-        labels = _labels(folder)
+            log.info("Making the wild digit set in %s (seed %s): once", folder, seed)
+            log.info("%d pictures", generate(folder, seed))
+        labels = _labels(folder, seed)
         model, datamodule = load(args, overrides)
-        if (datamodule.width, datamodule.height) != (28, 28) or len(datamodule.classes) != 10:
-            raise UserError("eval-wild scores digit models (28x28, 10 classes); this run is not")
+        _check_digit_model(datamodule)
         paths = [folder / row["file"] for row in labels]
         results = {}
         for how in ("mnist", "fit"):
@@ -221,15 +228,38 @@ def main(argv: list[str] | None = None) -> int:
             results[how] = [r["class"] == row["label"] for r, row in zip(rows, labels, strict=True)]
             if how == "mnist":
                 kept, calibration = rows, _calibration(model, datamodule, items, labels)
-        out = _out_folder(args)
-        text = table(labels, results) + calibration
+        out, checkpoint = _out_folder(args)
+        wrong = results["mnist"].count(False)
+        text = (table(labels, results) + calibration
+                + f"\nSet: {folder} (seed {seed}); checkpoint: {checkpoint}; errors.png shows"
+                f" {min(ERRORS_SHOWN, wrong)} of the {wrong} errors with prepare=mnist.\n")  # fmt: skip
         (out / "accuracy.md").write_text(text)
         _error_grid(labels, kept, paths, results["mnist"], out / "errors.png")
+    except BrokenSet as e:  # a fault of the data, not of the command line
+        return refuse("mnistlab-wild", e, code=1)
     except UserError as e:
         return refuse("mnistlab-wild", e)
     print(text, end="")
     log.info("Written: %s, %s", out / "accuracy.md", out / "errors.png")
     return 0
+
+
+class BrokenSet(UserError):
+    """The wild set's folder is damaged: remake it."""
+
+
+def _check_digit_model(datamodule) -> None:
+    import inspect
+
+    what = (f"{type(datamodule).__name__}, {datamodule.channels}x{datamodule.height}x"
+            f"{datamodule.width}, {len(datamodule.classes)} classes")  # fmt: skip
+    shape = (datamodule.channels, datamodule.height, datamodule.width)
+    if shape != (1, 28, 28) or len(datamodule.classes) != 10:
+        raise UserError(f"eval-wild scores digit models (1x28x28, 10 classes); this run: {what}")
+    if "prepare" not in inspect.signature(datamodule.prepare_image).parameters:
+        raise UserError(f"eval-wild compares MNIST's preparation of a picture with a plain fit,"
+                        f" which this run's data module does not offer ({what}); train on"
+                        " data=mnist to score digits here")  # fmt: skip
 
 
 def _calibration(model, datamodule, items, labels) -> str:
@@ -254,32 +284,47 @@ def _calibration(model, datamodule, items, labels) -> str:
             f" run's temperature T = {temperature:.3f}, {plain:.2%} with T = 1.\n")  # fmt: skip
 
 
-def _labels(folder: Path) -> list[dict]:
+def _labels(folder: Path, seed: int) -> list[dict]:
+    """labels.csv, checked row by row, and the seed the set was made with (set.json)."""
+    path, remake = folder / "labels.csv", "; delete the folder to remake it"
     try:
-        with open(folder / "labels.csv", newline="") as f:
+        with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-    except (OSError, csv.Error) as e:
-        raise UserError(
-            f"{folder / 'labels.csv'}: cannot read it ({e}); delete the folder to remake it"
-        ) from None
-    if not rows or "label" not in rows[0]:
-        raise UserError(
-            f"{folder / 'labels.csv'}: no labelled rows; delete the folder to remake it"
-        )
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        raise BrokenSet(f"{path}: cannot read it ({e}){remake}") from None
+    columns = {"file", "label", *CONDITIONS}
+    if not rows or not columns <= set(rows[0]):
+        raise BrokenSet(f"{path}: not a wild-set label file ({', '.join(sorted(columns))}){remake}")
+    for n, row in enumerate(rows, start=2):
+        if row["label"] not in [str(d) for d in range(10)] or None in row.values():
+            raise BrokenSet(f"{path} line {n}: not a file, a digit 0-9 and its conditions{remake}")
     missing = [r["file"] for r in rows if not (folder / r["file"]).is_file()]
     if missing:
-        raise UserError(f"{folder}: {len(missing)} picture(s) listed in labels.csv are missing"
-                        f" ({missing[0]}, ...); delete the folder to remake it")  # fmt: skip
+        raise BrokenSet(f"{folder}: {len(missing)} picture(s) listed in labels.csv are missing"
+                        f" ({missing[0]}, ...){remake}")  # fmt: skip
+    made = _json(folder / "set.json").get("seed")
+    if made is not None and made != seed:
+        raise UserError(f"seed={seed}: {folder} was made with seed {made}; name another data= for"
+                        " a set with this seed")  # fmt: skip
     return rows
 
 
-def _out_folder(args: dict) -> Path:
+def _json(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _out_folder(args: dict) -> tuple[Path, Path]:
+    """The run's `wild/` folder, and the checkpoint scored."""
     from mnistlab.rebuild import locate
 
     run_dir, path = locate(args["run"], args["ckpt"], args["which"])
     out = (run_dir or path.parent) / "wild"
     out.mkdir(parents=True, exist_ok=True)
-    return out
+    return out, path
 
 
 CONDITIONS = ("source", "colour", "size", "rotation", "blur", "noise", "jpeg")
