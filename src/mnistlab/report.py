@@ -133,8 +133,8 @@ def _folder(path: str, key: str) -> Path:
 def read_run(folder: Path) -> dict:
     """A run's overrides, status, metrics and wall time, from its own records. A record that
     cannot be read is said, and the run counted as not finished."""
-    job = _json(folder / "job.json")
-    results = _json(folder / "results.json")
+    job = read_json(folder / "job.json")
+    results = read_json(folder / "results.json")
     if not isinstance(results.get("metrics", {}), dict) or not all(
         isinstance(v, int | float) for v in results.get("metrics", {}).values()
     ):
@@ -162,7 +162,7 @@ def read_run(folder: Path) -> dict:
             "metrics": metrics if status == "completed" else {}}  # fmt: skip
 
 
-def _json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     """A JSON object from `path`; {} when there is none (absent, unreadable, not an object)."""
     try:
         found = json.loads(path.read_text())

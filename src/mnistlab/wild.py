@@ -302,19 +302,13 @@ def _labels(folder: Path, seed: int) -> list[dict]:
     if missing:
         raise BrokenSet(f"{folder}: {len(missing)} picture(s) listed in labels.csv are missing"
                         f" ({missing[0]}, ...){remake}")  # fmt: skip
-    made = _json(folder / "set.json").get("seed")
+    from mnistlab.report import read_json
+
+    made = read_json(folder / "set.json").get("seed")
     if made is not None and made != seed:
         raise UserError(f"seed={seed}: {folder} was made with seed {made}; name another data= for"
                         " a set with this seed")  # fmt: skip
     return rows
-
-
-def _json(path: Path) -> dict:
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def _out_folder(args: dict) -> tuple[Path, Path]:
