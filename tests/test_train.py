@@ -90,6 +90,7 @@ def test_command_line_reports_missing_data_in_a_few_lines(synthetic_mnist, tmp_p
     assert (run_dir / "train.log").is_file()  # a failed run keeps its log
 
 
+@pytest.mark.slow  # a command line run: 10 s; the fast tier stays near 3 minutes
 def test_a_setting_the_library_refuses_is_one_line_in_the_console_and_the_log(
     synthetic_mnist, tmp_path
 ):

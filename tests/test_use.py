@@ -386,6 +386,7 @@ def test_the_wild_set_is_seeded_labelled_and_described(wild_set, tmp_path):
     assert set(rows[0]) == {"file", "label", *CONDITIONS}
 
 
+@pytest.mark.slow  # two preparations of the set and a predict run: the fast tier stays near 3 min
 def test_eval_wild_scores_each_condition_as_predict_does(run, wild_set, capsys):
     """`make eval-wild`: the all-pictures accuracy with MNIST's preparation is predict's on the
     same files; each condition's rows cover every picture once; the error grid is written."""

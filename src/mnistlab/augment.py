@@ -26,21 +26,23 @@ class DigitAugment:
                  shear: float = 0.2, shift: float = 0.1, stroke: float = 0.3, blur: float = 0.3,
                  noise: float = 0.08):  # fmt: skip
         # Checked on the command line too (mnistlab.schema); here for DigitAugment(...) in Python.
+        given = {"rotate": rotate, "shear": shear, "shift": shift, "stroke": stroke, "blur": blur,
+                 "noise": noise}  # fmt: skip
         try:
             scale = tuple(float(v) for v in scale)
-            rotate, shear, shift, stroke, blur, noise = (
-                float(v) for v in (rotate, shear, shift, stroke, blur, noise)
-            )
+            rotate, shear, shift, stroke, blur, noise = (float(v) for v in given.values())
         except (TypeError, ValueError):
             raise UserError("data.batch_augment: every value is a number, scale two") from None
         if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
             raise UserError(
                 f"data.batch_augment.scale={list(scale)}: give [low, high], 0 < low <= high"
             )
-        for name, value, high in (("rotate", rotate, 180), ("shear", shear, 1), ("shift", shift, 1),
-                                  ("stroke", stroke, 1), ("blur", blur, 1), ("noise", noise, 1)):  # fmt: skip
-            if not 0 <= value <= high:
-                raise UserError(f"data.batch_augment.{name}={value}: must be within [0, {high}]")
+        for name, high in (("rotate", 180), ("shear", 1), ("shift", 1), ("stroke", 1), ("blur", 1),
+                           ("noise", 1)):  # fmt: skip
+            if not 0 <= float(given[name]) <= high:
+                raise UserError(
+                    f"data.batch_augment.{name}={given[name]}: must be within [0, {high}]"
+                )
         self.rotate, self.scale, self.shear, self.shift = rotate, scale, shear, shift
         self.stroke, self.blur, self.noise = stroke, blur, noise
 
