@@ -69,20 +69,18 @@ def test_a_run_with_batch_augmentation_resumes_exactly(tiny_cfg, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("override", "message"),
+    ("given", "message"),
     [
-        ("data.batch_augment.rotate=-5", "data.batch_augment.rotate=-5: must be within [0, 180]"),
-        ("data.batch_augment.scale=[2]", "data.batch_augment.scale=[2.0]: give [low, high]"),
-        ("data.batch_augment.stroke=1.5", "data.batch_augment.stroke=1.5: must be within [0, 1]"),
+        ({"rotate": -5}, "data.batch_augment.rotate=-5: must be within [0, 180]"),
+        ({"scale": [2]}, "data.batch_augment.scale=[2.0]: give [low, high]"),
+        ({"stroke": 1.5}, "data.batch_augment.stroke=1.5: must be within [0, 1]"),
+        ({"noise": "abc"}, "data.batch_augment: every value is a number"),
     ],
 )
-def test_a_bad_augmentation_is_one_line_naming_the_key(override, message):
-    from conftest import compose_train
-
+def test_a_bad_augmentation_is_one_line_naming_the_key(given, message):
+    """As DigitAugment(...) from Python; the command line refuses them earlier (test_cli)."""
     from mnistlab import UserError
-    from mnistlab.config import build
 
-    cfg = compose_train(["experiment=robust", override])
     with pytest.raises(UserError) as error:
-        build(cfg, "data")
+        DigitAugment(**given)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
