@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from mnistlab import UserError, refuse
-from mnistlab.report import _list, describe, selected, t_cdf
+from mnistlab.report import as_list, describe, selected, t_cdf
 
 log = logging.getLogger("mnistlab.compare")
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         labels = list(groups)
         base = _baseline(args["baseline"], groups)
-        text = render(groups, labels, base, metrics, _list(args["ignore"]))
+        text = render(groups, labels, base, metrics, as_list(args["ignore"]))
         written = args["sweep"] or args["logdir"] or args["out"]
         if written:
             out.mkdir(parents=True, exist_ok=True)

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"{key}={value}: choose {', '.join(CHOICES[key])}")
         paths = inputs(Path(args["input"]))
         model, datamodule = load(args, overrides)
-        prepare = _preparer(datamodule, invert=args["invert"], prepare=args["prepare"])
+        prepare = preparer(datamodule, invert=args["invert"], prepare=args["prepare"])
         inputs_ = images(paths, prepare)
         if args["save_prepared"]:
             inputs_ = _saving(inputs_, Path(args["save_prepared"]))
@@ -231,7 +231,7 @@ def _mark_uncertain(rows: list[dict], threshold: float) -> int:
     return sum(1 for r in rows if r["uncertain"])
 
 
-def _preparer(datamodule, **given: str | None):
+def preparer(datamodule, **given: str | None):
     """The data module's `prepare_image`, with `invert=` and `prepare=` when given (for data
     modules that take them: MNIST-style data)."""
     from functools import partial

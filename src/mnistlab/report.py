@@ -76,7 +76,7 @@ def selected(argv: list[str] | None, usage: str, what: str, **own) -> tuple:
     if rest:
         raise UserError(f"{rest[0]}: not an option of {what} (see --help)")
     runs, out = _runs(args)
-    by, metrics = _list(args["group_by"]), _list(args["metrics"]) or METRICS
+    by, metrics = as_list(args["group_by"]), as_list(args["metrics"]) or METRICS
     keys = {_key(o) for r in runs for o in r["overrides"]}
     if unknown := [k for k in by if k not in keys]:
         raise UserError(f"group_by: no run was started with {', '.join(unknown)}; the keys set:"
@@ -85,10 +85,10 @@ def selected(argv: list[str] | None, usage: str, what: str, **own) -> tuple:
     if args["metrics"] and known and (unknown := [m for m in metrics if m not in known]):
         raise UserError(f"metrics: no run has {', '.join(unknown)}; they have:"
                         f" {', '.join(sorted(known))}")  # fmt: skip
-    return args, group(runs, ignore=_list(args["ignore"]), by=by), metrics, out
+    return args, group(runs, ignore=as_list(args["ignore"]), by=by), metrics, out
 
 
-def _list(value: str | None) -> list[str]:
+def as_list(value: str | None) -> list[str]:
     if not value:
         return []
     return [v.strip() for v in value.strip("[]").split(",") if v.strip()]
@@ -104,7 +104,7 @@ def _runs(args: dict) -> tuple[list[dict], Path]:
                          key=lambda p: int(p.name))  # fmt: skip
         out = sweep
     elif args["runs"]:
-        folders = [_folder(r, "runs") for r in _list(args["runs"])]
+        folders = [_folder(r, "runs") for r in as_list(args["runs"])]
         for folder in folders:
             if not any((folder / f).exists() for f in (".hydra", "job.json", "results.json")):
                 raise UserError(f"runs: {folder} is not a run folder (no .hydra/, job.json or"

@@ -200,7 +200,7 @@ def _photographed(rng: random.Random, ink: np.ndarray, digit: int, source: str):
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     from mnistlab.config import project_path
-    from mnistlab.predict import _preparer, images, load, predict
+    from mnistlab.predict import images, load, predict, preparer
     from mnistlab.rebuild import parse_args
 
     own = {"run": None, "ckpt": None, "which": "best", "data": "data/wild_digits",
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = [folder / row["file"] for row in labels]
         results = {}
         for how in ("mnist", "fit"):
-            items = list(images(paths, _preparer(datamodule, prepare=how)))
+            items = list(images(paths, preparer(datamodule, prepare=how)))
             rows = list(predict(model, datamodule, items, datamodule.classes))
             results[how] = [r["class"] == row["label"] for r, row in zip(rows, labels, strict=True)]
             if how == "mnist":
