@@ -1,6 +1,7 @@
 """The real entry point: in process on tiny synthetic data, and as a command line in a subprocess."""
 
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -215,6 +216,46 @@ def test_hooks_a_callback_defines_run_and_the_inherited_ones_are_not_dispatched(
     counts = CountsSteps.last
     assert counts.steps == 3
     assert counts.on_train_batch_start is None and counts.on_before_backward is None
+
+
+class SeesNvmlCheck(Callback):
+    seen: ClassVar[list] = []
+
+    def on_train_batch_end(self, *args) -> None:
+        import os
+
+        SeesNvmlCheck.seen.append(os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
+
+
+def test_a_cpu_fit_makes_no_nvml_query_per_step_and_puts_the_setting_back(tiny_cfg, monkeypatch):
+    """lean.NoCudaProbe: `import lightning` sets PYTORCH_NVML_BASED_CUDA_CHECK=1, which makes
+    every optimizer step ask NVML whether CUDA is there. A CPU fit runs without it; the
+    process has it again afterwards (a later forked DDP launch relies on it)."""
+    import os
+
+    cfg = tiny_cfg("trainer.limit_train_batches=2", "trainer.limit_test_batches=1")
+    with open_dict(cfg):
+        cfg.callbacks.sees = {"_target_": "test_train.SeesNvmlCheck"}
+    SeesNvmlCheck.seen = []
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as `import lightning` sets it
+    train(cfg)
+    assert SeesNvmlCheck.seen == [None, None]
+    assert os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1"
+
+
+def test_the_hook_name_is_a_plain_attribute_and_modules_still_register():
+    """Classifier.__setattr__'s fast path is for Lightning's `_current_fx_name` alone."""
+    import torch
+    from torch import nn
+
+    from mnistlab.nets import ConvNet
+    from mnistlab.system import Classifier
+
+    model = Classifier(ConvNet(), torch.optim.Adam)
+    model._current_fx_name = "training_step"
+    model.extra = nn.Linear(2, 2)
+    assert model._current_fx_name == "training_step" and "_current_fx_name" in vars(model)
+    assert "extra" in model._modules and "extra.weight" in model.state_dict()
 
 
 def test_the_run_module_reads_alone():

@@ -2,9 +2,10 @@
 
 Lightning spends a fixed amount of Python time on every step, whatever the network, which on a
 CPU is several percent of a small network's step (`make bench` measures it: docs/speed.md).
-Two of its costs do nothing for the template and are removed here; the rest is Lightning's loop.
+Costs that do nothing for the template are removed here; the rest is Lightning's loop.
 """
 
+import os
 from contextlib import nullcontext
 
 from lightning.pytorch.callbacks import Callback
@@ -52,3 +53,36 @@ class NoProfiler(Profiler):
 
     def summary(self) -> str:
         return ""
+
+
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+class NoCudaProbe(Callback):
+    """No CUDA query at every optimizer step of a run on the CPU.
+
+    `import lightning` sets PYTORCH_NVML_BASED_CUDA_CHECK=1 for the whole process, so that
+    looking for GPUs before a forked DDP launch does not initialize CUDA. With it set, and CUDA
+    not initialized, `torch.cuda.is_available()` asks NVML through ctypes (a `dlopen`) on every
+    call, and torch's optimizers call it in every `step()` (their graph-capture check): ~70 us a
+    call on this CPU with a CUDA build of torch, against ~1.5 us without it. A run on the GPU has
+    CUDA initialized, where the answer is cached. A run on the CPU uses no CUDA, so the variable
+    is unset for its fit (in the training process, after any fork) and restored when the fit
+    ends, failed or not."""
+
+    def __init__(self):
+        self.saved: str | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if pl_module.device.type == "cpu":
+            self.saved = os.environ.pop(NVML_CHECK, None)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.restore()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.restore()  # Lightning calls no teardown hook then
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            os.environ[NVML_CHECK], self.saved = self.saved, None

@@ -28,7 +28,7 @@ def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
 
     from mnistlab.checkpoint import AtomicCheckpointIO, RNGState
     from mnistlab.distributed import launch_read_by_all
-    from mnistlab.lean import NoProfiler, skip_empty_hooks
+    from mnistlab.lean import NoCudaProbe, NoProfiler, skip_empty_hooks
     from mnistlab.preemption import Preemption
     from mnistlab.resume import resume_point
 
@@ -49,11 +49,12 @@ def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
         ]
         plugins = build(cfg, "trainer.plugins") or []  # a node, or a list of them
         # Always on: the RNG states in every checkpoint, atomic verified checkpoint files, and a
-        # clean stop on signals. Without them a run cannot be resumed exactly or trusted.
+        # clean stop on signals. Without them a run cannot be resumed exactly or trusted. And no
+        # CUDA query per optimizer step on a CPU (`lean.NoCudaProbe`).
         trainer = build(
             cfg,
             "trainer",
-            callbacks=[*callbacks, *extra_callbacks, RNGState(), preemption],
+            callbacks=[*callbacks, *extra_callbacks, RNGState(), preemption, NoCudaProbe()],
             logger=loggers or False,
             plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
             **({} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}),
