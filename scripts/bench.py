@@ -12,7 +12,8 @@ Each loop runs in a fresh process, the loops alternating within every repetition
             (`model.optimizer.fused`, `model.channels_last`), so that template / plain_same is
             the cost of the machinery alone; per step, in microseconds, "per-step overhead";
   lightning  plain_same's step as a minimal LightningModule under a bare Trainer (no logger,
-            callbacks or checkpoints): splits that overhead into Lightning's loop and the template;
+            callbacks or checkpoints, but the template's fix for Lightning's per-step CUDA query,
+            `lean.NoCudaProbe`): splits that overhead into Lightning's loop and the template;
   origin    the origin document's loop: torchvision MNIST, PIL ToTensor + Normalize, DataLoader
             with 0 workers, training on all 60k images;
   bound     the compute-bound estimate: FLOPs per epoch over a matmul probe's FLOP/s.
@@ -63,21 +64,33 @@ class Recorder:
 
     def __init__(self):
         self.t0 = float(os.environ["BENCH_T0"])
-        self.result = {"epoch_s": [], "rss_after_epoch_mb": []}
+        self.result = {"epoch_s": [], "rss_after_epoch_mb": [], "step_us": []}
         self._epoch_start = 0.0
+        self._last_step: float | None = None
+        self._epoch_steps = 0
 
-    def first_step(self):
+    def step_end(self):
+        """After every optimizer step: the first one's time since process start, and each
+        step's duration from the end of the one before (all that runs between two steps)."""
+        now = time.perf_counter()
         self.result.setdefault("first_step_s", time.time() - self.t0)
+        self._epoch_steps += 1
+        if self._last_step is not None and self._epoch_steps > 10:  # warm kernels and caches
+            self.result["step_us"].append((now - self._last_step) * 1e6)
+        self._last_step = now
 
     def epoch_start(self):
         self._epoch_start = time.perf_counter()
+        self._last_step, self._epoch_steps = None, 0
 
     def epoch_end(self):
         self.result["epoch_s"].append(time.perf_counter() - self._epoch_start)
         self.result["rss_after_epoch_mb"].append(rss_mb())
 
     def write(self, test_acc: float, n_train: int):
-        self.result |= {"test_acc": test_acc, "n_train": n_train, "peak_rss_mb": peak_rss_mb()}
+        steps = self.result.pop("step_us")
+        self.result |= {"test_acc": test_acc, "n_train": n_train, "peak_rss_mb": peak_rss_mb(),
+                        "step_median_us": statistics.median(steps) if steps else None}  # fmt: skip
         Path(os.environ["BENCH_OUT"]).write_text(json.dumps(self.result))
 
 
@@ -96,6 +109,7 @@ AUGMENT_ARGS = ["data.batch_augment={_target_:mnistlab.augment.DigitAugment}"]
 def template_argv(args, run_dir: str, folder: bool = False, profile: bool = False,
                   augment: bool = False) -> list[str]:  # fmt: skip
     extra = [*FOLDER_ARGS, f"data.root={args.folder}"] if folder else []
+    extra += TINY_ARGS if args.tiny else []
     extra += AUGMENT_ARGS if augment else []
     if profile:
         extra += ["+trainer.profiler._target_=lightning.pytorch.profilers.SimpleProfiler",
@@ -107,6 +121,16 @@ def template_argv(args, run_dir: str, folder: bool = False, profile: bool = Fals
         "+trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
         "+callbacks.bench_timer._target_=bench_timer.BenchTimer",
     ]  # fmt: skip
+
+
+# The fixed cost part: a network whose kernels take almost no time (Flatten -> Linear(784, 8) ->
+# ReLU -> Linear(8, 10)), so that a step is the machinery around it, on one thread.
+TINY_NET = {"channels": (), "hidden": 8}
+TINY_ARGS = ["model.net.channels=[]", "model.net.hidden=8"]
+
+
+def net_args(args) -> dict:
+    return TINY_NET if args.tiny else {}
 
 
 # ------------------------------------------------------------------------------ plain, origin
@@ -156,7 +180,7 @@ def run_plain(args, same_kernels: bool = False):
         net.train()
         return correct / len(ys)
 
-    net = ConvNet().to(memory_format=layout)
+    net = ConvNet(**net_args(args)).to(memory_format=layout)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=same_kernels or None)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(args.epochs):
@@ -168,7 +192,7 @@ def run_plain(args, same_kernels: bool = False):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            rec.first_step()
+            rec.step_end()
         accuracy(net, val_x, val_y)
         rec.epoch_end()
     rec.write(accuracy(net, test_x, test_y), len(train_y))
@@ -183,6 +207,7 @@ def run_lightning(args):
     import torch
     from torch import nn
 
+    from mnistlab.lean import NoCudaProbe
     from mnistlab.nets import ConvNet
 
     rec = Recorder()
@@ -207,7 +232,8 @@ def run_lightning(args):
     class Minimal(L.LightningModule):
         def __init__(self):
             super().__init__()
-            self.net, self.loss_fn = ConvNet().to(memory_format=layout), nn.CrossEntropyLoss()
+            self.net = ConvNet(**net_args(args)).to(memory_format=layout)
+            self.loss_fn = nn.CrossEntropyLoss()
 
         def training_step(self, batch, batch_idx):
             return self.loss_fn(self.net(prep(batch[0], layout)), batch[1])
@@ -219,7 +245,7 @@ def run_lightning(args):
             return torch.optim.Adam(self.parameters(), lr=1e-3, fused=True)
 
         def on_train_batch_end(self, *args):
-            rec.first_step()
+            rec.step_end()
 
         def on_train_epoch_start(self):
             rec.epoch_start()
@@ -230,7 +256,8 @@ def run_lightning(args):
     model = Minimal()
     trainer = L.Trainer(accelerator="cpu", max_epochs=args.epochs, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[NoCudaProbe()])  # fmt: skip
     trainer.fit(model, Batches(train_x, train_y, args.batch_size, True),
                 Batches(val_x, val_y, 1000, False))  # fmt: skip
     with torch.no_grad():
@@ -291,7 +318,7 @@ def train_epochs(rec: Recorder, loader, epochs: int):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            rec.first_step()
+            rec.step_end()
         rec.epoch_end()
     return net
 
@@ -348,6 +375,11 @@ def matmul_flops(n: int = 1024, reps: int = 20) -> float:
 
 
 def launch(loop: str, args) -> dict:
+    if loop.startswith("tiny_"):  # the fixed cost: tiny network, one thread, one epoch
+        loop, args = (
+            loop.removeprefix("tiny_"),
+            argparse.Namespace(**{**vars(args), "tiny": True, "threads": 1, "epochs": 1}),
+        )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "result.json")
         # This checkout's code and its bench timer, whatever the environment has installed.
@@ -373,6 +405,7 @@ def child_flags(args) -> list[str]:
         f"--batch-size={args.batch_size}",
         f"--data-dir={args.data_dir}",
         f"--folder={args.folder}",
+        *(["--tiny"] if args.tiny else []),
     ]
 
 
@@ -409,6 +442,7 @@ def summarize(runs: dict[str, list[dict]], flops: float, args) -> dict:
             "images_per_s": n_train / epoch_s,
             "s_per_image": epoch_s / n_train,
             "first_step_s": statistics.median(r["first_step_s"] for r in results),
+            "step_median_us": statistics.median(r["step_median_us"] for r in results),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
             "rss_growth_mb": max(rss_growth),
             "test_acc": statistics.median(r["test_acc"] for r in results)
@@ -444,7 +478,7 @@ def report(summary: dict, startup: dict, args) -> None:
     print(f"{'loop':10}{'epoch s':>9}{'img/s':>8}{'1st step s':>11}{'peak RSS MB':>12}"
           f"{'RSS growth':>11}{'test acc':>9}")  # fmt: skip
     for loop, s in summary.items():
-        if loop == "folder_startup":
+        if loop == "folder_startup" or loop.startswith("tiny_"):
             continue
         if loop == "bound":
             print(f"{loop:10}{s['epoch_s']:9.2f}{s['images_per_s']:8.0f}   "
@@ -487,6 +521,21 @@ def report(summary: dict, startup: dict, args) -> None:
     print(f"{'  of which the template':34}{overhead_us - floor_us:7.0f} us (template - lightning)")
     summary["per_step_overhead_us"] = overhead_us
     summary["lightning_floor_us"] = floor_us
+    median = {k: summary[k]["step_median_us"] for k in ("template", "plain_same", "lightning")}
+    print(f"{'  median step, template - plain_same':34}"
+          f"{median['template'] - median['plain_same']:7.0f} us (between two optimizer steps;"
+          f" Lightning alone {median['lightning'] - median['plain_same']:.0f} us)")  # fmt: skip
+    summary["median_step_overhead_us"] = median["template"] - median["plain_same"]
+    if "tiny_template" in summary:
+        tiny = {k: summary[f"tiny_{k}"]["step_median_us"]
+                for k in ("template", "plain_same", "lightning")}  # fmt: skip
+        print(f"fixed cost per step (tiny network, 1 thread, median step): plain_same"
+              f" {tiny['plain_same']:.0f} us, lightning {tiny['lightning']:.0f} us, template"
+              f" {tiny['template']:.0f} us: overhead {tiny['template'] - tiny['plain_same']:.0f} us"
+              f" = Lightning {tiny['lightning'] - tiny['plain_same']:.0f} us"
+              f" + the template {tiny['template'] - tiny['lightning']:.0f} us")  # fmt: skip
+        summary["fixed_overhead_us"] = tiny["template"] - tiny["plain_same"]
+        summary["fixed_lightning_us"] = tiny["lightning"] - tiny["plain_same"]
     print("start-up (median of 3): " + ", ".join(f"{k} {v:.2f}s" for k, v in startup.items()))
     own = t["first_step_s"] - startup["import lightning"]
     print(f"first step: template {t['first_step_s']:.2f}s = import lightning"
@@ -522,6 +571,9 @@ def main():
         default=str(ROOT / "logs" / "bench" / "mnist_png"),
         help="where MNIST is written as PNG files for the image-folder part",
     )
+    parser.add_argument("--no-fixed", action="store_true",
+                        help="skip the fixed-cost part (tiny network, one thread)")  # fmt: skip
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", default=str(ROOT / "logs" / "bench.json"))
     parser.add_argument(
         "--child",
@@ -545,6 +597,7 @@ def main():
         ["template", "plain", "plain_same", "lightning"]
         + ([] if args.no_origin else ["origin"])
         + (["augment"] if args.augment else [])
+        + ([] if args.no_fixed else ["tiny_template", "tiny_plain_same", "tiny_lightning"])
     )
     if not args.no_folder:
         folder_startup = folder_start_ups(args)

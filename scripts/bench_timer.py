@@ -11,7 +11,7 @@ class BenchTimer(Callback):
         self.rec = Recorder()
 
     def on_train_batch_end(self, trainer, *args):
-        self.rec.first_step()
+        self.rec.step_end()
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.rec.epoch_start()
