@@ -1,7 +1,7 @@
 """Benchmark the template's training path against plain PyTorch on this machine.
 
     python scripts/bench.py [--epochs 2] [--repeats 3] [--batch-size 64] [--quick] [--json F]
-                            [--threads N] [--profile] [--no-origin] [--no-folder]
+                            [--threads N] [--profile] [--no-origin] [--no-folder] [--no-fixed]
 
 Each loop runs in a fresh process, the loops alternating within every repetition:
   template  `python -m mnistlab.train` with the default config as a user runs it (logging and
@@ -17,6 +17,9 @@ Each loop runs in a fresh process, the loops alternating within every repetition
   origin    the origin document's loop: torchvision MNIST, PIL ToTensor + Normalize, DataLoader
             with 0 workers, training on all 60k images;
   bound     the compute-bound estimate: FLOPs per epoch over a matmul probe's FLOP/s.
+The fixed cost (--no-fixed skips it): template, plain_same and lightning again, one epoch on one
+thread, with a network whose kernels take almost no time (Flatten -> Linear(784, 8) -> ReLU ->
+Linear(8, 10)); their median step times differ by the machinery's cost per step alone.
 And, on the same 70k images written as PNG files into an image folder (logs/bench/mnist_png/,
 made once; --no-folder skips this part):
   folder    the template with data=image_folder at 1x28x28 (the cache built before timing);
