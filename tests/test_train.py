@@ -1,5 +1,6 @@
 """The real entry point: in process on tiny synthetic data, and as a command line in a subprocess."""
 
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -222,8 +223,6 @@ class SeesNvmlCheck(Callback):
     seen: ClassVar[list] = []
 
     def on_train_batch_end(self, *args) -> None:
-        import os
-
         SeesNvmlCheck.seen.append(os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
 
 
@@ -231,8 +230,6 @@ def test_a_cpu_fit_makes_no_nvml_query_per_step_and_puts_the_setting_back(tiny_c
     """lean.NoCudaProbe: `import lightning` sets PYTORCH_NVML_BASED_CUDA_CHECK=1, which makes
     every optimizer step ask NVML whether CUDA is there. A CPU fit runs without it; the
     process has it again afterwards (a later forked DDP launch relies on it)."""
-    import os
-
     cfg = tiny_cfg("trainer.limit_train_batches=2", "trainer.limit_test_batches=1")
     with open_dict(cfg):
         cfg.callbacks.sees = {"_target_": "test_train.SeesNvmlCheck"}
@@ -245,7 +242,6 @@ def test_a_cpu_fit_makes_no_nvml_query_per_step_and_puts_the_setting_back(tiny_c
 
 def test_the_hook_name_is_a_plain_attribute_and_modules_still_register():
     """Classifier.__setattr__'s fast path is for Lightning's `_current_fx_name` alone."""
-    import torch
     from torch import nn
 
     from mnistlab.nets import ConvNet
