@@ -185,11 +185,12 @@ def test_the_same_sweep_command_continues_an_incomplete_sweep(tmp_path):
 def test_resume_of_a_run_folder_from_elsewhere_refuses_a_target_outside_the_allow_list(
     tmp_path, monkeypatch
 ):
+    """(More payloads in test_trust.py.)"""
     run = tmp_path / "their_run"
     (run / ".hydra").mkdir(parents=True)
     hostile = "+callbacks.x._target_=builtins.exec"
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([hostile, "seed=3"]))
-    with pytest.raises(UserError, match=r"callbacks\.x\._target_=builtins\.exec: not on the allow"):
+    with pytest.raises(UserError, match=r"callbacks\.x\._target_=builtins\.exec: refused"):
         prepare([f"resume={run}"], "train")
     monkeypatch.setenv("MNISTLAB_TRUST", "builtins")  # the opt-in
     assert hostile in prepare([f"resume={run}"], "train")

@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from PIL import Image
 from runner import cli_args, cli_env, run_cli
 
-from mnistlab import UserError, export, predict
 from mnistlab import eval as evaluation
+from mnistlab import export, predict
 from mnistlab.idx import decode_idx
 from mnistlab.mnist import MNISTDataModule
 
@@ -240,54 +240,6 @@ def _copied_checkpoint(run, folder, edit=lambda hp: None):
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, folder / "copied.ckpt")
     return folder / "copied.ckpt"
-
-
-def _hostile(sentinel):
-    """A `_target_` that would create `sentinel` if it were ever called."""
-    return {"_target_": "builtins.open", "file": str(sentinel), "mode": "w"}
-
-
-def test_restored_configs_build_only_allowed_targets(run, tmp_path, capsys):
-    """A checkpoint, a run folder and a model.json naming a target outside the allow list are
-    refused in one line naming the key, before anything is imported or called; trust= opts in."""
-    sentinel = tmp_path / "sentinel"
-
-    def plant(hp):
-        hp["model"]["net"] = _hostile(sentinel)
-
-    ckpt = _copied_checkpoint(run, tmp_path / "given", plant)
-    assert evaluation.main([f"ckpt={ckpt}"]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("mnistlab-eval: error: model.net._target_=builtins.open: not on the")
-    assert "trust=builtins" in error and "\n" not in error
-
-    folder = tmp_path / "their_run"  # a run folder whose config builds something else
-    (folder / ".hydra").mkdir(parents=True)
-    (folder / "checkpoints").mkdir()
-    shutil.copy(run / "checkpoints" / "last.ckpt", folder / "checkpoints")
-    config = (run / ".hydra" / "config.yaml").read_text()
-    config = config.replace(
-        "_target_: mnistlab.mnist.MNISTDataModule", "_target_: mnistlab.files.atomic_write"
-    )  # fmt: skip (a function)
-    (folder / ".hydra" / "config.yaml").write_text(config)
-    assert predict.main([f"input={ckpt}", f"run={folder}", "which=last"]) == 2
-    assert "data._target_=mnistlab.files.atomic_write: not on" in capsys.readouterr().err
-
-    exported = tmp_path / "exported"
-    exported.mkdir()
-    network = {"class": "builtins.open", "arguments": {"file": str(sentinel), "mode": "w"}}
-    (exported / "model.json").write_text(json.dumps({"network": network}))
-    with pytest.raises(UserError, match=r"network\.class=builtins\.open: not on the allow list"):
-        export.load_exported(exported)
-    assert not sentinel.exists()  # nothing was called
-
-    with pytest.raises(UserError, match=r"model\.json: network\.class=builtins\.open: not"):
-        export.load_exported(exported / "model.json")  # the file named, not its folder
-    assert export.main([f"ckpt={ckpt}"]) == 2  # refused before anything is built, as eval
-
-    assert evaluation.main([f"ckpt={ckpt}", "trust=builtins"]) == 1  # the opt-in reaches
-    assert sentinel.exists()  # instantiate; open is no network, and building it fails
-    assert "model: cannot be built: " in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_parts_of_a_restored_config_that_are_not_built_are_not_imported_either(run, tmp_path):

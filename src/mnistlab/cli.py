@@ -26,6 +26,7 @@ from mnistlab import UserError
 from mnistlab.config import CONF_DIR
 from mnistlab.resume import merged, named_run, recorded_overrides, run_to_resume, sweep_to_continue
 from mnistlab.schema import check_node, validate
+from mnistlab.trust import check_config, trusted
 
 MAX_VARIANTS = 64  # sweep values checked one at a time, up to this many configs
 
@@ -53,14 +54,15 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir:
         return argv  # nothing to run, or configs from elsewhere: Hydra alone handles those
     name = args.config_name or config_name
-    overrides = list(args.overrides)
+    overrides, foreign = list(args.overrides), False
     if not args.multirun and (folder := named_run(overrides)) is not None:
         flags = [a for a in argv if a not in overrides]
-        overrides = merged(recorded_overrides(folder), overrides)
+        recorded, own = recorded_overrides(folder)
+        overrides, foreign = merged(recorded, overrides), not own
         argv = [*flags, *overrides]
     variants = _variants(overrides) if args.multirun else [overrides]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=name):
-        configs = [_compose_checked(name, v) for v in variants]
+        configs = [_compose_checked(name, v, foreign) for v in variants]
     if "Optuna" in str(configs[0].hydra.sweeper.get("_target_")):
         if not find_spec("optuna"):
             raise UserError(
@@ -103,18 +105,23 @@ def _with(argv: list[str], key: str, value: Path) -> list[str]:
     return [a for a in argv if not a.startswith(f"{key}=")] + [f"{key}={value}"]
 
 
-def _compose_checked(name: str, overrides: list[str]) -> DictConfig:
+def _compose_checked(name: str, overrides: list[str], restored: bool = False) -> DictConfig:
+    """The composed config, checked; `restored`: some overrides were read back from a run folder
+    from elsewhere, so what the config builds is checked first (`mnistlab.trust`)."""
     try:
         cfg = compose(name, overrides, return_hydra_config=True)
     except MissingConfigException as e:
         raise UserError(_missing_option(e, overrides)) from None
     except HydraException as e:
-        raise UserError(_composition_error(e, name, overrides)) from None
+        raise UserError(_composition_error(e, name, overrides, restored)) from None
     except OmegaConfBaseException as e:
         raise UserError(_first_line(e)) from None
     except ValueError as e:  # Hydra's check of a group override's value (`data=null`, `~data=1`)
         raise UserError(f"{' '.join(overrides)}: {_first_line(e)}; see --help") from None
-    validate(_resolved(cfg), added=_added(overrides))
+    resolved = _resolved(cfg)
+    if restored:
+        check_config(resolved, trusted())
+    validate(resolved, added=_added(overrides))
     return cfg
 
 
@@ -149,7 +156,7 @@ def _missing_option(e: MissingConfigException, overrides: list[str]) -> str:
     return f"{group}={option}: no such option{hint} (options: {', '.join(sorted(e.options))})"
 
 
-def _composition_error(e: HydraException, name: str, overrides: list[str]) -> str:
+def _composition_error(e: HydraException, name: str, overrides: list[str], restored: bool) -> str:
     """Hydra refuses `key=value` for a key not in the config: name the key, then either suggest
     the key meant or, when the key is a real argument of its node, say how to add it."""
     if present := re.match(r"Could not append to config. An item is already at '([^']+)'", str(e)):
@@ -160,7 +167,7 @@ def _composition_error(e: HydraException, name: str, overrides: list[str]) -> st
     key = match.group(1)
     forced = [f"++{o}" if o.split("=", 1)[0] == key else o for o in overrides]
     try:
-        _compose_checked(name, forced)
+        _compose_checked(name, forced, restored)
     except UserError as unknown:
         return str(unknown)
     value = next(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key)

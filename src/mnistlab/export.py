@@ -51,16 +51,22 @@ def load_exported(folder: str | Path, trust: str | None = None) -> Exported:
     The network class it names must be allowed (`trust`: as for eval, see `mnistlab.trust`)."""
     from safetensors.torch import load_file
 
+    from mnistlab import UserError
     from mnistlab.trust import check_target, trusted
 
     folder = Path(folder)
     folder = folder.parent if folder.name == "model.json" else folder  # the file named instead
     spec = json.loads((folder / "model.json").read_text())
-    allowed = trusted(trust)
-    if allowed is not None:
-        check_target(spec["network"]["class"], f"{folder / 'model.json'}: network.class", allowed)
-    module, _, name = spec["network"]["class"].rpartition(".")
-    net = getattr(importlib.import_module(module), name)(**spec["network"]["arguments"])
+    network, allowed = spec.get("network"), trusted(trust)
+    if not (isinstance(network, dict) and isinstance(network.get("arguments"), dict)):
+        raise UserError(f"{folder / 'model.json'}: no network {{class, arguments}} in it")
+    if allowed is None:
+        module, _, name = network["class"].rpartition(".")
+        build = getattr(importlib.import_module(module), name)
+    else:  # the class itself, found without calling anything, and of the kind a network is
+        build = check_target(network["class"], f"{folder / 'model.json'}: network.class",
+                             "an nn.Module", allowed)  # fmt: skip
+    net = build(**network["arguments"])
     net.load_state_dict(load_file(folder / "model.safetensors"))
     prep = spec["input"]
     return Exported(net, prep["mean"], prep["std"], prep.get("channels_last", False)).eval()

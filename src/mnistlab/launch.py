@@ -121,7 +121,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     """`train(cfg)`, reporting to its Optuna trial in a job of an Optuna sweep (its job.json
     then says after which epoch the study pruned it, if it did)."""
     from mnistlab import distributed, pruning, sweeps
+    from mnistlab.trust import sign_run
 
+    if distributed.launched_rank() == 0:  # its config as written now: this checkout's own run
+        sign_run(cfg.paths.output_dir)
     callbacks = pruning.callbacks()
     metrics = train(cfg, callbacks)
     epoch = pruning.pruned_after(callbacks)

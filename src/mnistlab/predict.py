@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             if value is not None and value not in CHOICES[key]:
                 raise UserError(f"{key}={value}: choose {', '.join(CHOICES[key])}")
         paths = inputs(Path(args["input"]))
-        model, datamodule = load(args, overrides)
+        model, datamodule, path = load(args, overrides)
+        log.info("Model: %s", path)
         prepare = preparer(datamodule, invert=args["invert"], prepare=args["prepare"])
         inputs_ = images(paths, prepare)
         if args["save_prepared"]:
@@ -275,8 +276,8 @@ def _saving(inputs_, folder: Path):
 
 
 def load(args: dict, overrides: list[str]):
-    """The run's model (eval mode, CPU) and data module (for preparing images and its
-    normalization; no data loaded)."""
+    """The run's model (eval mode, CPU), data module (for preparing images and its
+    normalization; no data loaded) and checkpoint file."""
     from mnistlab.checkpoint import load as load_checkpoint
     from mnistlab.config import build
     from mnistlab.rebuild import build_model
@@ -284,8 +285,7 @@ def load(args: dict, overrides: list[str]):
     run_dir, path = locate(args["run"], args["ckpt"], args["which"])
     checkpoint = load_checkpoint(path, require_checksum=False)
     cfg = run_config(run_dir, checkpoint, overrides, "predict", args["trust"])
-    log.info("Model: %s", path)
-    return build_model(cfg, checkpoint, path), build(cfg, "data")
+    return build_model(cfg, checkpoint, path), build(cfg, "data"), path
 
 
 if __name__ == "__main__":

@@ -22,11 +22,10 @@ from mnistlab import UserError
 from mnistlab.config import CONF_DIR, ROOT, build, project_path, to_plain
 from mnistlab.run_folder import RESULTS
 from mnistlab.schema import validate
-from mnistlab.trust import check_targets, trusted
+from mnistlab.trust import check_config, made_here, signed, trusted
 
 log = logging.getLogger(__name__)
 WHICH = ("best", "last")
-BUILT = ("data", "model", "trainer")  # the parts of a run's config that eval, predict, export build
 
 
 def parse_args(argv: list[str], own: dict[str, str | None], usage: str) -> tuple[dict, list[str]]:
@@ -109,12 +108,14 @@ def run_config(
     task: str,
     trust: str | None = None,
 ):
-    """The training config of the run with `overrides` applied; its `paths.output_dir` is a new
-    folder for this task, `<paths.log_dir>/<task>/runs/<timestamp>` (not created here). What it
-    will build is checked against the allow list (`trust=`: see `mnistlab.trust`)."""
+    """The training config of the run with `overrides` applied, resolved; its `paths.output_dir`
+    is a new folder for this task, `<paths.log_dir>/<task>/runs/<timestamp>` (not created here).
+    Unless this checkout made it, what it will build is checked first (`mnistlab.trust`)."""
     if run_dir is not None:
+        own = made_here(run_dir)
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     elif "hyper_parameters" in checkpoint:  # resolved where it was trained: paths moved here
+        own = signed(checkpoint["hyper_parameters"], checkpoint.get("origin"))
         cfg = OmegaConf.create(_reanchored(checkpoint["hyper_parameters"]))
         cfg.paths = OmegaConf.load(CONF_DIR / "paths" / "default.yaml")
     else:
@@ -131,14 +132,22 @@ def run_config(
     # It was ${hydra:runtime.output_dir}, and Hydra is not running.
     cfg.paths.output_dir = str(_new_folder(Path(cfg.paths.log_dir) / task / "runs"))
     try:
-        plain = to_plain(cfg)
-        allowed = trusted(trust)  # before validating: that imports the targets to read them
-        for key in BUILT:
-            check_targets(plain.get(key) or {}, key, allowed)
-        validate(plain, deep=True)
+        plain = to_plain(cfg)  # every interpolation and resolver, once: what is checked is built
     except OmegaConfBaseException as e:
-        raise UserError(str(e).splitlines()[0]) from None
-    return cfg
+        raise UserError(f"{run_dir or 'the checkpoint'}: {str(e).splitlines()[0]}") from None
+    check_config(plain, None if own else trusted(trust))  # before validating, which imports
+    validate(plain, deep=True)
+    return OmegaConf.create(_literal(plain))
+
+
+def _literal(value):
+    """Resolved values as they are: a string that still reads `${...}` (it was escaped) must not
+    become an interpolation, resolved again, and unchecked, when the config is built."""
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    return value.replace("${", "\\${") if isinstance(value, str) else value
 
 
 def _reanchored(stored: dict) -> dict:
@@ -192,6 +201,7 @@ def _one_process(cfg: DictConfig) -> None:
     if trainer is None:
         return
     trainer.devices, trainer.num_nodes = 1, 1
+    trainer.profiler = None  # a training run's; eval, predict and export have nothing to profile
     if "ddp" in str(trainer.get("strategy", "")):
         trainer.strategy = "auto"
 

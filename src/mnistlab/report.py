@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from mnistlab import UserError, refuse
+from mnistlab.trust import recorded_command
 
 log = logging.getLogger("mnistlab.report")
 
@@ -142,14 +143,16 @@ def read_run(folder: Path) -> dict:
     if job.get("status") == "completed" and "metrics" not in results:
         log.warning("%s: unreadable or missing, though job.json says completed: counted as"
                     " not finished", folder / "results.json")  # fmt: skip
-    overrides = job.get("overrides")
+    overrides, source = job.get("overrides"), folder / "job.json"
     if overrides is None:
         import yaml
 
+        source = folder / ".hydra" / "overrides.yaml"
         try:
-            overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+            overrides = yaml.safe_load(source.read_text()) or []
         except (OSError, yaml.YAMLError):
             overrides = []
+    recorded_command(overrides, str(source), groups=False)  # data, or the run is refused
     finished = "metrics" in results
     status = job.get("status") or ("completed" if finished else "incomplete")
     if status == "completed" and not finished:
@@ -158,7 +161,7 @@ def read_run(folder: Path) -> dict:
     if job.get("wall_s") is not None:
         metrics["wall_s"] = job["wall_s"]
     # Only runs that completed are averaged: a failed, stopped or pruned run is counted apart.
-    return {"folder": str(folder), "overrides": [str(o) for o in overrides], "status": status,
+    return {"folder": str(folder), "overrides": overrides, "status": status,
             "metrics": metrics if status == "completed" else {}}  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mnistlab import UserError
 from mnistlab.config import project_path, to_plain
 from mnistlab.run_folder import POLICIES, find_run, finished, identity, without_resume
-from mnistlab.trust import check_target, trusted
+from mnistlab.trust import made_here, recorded_command
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +105,20 @@ def named_run(overrides: list[str]) -> Path | None:
     return run
 
 
-def recorded_overrides(run: Path) -> list[str]:
-    """The overrides a run was started with (its data, network, ...), `resume=` aside. The run
-    folder may come from elsewhere: a `_target_` it sets must be allowed (`mnistlab.trust`;
-    `$MNISTLAB_TRUST` to add modules)."""
-    recorded = without_resume(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
-    allowed = trusted()
-    for override in recorded if allowed is not None else ():
-        key, _, value = override.lstrip("+~").partition("=")
-        if key.endswith("_target_"):
-            check_target(value, f"{run / '.hydra' / 'overrides.yaml'}: {key}", allowed)
-    return recorded
+def recorded_overrides(run: Path) -> tuple[list[str], bool]:
+    """The overrides a run was started with (its data, network, ...), `resume=` aside, and
+    whether this checkout made the run. One from elsewhere is data: its overrides are checked
+    as such (`mnistlab.trust.recorded_command`), and what they build once composed too."""
+    import yaml
+
+    path = run / ".hydra" / "overrides.yaml"
+    if made_here(run):
+        return without_resume(yaml.safe_load(path.read_text()) or []), True
+    try:
+        recorded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot be read ({str(e).splitlines()[0]})") from None
+    return without_resume(recorded_command(recorded, str(path))), False
 
 
 def merged(recorded: list[str], given: list[str]) -> list[str]:

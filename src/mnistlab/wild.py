@@ -213,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
             seed = int(args["seed"])
         except ValueError:
             raise UserError(f"seed={args['seed']}: an integer") from None
+        model, datamodule, path = load(args, overrides)  # the run checked before a set is made
+        _check_digit_model(datamodule)
         folder = project_path(args["data"])
         if not (folder / "labels.csv").is_file():
             log.info("Making the wild digit set in %s (seed %s): once", folder, seed)
             log.info("%d pictures", generate(folder, seed))
         labels = _labels(folder, seed)
-        model, datamodule = load(args, overrides)
-        _check_digit_model(datamodule)
+        log.info("Model: %s", path)
         paths = [folder / row["file"] for row in labels]
         results = {}
         for how in ("mnist", "fit"):

@@ -111,7 +111,8 @@ class OptunaSweeper(Sweeper):
         )
         while len(study.trials) < self.n_trials:
             trials = [
-                study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - len(study.trials)))
+                _asked(study, space)
+                for _ in range(min(self.n_jobs, self.n_trials - len(study.trials)))
             ]
             jobs = [(t.number, [*fixed, *_as_overrides(t.params), self._trial_env(t.number)])
                     for t in trials]  # fmt: skip
@@ -201,6 +202,38 @@ def _distribution(override: Override):
 
 def _as_overrides(params: dict) -> list[str]:
     return [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()]
+
+
+def _asked(study, space: dict):
+    """The next trial. The study's storage is read back from disk: a trial someone queued there
+    (`enqueue_trial`) comes back with its values as they are, even outside the search space, and
+    each becomes a job's override. One outside the space is failed and refused in one line."""
+    import optuna
+
+    from mnistlab import UserError, refuse
+
+    try:
+        trial = study.ask(space)
+    except (ValueError, TypeError) as e:  # Optuna's own refusal of a queued value
+        why = f"a queued trial ({str(e).strip().splitlines()[0][:200].rstrip('.')})"
+    else:
+        outside = {k: v for k, v in trial.params.items() if not _within(space[k], v)}
+        if not outside:
+            return trial
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        why = f"trial {trial.number}, queued with {' '.join(_as_overrides(outside))},"
+    sys.exit(refuse("mnistlab-train", UserError(
+        f"study {study.study_name}: {why} is outside the search space: refused; start another"
+        " study with hydra.sweeper.study_name=<new name>")))  # fmt: skip
+
+
+def _within(distribution, value) -> bool:
+    import optuna.distributions as d
+
+    if isinstance(distribution, d.CategoricalDistribution):
+        return any(type(value) is type(c) and value == c for c in distribution.choices)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and distribution.low <= value <= distribution.high
 
 
 def _tell(study, trial, result, folder: Path) -> None:
