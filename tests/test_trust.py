@@ -83,7 +83,7 @@ def foreign_ckpt(run: Path, folder: Path, edit) -> Path:
     """The run's best checkpoint as a lone file from elsewhere (no signature), its config edited."""
     (best,) = (run / "checkpoints").glob("epoch*.ckpt")
     checkpoint = torch.load(best, weights_only=True)
-    checkpoint.pop("origin")
+    checkpoint.pop("origin", None)
     edit(checkpoint["hyper_parameters"])
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, folder / "given.ckpt")
