@@ -18,9 +18,10 @@ USAGE = """usage: python -m mnistlab.eval [run=FOLDER | ckpt=FILE] [which=best|l
 Tests a run's best checkpoint (which=last: its latest) on its data's test set, with the config
 the run was trained with; overrides apply on top, e.g. data.eval_batch_size=512 trainer=cpu. Without run=
 or ckpt=, the newest finished run under logs/train/runs. Metrics go to stdout and, with the run
-and checkpoint they belong to, to logs/eval/runs/<timestamp>/metrics.json. The config builds only
-allowed targets (this project, torch.nn, torch.optim, torchvision, torchmetrics, Lightning's);
-trust=mypkg,other adds modules, trust=all allows anything (a source you trust)."""
+and checkpoint they belong to, to logs/eval/runs/<timestamp>/metrics.json. A run this checkout
+made is trusted; any other's config builds only objects of the kind each place takes, from this
+project, torch, torchvision, torchmetrics or Lightning (docs/runs.md): trust=mypkg,other trusts
+your packages, trust=all the source."""
 
 
 def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:

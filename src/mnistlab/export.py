@@ -26,7 +26,7 @@ USAGE = """usage: python -m mnistlab.export [run=FOLDER | ckpt=FILE] [which=best
 Writes model.safetensors, model.json and (with `pip install -e .[export]`) model.onnx next to
 the checkpoint, then checks that all three give the checkpoint's logits on 256 test images.
 model.json says how to prepare the input (shape, mode, scale, mean, std) and names the classes.
-trust=: as for eval (the run's config builds only allowed targets unless told)."""
+trust=: as for eval (another's run builds only what belongs where it stands, unless told)."""
 
 
 class Exported(nn.Module):

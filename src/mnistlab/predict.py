@@ -44,7 +44,7 @@ only: `prepare=fit` fits the whole picture instead; `invert=true|false` forces t
 `save_prepared`: PNGs of what the model saw. Probabilities are calibrated (the temperature
 fitted on the validation split, stored in the checkpoint); a row below `min_confidence` (0.5) is
 marked uncertain. Exit status 1 if any input could not be read.
-trust=: as for eval (the run's config builds only allowed targets unless told)."""
+trust=: as for eval (another's run builds only what belongs where it stands, unless told)."""
 
 
 def inputs(path: Path) -> list[Path]:
