@@ -109,17 +109,21 @@ def check_target(target, key: str, kind: str, trust: tuple[str, ...] = ()) -> ob
     )
     if obj is not None and isinstance(home, str) and _under(home, trust):
         return obj
-    homes = KINDS[kind][1]
+    homes, package = KINDS[kind][1], None  # the package to trust, when that would make sense
     if obj is None:
-        why = "not found in the packages a restored config may import from"
+        why, package = "not found in the packages a restored config may import from", target
     elif not _is_kind(obj, kind):
         why = f"it is {_named(obj)}, not {kind}"
     elif not (isinstance(home, str) and _under(home, homes)):
-        why = f"it is {_named(obj)}, and {kind} here comes from {', '.join(homes)}"
+        why, package = f"it is {_named(obj)}, and {kind} here comes from {', '.join(homes)}", home
     else:
         return obj
-    package = (home or target).partition(".")[0]
-    add = "trust=all" if _under(package, IMPORTABLE) else f"trust={package} (or trust=all)"
+    package = (package or "").partition(".")[0]
+    add = (
+        f"trust={package} (or trust=all)"
+        if package and not _under(package, IMPORTABLE)
+        else "trust=all"
+    )
     raise UserError(f"{key}={target}: refused, {why}; if you trust its source, add {add}")
 
 
