@@ -2,6 +2,7 @@
 
 import hashlib
 import importlib.util
+import logging
 import os
 from pathlib import Path
 
@@ -97,6 +98,15 @@ def write_image_folder(root: Path, n_train: int = 40, n_test: int = 16, seed: in
                 suffix = ".png" if i % 2 else ".jpg"
                 image.save(folder / f"{split}_{i:03d}{suffix}", quality=95)
     return root
+
+
+@pytest.fixture
+def fresh_logging():
+    """The commands called in process set up logging to the stderr of their test, closed after
+    it: no test may log to another test's stream."""
+    logging.getLogger().handlers.clear()
+    yield
+    logging.getLogger().handlers.clear()
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,13 @@ def cli_args(synthetic_mnist, run_dir: Path) -> list[str]:
     ]
 
 
+def trained(synthetic_mnist, run_dir: Path, *overrides: str) -> Path:
+    """`run_dir`, a run of the real command line on the synthetic data."""
+    proc = run_cli(*cli_args(synthetic_mnist, run_dir), *overrides, cwd=run_dir.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
 def base_args(synthetic_mnist, log_dir: Path, *overrides: str) -> list[str]:
     """cli_args without a fixed run folder: runs land in log_dir/train/runs/<timestamp>."""
     args = [a for a in cli_args(synthetic_mnist, log_dir / "x") if not a.startswith("hydra.run")]

@@ -6,7 +6,6 @@ called: the file it would write never appears, and no other file does either.
 """
 
 import json
-import logging
 import shutil
 import site
 import sys
@@ -18,7 +17,7 @@ import yaml
 from hydra.utils import get_object
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from runner import cli_args, run_cli
+from runner import cli_args, run_cli, trained
 
 from mnistlab import UserError, export, predict, report, trust, wild
 from mnistlab import compare as comparing
@@ -41,21 +40,13 @@ class TinyNet(nn.Module):
 """
 
 
-@pytest.fixture(autouse=True)
-def fresh_logging():
-    """The commands log to the stderr of the test that calls them, closed after it."""
-    logging.getLogger().handlers.clear()
-    yield
-    logging.getLogger().handlers.clear()
+pytestmark = pytest.mark.usefixtures("fresh_logging")
 
 
 @pytest.fixture(scope="module")
 def run(synthetic_mnist, tmp_path_factory):
     """A run made by this checkout's command line: its folder and checkpoints are signed."""
-    run_dir = tmp_path_factory.mktemp("trusted") / "run"
-    proc = run_cli(*cli_args(synthetic_mnist, run_dir), *TINY, cwd=run_dir.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+    return trained(synthetic_mnist, tmp_path_factory.mktemp("trusted") / "run", *TINY)
 
 
 def tree(*roots: Path) -> set[str]:

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import logging
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 from conftest import compose_train, need_modules
 from hydra.utils import instantiate
 from PIL import Image
-from runner import cli_args, cli_env, run_cli
+from runner import cli_env, trained
 
 from mnistlab import eval as evaluation
 from mnistlab import export, predict
@@ -33,20 +32,12 @@ TRAINED_WITH = [  # not the defaults: another experiment, another width
 ]
 
 
-@pytest.fixture(autouse=True)
-def fresh_logging():
-    """The commands called in process set up logging to the stderr of their test; the next test
-    must not log to that stream, captured and closed by then."""
-    yield
-    logging.getLogger().handlers.clear()
+pytestmark = pytest.mark.usefixtures("fresh_logging")
 
 
 @pytest.fixture(scope="module")
 def run(synthetic_mnist, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    proc = run_cli(*cli_args(synthetic_mnist, run_dir), *TRAINED_WITH, cwd=run_dir.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+    return trained(synthetic_mnist, tmp_path_factory.mktemp("trained") / "run", *TRAINED_WITH)
 
 
 def trained_test_acc(run) -> float:
