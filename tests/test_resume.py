@@ -180,17 +180,16 @@ def test_weights_that_are_not_finite_are_never_checkpointed(tiny_cfg):
         model.on_save_checkpoint({})
 
 
-def test_a_checkpoint_from_before_stage_metrics_loads_with_its_train_metrics(tiny_cfg):
+def test_a_checkpoint_from_before_stage_metrics_is_refused_in_one_line(tiny_cfg, tmp_path):
     """Checkpoints written with torchmetrics' MulticlassAccuracy and MeanMetric as the train
-    metrics (before StageMetrics) still load strictly, their counts carried over."""
+    metrics (before StageMetrics, 0.1.0's development) are not migrated: named and refused."""
+    from mnistlab.checkpoint import check_fits
+
     model = instantiate(tiny_cfg().model)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("train_metrics.")}
-    state |= {"train_acc.tp": torch.tensor(7), "train_acc.fn": torch.tensor(3),
-              "train_acc.fp": torch.tensor(3), "train_acc.tn": torch.tensor(87),
-              "train_loss.mean_value": torch.tensor(5.0), "train_loss.weight": torch.tensor(10.0)}  # fmt: skip
-    model.load_state_dict(model.loadable(state))
-    acc, loss, images = model.train_metrics.compute()
-    assert (float(acc), float(loss), int(images)) == (pytest.approx(0.7), 0.5, 10)
+    state |= {"train_acc.tp": torch.tensor(7), "train_loss.mean_value": torch.tensor(5.0)}
+    with pytest.raises(UserError, match=r"missing: train_metrics\.correct.*unexpected: train_acc"):
+        check_fits(model.loadable(state), model, tmp_path / "old.ckpt")
 
 
 def test_submitit_s_signal_checkpoints_first_then_submitit_requeues(

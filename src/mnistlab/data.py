@@ -35,10 +35,6 @@ class InputSpec:
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.channels, self.height, self.width
@@ -419,12 +415,3 @@ def _subset(images, labels, indices, transform=None) -> InMemoryImages:
     if indices is None:
         return InMemoryImages(images, labels, transform)
     return InMemoryImages(images[indices], labels[indices], transform)
-
-
-def __getattr__(name: str):
-    """`mnistlab.data.MNISTDataModule`, as runs trained before the move name it."""
-    if name == "MNISTDataModule":
-        from mnistlab.mnist import MNISTDataModule
-
-        return MNISTDataModule
-    raise AttributeError(name)

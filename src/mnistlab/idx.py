@@ -36,7 +36,3 @@ def decode_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
 
 def read_idx(path: Path) -> np.ndarray:
     return decode_idx(Path(path).read_bytes(), str(path))
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    Path(path).write_bytes(encode_idx(array))

@@ -297,10 +297,6 @@ def _betainc(a: float, b: float, x: float) -> float:
 # ------------------------------------------------------------------ output
 
 
-def _num(value, digits: int = 4) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
 def _cell(stats: dict) -> str:
     if stats["mean"] is None:
         return "-"

@@ -63,7 +63,6 @@ _MNIST = {**_IMAGES, "data_dir": str, "folder": str, "checksums": dict[str, str]
 _CHECKPOINT = {"save_top_k": Annotated[int, Rule(lambda v: v >= -1, ">= -1")], "mode": Mode}
 RULES: dict[str, dict[str, Any]] = {  # by target; a trailing "." for every target of a module
     "mnistlab.mnist.MNISTDataModule": _MNIST,
-    "mnistlab.data.MNISTDataModule": _MNIST,  # as runs trained before the move name it
     "mnistlab.image_folder.ImageFolderDataModule": {
         **_IMAGES, "root": str, "channels": Literal[1, 3], "on_bad_image": Literal["fail", "skip"],
         "cache_dir": str | None, "decode_workers": MaybeCount},

@@ -151,17 +151,9 @@ class Classifier(LightningModule):
     @staticmethod
     def loadable(state_dict: dict) -> dict:
         """A checkpoint's weights as this class names them: without `torch.compile`'s `_orig_mod.`
-        prefix, with temperature 1 when it has none, and with the train metrics of checkpoints written before `StageMetrics`
-        (MulticlassAccuracy's counts, MeanMetric's sums) carried over."""
+        prefix, and with temperature 1 when it has none (written before calibration)."""
         state = {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
-        state.setdefault("temperature", torch.tensor(1.0))  # written before calibration: none
-        if "train_acc.tp" in state:
-            correct, wrong = state.pop("train_acc.tp"), state.pop("train_acc.fn")
-            state.pop("train_acc.fp"), state.pop("train_acc.tn")
-            state.pop("train_loss.weight")
-            state["train_metrics.correct"] = correct.long()
-            state["train_metrics.images"] = (correct + wrong).long()
-            state["train_metrics.loss_sum"] = state.pop("train_loss.mean_value")
+        state.setdefault("temperature", torch.tensor(1.0))
         return state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
