@@ -141,6 +141,39 @@ def test_the_training_loss_is_the_batch_mean_of_cross_entropy(tiny_cfg):
     assert torch.allclose(model._step((x, y), "train")[0], expected)
 
 
+def test_label_smoothing_and_class_weights_are_set_from_the_command_line(synthetic_mnist, tmp_path):
+    """The loss is a config node: smoothing and per-class weights need no code, reach the
+    criterion, and a weight list of the wrong length is one line naming the key."""
+    from hydra.utils import instantiate
+
+    from mnistlab import UserError
+    from mnistlab.config import build
+
+    weights = [1.0] * 9 + [3.0]
+    cfg = compose_train(["model.loss.label_smoothing=0.1", f"model.loss.weight={weights}"])
+    model = instantiate(cfg.model, num_classes=10)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    expected = torch.nn.functional.cross_entropy(
+        model(x), y, weight=torch.tensor(weights), label_smoothing=0.1, reduction="none"
+    ).mean()  # per image, weighted by its class, then the batch mean
+    assert torch.allclose(model._step((x, y), "train")[0], expected)
+    with pytest.raises(UserError, match=r"model\.loss\.weight has 3 values for 10 classes"):
+        build(compose_train(["model.loss.weight=[1,2,3]"]), "model")  # as a run builds it
+
+    run_dir = tmp_path / "run"
+    proc = run_cli(*cli_args(synthetic_mnist, run_dir), "model.loss.label_smoothing=0.1",
+                   f"model.loss.weight={weights}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "model.loss.weight" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    proc = run_cli(
+        *cli_args(synthetic_mnist, run_dir), "model.loss.label_smoothing=2", cwd=tmp_path
+    )
+    assert (
+        proc.returncode == 2
+        and "model.loss.label_smoothing=2: must be within [0, 1]" in proc.stderr
+    )
+
+
 def test_the_final_test_runs_on_the_best_checkpoint(tiny_cfg, caplog):
     caplog.set_level("INFO")
     metrics = train(tiny_cfg("trainer.max_epochs=2"))

@@ -67,8 +67,11 @@ RULES: dict[str, dict[str, Any]] = {  # by target; a trailing "." for every targ
         **_IMAGES, "root": str, "channels": Literal[1, 3], "on_bad_image": Literal["fail", "skip"],
         "cache_dir": str | None, "decode_workers": MaybeCount},
     "mnistlab.system.Classifier": {
-        "net": Node, "optimizer": Node, "scheduler": Node | None, "num_classes": Classes,
+        "net": Node, "optimizer": Node, "loss": Node | None, "scheduler": Node | None, "num_classes": Classes,
         "scheduler_interval": Literal["epoch", "step"], "channels_last": bool, "compile": bool},
+    "mnistlab.system.CrossEntropy": {
+        "weight": Annotated[list[float] | None, Rule(lambda v: v is None or (min(v) >= 0 and max(v) > 0), "all >= 0, one > 0")],
+        "label_smoothing": Unit},
     "mnistlab.nets.ConvNet": {
         "channels": AllPositive, "hidden": Count, "num_classes": Classes, "in_channels": Count,
         "image_size": Size, "dropout": Annotated[float, Rule(lambda v: 0 <= v < 1, "in [0, 1)")]},

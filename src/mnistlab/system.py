@@ -20,6 +20,7 @@ class Classifier(LightningModule):
         self,
         net: nn.Module,
         optimizer: Callable[..., Optimizer],
+        loss: nn.Module | None = None,
         scheduler: Callable | None = None,
         scheduler_interval: str = "epoch",
         num_classes: int = 10,
@@ -28,6 +29,8 @@ class Classifier(LightningModule):
     ):
         """`optimizer` and `scheduler` are factories (Hydra `_partial_` nodes) called with the
         parameters and the optimizer. Lightning's `monitor` for a plateau scheduler is val/loss.
+        `loss`: per-image losses from (logits, labels), `reduction="none"`; `CrossEntropy()`
+        when not given.
         `channels_last`: NHWC memory layout, which CPU convolution and pooling kernels run faster.
         `compile`: `torch.compile` the network in place, so its weights keep their names."""
         super().__init__()
@@ -37,7 +40,15 @@ class Classifier(LightningModule):
             self.net.compile()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval = scheduler_interval
-        self.criterion = nn.CrossEntropyLoss(reduction="none")  # per image, for the epoch mean
+        self.criterion = CrossEntropy() if loss is None else loss  # per image: exact epoch means
+        if getattr(self.criterion, "reduction", "none") != "none":
+            raise UserError("model.loss: set reduction: none (the system averages the losses)")
+        weight = getattr(self.criterion, "weight", None)
+        if weight is not None and weight.numel() != num_classes:
+            raise UserError(
+                f"model.loss.weight has {weight.numel()} values for {num_classes} classes:"
+                " give one weight per class, in the order of data.classes"
+            )
         # Per stage: accuracy and mean loss, updated every step and logged once per epoch (in
         # Lightning 2.6 each `self.log` call costs ~1 ms on a CPU, a tenth of a training step).
         for stage in STAGES:
@@ -190,6 +201,15 @@ class Classifier(LightningModule):
                 "monitor": "val/loss",
             },
         }
+
+
+class CrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy per image, as a config gives it: `weight` a list of one weight per class
+    (an image's loss is multiplied by its class's weight), `label_smoothing` in [0, 1]."""
+
+    def __init__(self, weight: list[float] | None = None, label_smoothing: float = 0.0):
+        weights = None if weight is None else torch.tensor(list(weight), dtype=torch.float32)
+        super().__init__(weight=weights, reduction="none", label_smoothing=label_smoothing)
 
 
 class StageMetrics(Metric):

@@ -67,7 +67,7 @@ KINDS = {
 PLACES = {
     "data": "a LightningDataModule", "data.augment": "a transform",
     "data.batch_augment": "a transform", "model": "a LightningModule", "model.net": "an nn.Module",
-    "model.optimizer": "an Optimizer", "model.scheduler": "an LRScheduler",
+    "model.loss": "an nn.Module", "model.optimizer": "an Optimizer", "model.scheduler": "an LRScheduler",
     "trainer": "a Trainer", "trainer.strategy": "a Strategy", "trainer.accelerator": "an Accelerator",
     "trainer.profiler": "a Profiler", "trainer.plugins": "a Lightning plugin",
     "trainer.plugins[]": "a Lightning plugin", "trainer.callbacks": "a Callback",
