@@ -16,7 +16,10 @@ OUTPUT ?=
 # The runs of report and compare: SWEEP=<multirun folder>, RUNS="a b c", else every run in LOGDIR.
 RUNS_ARG = $(if $(SWEEP)$(RUNS),$(if $(SWEEP),sweep=$(SWEEP)) $(if $(RUNS),runs=[$(subst $(space),$(comma),$(strip $(RUNS)))]),logdir=$(LOGDIR))
 # A run (RUN=folder) or a checkpoint (CKPT=file) for eval, predict and export; neither: the newest run.
-FROM = $(if $(RUN),run=$(RUN)) $(if $(CKPT),ckpt=$(CKPT))
+# TRUST=mypkg[,other]: packages trusted in someone else's run (docs/runs.md), for every command.
+TRUST ?=
+FROM = $(if $(RUN),run=$(RUN)) $(if $(CKPT),ckpt=$(CKPT)) $(if $(TRUST),trust=$(TRUST))
+TRUSTING = $(if $(TRUST),MNISTLAB_TRUST=$(TRUST))
 EXPORT_STAMP := $(VENV)/.export-installed
 SWEEP_STAMP := $(VENV)/.sweep-installed
 DIGITS_STAMP := $(VENV)/.digits-installed
@@ -58,7 +61,7 @@ data: $(STAMP) ## Fetch and verify MNIST into data/ without training (overrides 
 	$(BIN)/python scripts/prepare_data.py $(ARGS)
 
 train: $(STAMP) ## Train and test with the default config; Hydra overrides go in ARGS="..."
-	$(BIN)/python -m mnistlab.train $(ARGS)
+	$(TRUSTING) $(BIN)/python -m mnistlab.train $(ARGS)
 
 sweep: $(SWEEP_STAMP) ## A multirun: ARGS="model.optimizer.lr=1e-3,3e-4" or ARGS="hparams_search=mnist_optuna"
 	$(BIN)/python -m mnistlab.train -m $(ARGS)

@@ -180,6 +180,23 @@ def test_a_foreign_run_folder_builds_nothing_outside_its_kind(run, tmp_path, cap
     refused(wild, [f"run={folder}", f"data={tmp_path / 'wild'}"], expected)
 
 
+@pytest.mark.parametrize("config", ["a: [", "- 1", "", "null"])
+def test_a_run_folder_whose_config_is_no_run_config_is_one_line(config, run, tmp_path, capsys):
+    folder = tmp_path / "broken"
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns("origin"))
+    (folder / ".hydra" / "config.yaml").write_text(config)
+    expected = "config.yaml: holds no run config" if config != "a: [" else "config.yaml: cannot be"
+    Refused(capsys, tmp_path)(evaluation, [f"run={folder}"], expected)
+
+
+def test_a_checkpoint_whose_config_is_no_run_config_is_one_line(run, tmp_path, capsys):
+    ckpt = foreign_ckpt(run, tmp_path, lambda hp: None)
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["hyper_parameters"] = "model"
+    torch.save(checkpoint, ckpt)
+    Refused(capsys, tmp_path)(evaluation, [f"ckpt={ckpt}"], "name its run folder with RUN=")
+
+
 def test_an_edited_config_of_one_s_own_run_is_no_longer_trusted(run, tmp_path, capsys):
     """The signature covers the config: a change to it makes the folder foreign."""
     folder = tmp_path / "mine"
@@ -195,13 +212,15 @@ def test_model_json_builds_only_a_network(tmp_path):
     victim = tmp_path / "victim"
     for name in ("mnistlab.download.zipfile.ZipFile", "builtins.open", "mnistlab.files.write_whole",
                  "torch.nn.modules.module.torch.serialization.tarfile.TarFile"):  # fmt: skip
-        (tmp_path / "model.json").write_text(json.dumps(
-            {"network": {"class": name, "arguments": {"file": str(victim), "mode": "w"}}}))  # fmt: skip
+        network = {"class": name, "arguments": {"file": str(victim), "mode": "w"}}
+        prep = {"mean": [0.5], "std": [0.5]}
+        (tmp_path / "model.json").write_text(json.dumps({"network": network, "input": prep}))
         with pytest.raises(UserError, match=r"model\.json: network\.class=.*: refused"):
             export.load_exported(tmp_path)
-    (tmp_path / "model.json").write_text(json.dumps({"network": "builtins.open"}))
-    with pytest.raises(UserError, match=r"no network \{class, arguments\}"):
-        export.load_exported(tmp_path)
+    for broken in ('{"network": "builtins.open"}', "[]", "{", '{"network": {"class": "x"}}'):
+        (tmp_path / "model.json").write_text(broken)
+        with pytest.raises(UserError, match=r"model\.json: not an export of this template"):
+            export.load_exported(tmp_path)
     assert not victim.exists()
 
 
@@ -328,6 +347,10 @@ def test_one_s_own_run_with_a_network_of_one_s_own_needs_no_trust(
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert trust.made_here(run_dir)
     assert evaluation.main([f"run={run_dir}"]) == 0
+    assert export.main([f"run={run_dir}"]) == 0  # and its model.json, signed, loads as it is
+    assert isinstance(
+        export.load_exported(run_dir / "checkpoints").net, sys.modules["mynets"].TinyNet
+    )
     more = [f"resume={run_dir}", "trainer.max_epochs=2"]
     assert prepare(more, "train")[-1] == f"hydra.run.dir={run_dir}"
 
@@ -335,8 +358,15 @@ def test_one_s_own_run_with_a_network_of_one_s_own_needs_no_trust(
     (run_dir / ".hydra" / "origin").unlink()  # as copied elsewhere
     Refused(capsys, tmp_path / "logs")(evaluation, [f"run={run_dir}"],
                                        "model.net._target_=mynets.TinyNet: refused")  # fmt: skip
-    with pytest.raises(UserError, match=r"model\.net\._target_=mynets\.TinyNet: refused"):
+    with pytest.raises(UserError, match=r"model\.net\._target_=mynets\.TinyNet: refused.*"
+                                        r"export MNISTLAB_TRUST=mynets"):  # fmt: skip
         prepare(more, "train")
+    (run_dir / "checkpoints" / "model.json").write_text(
+        (run_dir / "checkpoints" / "model.json").read_text().replace('"origin"', '"was"')
+    )
+    with pytest.raises(UserError, match=r"network\.class=mynets\.TinyNet: refused"):
+        export.load_exported(run_dir / "checkpoints")
+    assert export.load_exported(run_dir / "checkpoints", trust="[mynets]")  # Hydra's list too
     assert evaluation.main([f"run={run_dir}", "trust=mynets"]) == 0
     monkeypatch.setenv(trust.ENV, "mynets")
     assert prepare(more, "train")[-1] == f"hydra.run.dir={run_dir}"
@@ -351,6 +381,10 @@ def test_a_foreign_copy_of_a_run_resumes_as_the_run_would(run, synthetic_mnist, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     steps = [json.loads((r / "results.json").read_text())["global_step"] for r in (run, folder)]
     assert steps[1] == 2 * steps[0]
+    # The moved folder's checkpoint records moved with it: last.ckpt rewritten, the old best pruned.
+    last = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == steps[1] and not list(folder.glob("checkpoints/last-v*"))
+    assert len(list(folder.glob("checkpoints/epoch*.ckpt"))) == 1
 
 
 def test_every_shipped_config_passes_the_check():

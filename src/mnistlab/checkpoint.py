@@ -154,11 +154,29 @@ class RunCheckpoint(ModelCheckpoint):
         if not self._should_save_on_train_epoch_end(trainer):
             self.save_latest(trainer)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A run folder that moved (copied from another machine, renamed) keeps its records:
+        the paths under the folder its checkpoint names become paths under this one. Lightning
+        would otherwise drop them, write `last-v1.ckpt` beside a stale `last.ckpt` and never
+        prune the old best."""
+        old, new = str(state_dict.get("dirpath") or ""), str(self.dirpath or "")
+        if old and new and old != new:
+            state_dict = _moved(state_dict, old, new)
+        super().load_state_dict(state_dict)
+
     def save_latest(self, trainer) -> str | None:
         """Write last.ckpt unless it already holds this step; return its path."""
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         return self.last_model_path or None
+
+
+def _moved(value, old: str, new: str):
+    if isinstance(value, dict):
+        return {_moved(k, old, new): _moved(v, old, new) for k, v in value.items()}
+    if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+        return new + value[len(old) :]
+    return value
 
 
 class RNGState(Callback):

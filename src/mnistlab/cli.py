@@ -26,7 +26,7 @@ from mnistlab import UserError
 from mnistlab.config import CONF_DIR
 from mnistlab.resume import merged, named_run, recorded_overrides, run_to_resume, sweep_to_continue
 from mnistlab.schema import check_node, validate
-from mnistlab.trust import check_config, trusted
+from mnistlab.trust import ENV, check_config, trusted
 
 MAX_VARIANTS = 64  # sweep values checked one at a time, up to this many configs
 
@@ -62,7 +62,10 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
         argv = [*flags, *overrides]
     variants = _variants(overrides) if args.multirun else [overrides]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=name):
-        configs = [_compose_checked(name, v, foreign) for v in variants]
+        try:
+            configs = [_compose_checked(name, v, foreign) for v in variants]
+        except UserError as e:  # what fails may be the run's: say which run
+            raise (UserError(f"resume={folder}: {e}") if foreign else e) from None
     if "Optuna" in str(configs[0].hydra.sweeper.get("_target_")):
         if not find_spec("optuna"):
             raise UserError(
@@ -120,7 +123,7 @@ def _compose_checked(name: str, overrides: list[str], restored: bool = False) ->
         raise UserError(f"{' '.join(overrides)}: {_first_line(e)}; see --help") from None
     resolved = _resolved(cfg)
     if restored:
-        check_config(resolved, trusted())
+        check_config(resolved, trusted(), opt_in=f"export {ENV}=")
     validate(resolved, added=_added(overrides))
     return cfg
 

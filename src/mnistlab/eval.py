@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
         run_dir, path = locate(args["run"], args["ckpt"], args["which"])
-        cfg = run_config(run_dir, _checkpoint(path), overrides, "eval", args["trust"])
+        cfg = run_config(run_dir, _checkpoint(path), path, overrides, "eval", args["trust"])
     except UserError as e:
         return refuse("mnistlab-eval", e)
     out = Path(cfg.paths.output_dir)

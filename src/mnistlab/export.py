@@ -48,28 +48,40 @@ class Exported(nn.Module):
 
 def load_exported(folder: str | Path, trust: str | None = None) -> Exported:
     """The exported model in eval mode, from `model.json` and `model.safetensors` in `folder`.
-    The network class it names must be allowed (`trust`: as for eval, see `mnistlab.trust`)."""
+    Unless this checkout exported it, the network class it names must be a network from an
+    allowed package (`trust`: as for eval, see `mnistlab.trust`)."""
     from safetensors.torch import load_file
 
     from mnistlab import UserError
-    from mnistlab.trust import check_target, trusted
+    from mnistlab.trust import check_target, signed, trusted
 
     folder = Path(folder)
     folder = folder.parent if folder.name == "model.json" else folder  # the file named instead
-    spec = json.loads((folder / "model.json").read_text())
-    network, allowed = spec.get("network"), trusted(trust)
-    if not (isinstance(network, dict) and isinstance(network.get("arguments"), dict)):
-        raise UserError(f"{folder / 'model.json'}: no network {{class, arguments}} in it")
+    path = folder / "model.json"
+    try:
+        spec = json.loads(path.read_text())
+        network, prep = spec["network"], spec["input"]
+        name, arguments, mean, std = (
+            network["class"],
+            network["arguments"],
+            prep["mean"],
+            prep["std"],
+        )
+        if not (isinstance(name, str) and isinstance(arguments, dict)):
+            raise TypeError("network: {class: a name, arguments: a mapping}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"{path}: not an export of this template ({type(e).__name__}: {e})"
+        ) from None
+    allowed = None if signed(network, spec.get("origin")) else trusted(trust)
     if allowed is None:
-        module, _, name = network["class"].rpartition(".")
-        build = getattr(importlib.import_module(module), name)
+        module, _, attr = name.rpartition(".")
+        build = getattr(importlib.import_module(module), attr)
     else:  # the class itself, found without calling anything, and of the kind a network is
-        build = check_target(network["class"], f"{folder / 'model.json'}: network.class",
-                             "an nn.Module", allowed)  # fmt: skip
-    net = build(**network["arguments"])
+        build = check_target(name, f"{path}: network.class", "an nn.Module", allowed)
+    net = build(**arguments)
     net.load_state_dict(load_file(folder / "model.safetensors"))
-    prep = spec["input"]
-    return Exported(net, prep["mean"], prep["std"], prep.get("channels_last", False)).eval()
+    return Exported(net, mean, std, prep.get("channels_last", False)).eval()
 
 
 # How a new picture becomes an input, as model.json says it (the data module's `prepare`).
@@ -92,6 +104,7 @@ def export(
 
     from mnistlab.config import to_plain
     from mnistlab.files import write_whole
+    from mnistlab.trust import signature
 
     net_cfg = to_plain(cfg.model.net)
     weights = {k: v.contiguous() for k, v in model.net.state_dict().items()}
@@ -114,6 +127,7 @@ def export(
         "temperature": float(getattr(model, "temperature", 1.0)),
         "checkpoint": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
     }  # fmt: skip
+    described["origin"] = signature(described["network"]) or ""  # load_exported here trusts it
     write_whole(files["json"], (json.dumps(described, indent=2) + "\n").encode())
     exported = load_exported(folder, trust="all")  # written just now from a checked config
     if _onnx_available():
@@ -173,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                                      USAGE)  # fmt: skip
         run_dir, path = locate(args["run"], args["ckpt"], args["which"])
         checkpoint = load(path, require_checksum=False)
-        cfg = run_config(run_dir, checkpoint, overrides, "export", args["trust"])
+        cfg = run_config(run_dir, checkpoint, path, overrides, "export", args["trust"])
     except UserError as e:
         return refuse("mnistlab-export", e)
     try:

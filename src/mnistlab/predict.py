@@ -284,7 +284,7 @@ def load(args: dict, overrides: list[str]):
 
     run_dir, path = locate(args["run"], args["ckpt"], args["which"])
     checkpoint = load_checkpoint(path, require_checksum=False)
-    cfg = run_config(run_dir, checkpoint, overrides, "predict", args["trust"])
+    cfg = run_config(run_dir, checkpoint, path, overrides, "predict", args["trust"])
     return build_model(cfg, checkpoint, path), build(cfg, "data"), path
 
 

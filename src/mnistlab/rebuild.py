@@ -26,6 +26,7 @@ from mnistlab.trust import check_config, made_here, signed, trusted
 
 log = logging.getLogger(__name__)
 WHICH = ("best", "last")
+BUILT = ("data", "model", "trainer")  # what a run's config must hold
 
 
 def parse_args(argv: list[str], own: dict[str, str | None], usage: str) -> tuple[dict, list[str]]:
@@ -104,22 +105,26 @@ def _recorded_best(run_dir: Path) -> str | None:
 def run_config(
     run_dir: Path | None,
     checkpoint: dict,
+    path: Path,
     overrides: list[str],
     task: str,
     trust: str | None = None,
 ):
-    """The training config of the run with `overrides` applied, resolved; its `paths.output_dir`
-    is a new folder for this task, `<paths.log_dir>/<task>/runs/<timestamp>` (not created here).
-    Unless this checkout made it, what it will build is checked first (`mnistlab.trust`)."""
+    """The training config of the run (its folder's, else the one stored in checkpoint `path`)
+    with `overrides` applied, resolved; its `paths.output_dir` is a new folder for this task,
+    `<paths.log_dir>/<task>/runs/<timestamp>` (not created here). Unless this checkout made it,
+    what it will build is checked first (`mnistlab.trust`)."""
+    source = run_dir / ".hydra" / "config.yaml" if run_dir is not None else path
+    stored = _stored(source) if run_dir is not None else checkpoint.get("hyper_parameters")
+    if not (isinstance(stored, dict) and all(isinstance(stored.get(k), dict) for k in BUILT)):
+        hint = "not a run of this template" if run_dir else "name its run folder with RUN="
+        raise UserError(f"{source}: holds no run config (data, model, trainer): {hint}")
     if run_dir is not None:
-        own = made_here(run_dir)
-        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    elif "hyper_parameters" in checkpoint:  # resolved where it was trained: paths moved here
-        own = signed(checkpoint["hyper_parameters"], checkpoint.get("origin"))
-        cfg = OmegaConf.create(_reanchored(checkpoint["hyper_parameters"]))
+        own, cfg = made_here(run_dir), OmegaConf.create(stored)
+    else:  # resolved where it was trained: paths moved here
+        own = signed(stored, checkpoint.get("origin"))
+        cfg = OmegaConf.create(_reanchored(stored))
         cfg.paths = OmegaConf.load(CONF_DIR / "paths" / "default.yaml")
-    else:
-        raise UserError("the checkpoint holds no config (hyper_parameters): name its run with RUN=")
     _one_process(cfg)
     for unused in ("callbacks", "logger"):  # eval, predict and export build their own, or none
         cfg[unused] = None
@@ -133,9 +138,11 @@ def run_config(
     cfg.paths.output_dir = str(_new_folder(Path(cfg.paths.log_dir) / task / "runs"))
     try:
         plain = to_plain(cfg)  # every interpolation and resolver, once: what is checked is built
+        check_config(plain, None if own else trusted(trust))  # before validating, which imports
     except OmegaConfBaseException as e:
-        raise UserError(f"{run_dir or 'the checkpoint'}: {str(e).splitlines()[0]}") from None
-    check_config(plain, None if own else trusted(trust))  # before validating, which imports
+        raise UserError(f"{source}: {str(e).splitlines()[0]}") from None
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
     validate(plain, deep=True)
     return OmegaConf.create(_literal(plain))
 
@@ -148,6 +155,17 @@ def _literal(value):
     if isinstance(value, list):
         return [_literal(v) for v in value]
     return value.replace("${", "\\${") if isinstance(value, str) else value
+
+
+def _stored(path: Path):
+    """A run folder's config as plain data, its interpolations unresolved (OmegaConf's YAML
+    loader: the safe subset, no tag builds a Python object)."""
+    import yaml
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path))
+    except (OSError, yaml.YAMLError, OmegaConfBaseException) as e:
+        raise UserError(f"{path}: cannot be read ({str(e).strip().splitlines()[0]})") from None
 
 
 def _reanchored(stored: dict) -> dict:

@@ -152,7 +152,7 @@ def read_run(folder: Path) -> dict:
             overrides = yaml.safe_load(source.read_text()) or []
         except (OSError, yaml.YAMLError):
             overrides = []
-    recorded_command(overrides, str(source), groups=False)  # data, or the run is refused
+    recorded_command(overrides, str(source), replayed=False)  # data, or the run is refused
     finished = "metrics" in results
     status = job.get("status") or ("completed" if finished else "incomplete")
     if status == "completed" and not finished:

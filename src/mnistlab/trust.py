@@ -82,23 +82,26 @@ _NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 def trusted(given: str | None = None) -> tuple[str, ...] | None:
     """The user's trusted packages (`trust=`, else `$MNISTLAB_TRUST`); None: trust everything."""
     given = os.environ.get(ENV, "") if given is None else given
-    names = tuple(n.strip() for n in given.split(",") if n.strip())
+    names = tuple(n.strip(" '\"") for n in given.strip("[]").split(",") if n.strip(" '\""))
     return None if "all" in names else names
 
 
-def check_config(cfg: dict, trust: tuple[str, ...] | None = (), where: str = "") -> None:
+def check_config(cfg: dict, trust: tuple[str, ...] | None = (), opt_in: str = "trust=") -> None:
     """Refuse, in one line naming the key, any `_target_` in the plain, resolved `cfg` that is
-    not of the kind its place takes (`PLACES`), from a package that provides that kind."""
+    not of the kind its place takes (`PLACES`), from a package that provides that kind.
+    `opt_in`: how this command trusts a package, for the hint (`trust=`, `MNISTLAB_TRUST=`)."""
     if trust is None:
         return
-    for place, node, kind in _nodes(cfg, where, "an nn.Module"):
-        check_target(node["_target_"], f"{place}._target_", kind, trust)
-    for place, value in _strings(cfg, where):
+    for place, node, kind in _nodes(cfg, "", "an nn.Module"):
+        check_target(node["_target_"], f"{place}._target_", kind, trust, opt_in)
+    for place, value in _strings(cfg, ""):
         if "${" in value:  # escaped in the file: built, it would be resolved a second time
             raise UserError(f"{place}={value[:60]}: refused, an interpolation in a resolved value")
 
 
-def check_target(target, key: str, kind: str, trust: tuple[str, ...] = ()) -> object:
+def check_target(
+    target, key: str, kind: str, trust: tuple[str, ...] = (), opt_in: str = "trust="
+) -> object:
     """The object `target` names, if it is `kind` (a key of KINDS) or in a trusted package;
     else UserError naming `key`. Imports only modules of allowed or trusted packages."""
     if not isinstance(target, str) or not _NAME.fullmatch(target):
@@ -109,22 +112,18 @@ def check_target(target, key: str, kind: str, trust: tuple[str, ...] = ()) -> ob
     )
     if obj is not None and isinstance(home, str) and _under(home, trust):
         return obj
-    homes, package = KINDS[kind][1], None  # the package to trust, when that would make sense
+    homes = KINDS[kind][1]
     if obj is None:
         why, package = "not found in the packages a restored config may import from", target
-    elif not _is_kind(obj, kind):
-        why = f"it is {_named(obj)}, not {kind}"
+    elif not _is_kind(obj, kind):  # no package to trust would make it one: the config is wrong
+        raise UserError(f"{key}={target}: refused, it is {_named(obj)}, not {kind}")
     elif not (isinstance(home, str) and _under(home, homes)):
         why, package = f"it is {_named(obj)}, and {kind} here comes from {', '.join(homes)}", home
     else:
         return obj
-    package = (package or "").partition(".")[0]
-    add = (
-        f"trust={package} (or trust=all)"
-        if package and not _under(package, IMPORTABLE)
-        else "trust=all"
-    )
-    raise UserError(f"{key}={target}: refused, {why}; if you trust its source, add {add}")
+    package = package.partition(".")[0]
+    hint = f"{opt_in}{package}" if not _under(package, IMPORTABLE) else f"{opt_in}all"
+    raise UserError(f"{key}={target}: refused, {why}; if you trust its source: {hint}")
 
 
 def _nodes(node, place: str, inherited: str):
@@ -227,12 +226,13 @@ def _under(name: str, prefixes) -> bool:
 # ------------------------------------------------------------------ a recorded command line
 
 
-def recorded_command(recorded, source: str, groups: bool = True) -> list[str]:
+def recorded_command(recorded, source: str, replayed: bool = True) -> list[str]:
     """A command line read back from a file (a run's `overrides.yaml`, a job's `job.json`),
     checked as data: a list of `key=value` overrides of the task config, nothing of Hydra's own
-    (`hydra.*`, `hydra/...`, `@package`), no sweep, and (`groups`) a config group set to one of
-    this checkout's options by name. Anything else is refused in one line naming `source`. What
-    the values build is checked once the config is composed (`check_config`)."""
+    (`hydra.*`, `hydra/...`, `@package`), no sweep; to be `replayed` (resume=), also each config
+    group set to one of this checkout's options by name, and no other run folder. Anything else
+    is refused in one line naming `source`. What the values build is checked once the config is
+    composed (`check_config`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from mnistlab.config import CONF_DIR
@@ -251,7 +251,9 @@ def recorded_command(recorded, source: str, groups: bool = True) -> list[str]:
             why = "it sets Hydra itself, which a recorded run may not"
         elif o.is_sweep_override():
             why = "a run's override sweeps nothing"
-        elif groups and (CONF_DIR / key).is_dir() and not o.is_delete():
+        elif replayed and key.lstrip("+~") == "paths.output_dir":
+            why = "the run's folder is the one resume= names"
+        elif replayed and (CONF_DIR / key).is_dir() and not o.is_delete():
             option = o.value()
             ok = isinstance(option, str) and re.fullmatch(r"[\w.-]+", option) and ".." not in option
             if ok and (CONF_DIR / key / f"{option}.yaml").is_file():
@@ -312,7 +314,10 @@ def _run_bytes(hydra: Path) -> bytes:
 
 def _key(create: bool) -> bytes | None:
     """This checkout's key; None when there is none (and, with `create`, none can be made)."""
-    from mnistlab.config import project_path
+    try:
+        from mnistlab.config import project_path
+    except ImportError:  # load_exported with torch alone, away from a checkout: no key
+        return None
 
     path = project_path(KEY_FILE)
     try:
