@@ -243,6 +243,7 @@ RESUME_PAYLOADS = {
         "it sets Hydra itself"),
     "Hydra's log file": ("hydra.job_logging.handlers.file.filename=VICTIM", "it sets Hydra itself"),
     "Hydra's run folder": ("hydra.run.dir=VICTIM", "it sets Hydra itself"),
+    "the run's output moved elsewhere": ("paths.output_dir=VICTIM", "the one resume= names"),
     "a Hydra group": ("hydra/launcher=joblib", "it sets Hydra itself"),
     "a dict value with a target": (
         "model.net={_target_: mnistlab.download.zipfile.ZipFile, file: VICTIM, mode: w}",
