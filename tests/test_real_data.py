@@ -84,7 +84,7 @@ def test_mnist_s_own_preparation_of_its_test_digits_leaves_accuracy_unchanged(mn
                          f"paths.output_dir={tmp_path / 'run'}"])  # fmt: skip
     train(cfg)
     best = json.loads((tmp_path / "run" / "results.json").read_text())["best_checkpoint"]
-    model, datamodule = load({"run": None, "ckpt": best, "which": "best", "trust": None}, [])
+    model, datamodule, _ = load({"run": None, "ckpt": best, "which": "best", "trust": None}, [])
     datamodule.prepare_data()
     datamodule.setup("test")
     images, labels = datamodule.test_set.images, datamodule.test_set.labels
