@@ -78,7 +78,7 @@ eval-wild: $(STAMP) ## A run's accuracy per condition on digits typed in fonts a
 report: $(STAMP) ## Results over seeds per config (n, mean, std, 95% CI), curve figures: SWEEP=<folder>, RUNS="a b c" or LOGDIR=
 	$(BIN)/python -m mnistlab.report $(RUNS_ARG) $(ARGS)
 
-compare: $(STAMP) ## Runs side by side: differing config keys, metrics, differences, Welch p (RUNS="a b" or SWEEP=)
+compare: $(STAMP) ## Runs side by side: differing config keys, metrics, differences, t-test p (RUNS="a b" or SWEEP=)
 	$(BIN)/python -m mnistlab.compare $(RUNS_ARG) $(ARGS)
 
 export: $(EXPORT_STAMP) ## safetensors + JSON + ONNX beside a run's checkpoints (RUN=|CKPT=), parity-checked

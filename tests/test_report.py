@@ -23,8 +23,10 @@ def fake_run(folder, overrides, acc=None, status="completed"):
 
 
 @pytest.mark.parametrize("df", [1, 2, 4, 9, 30])
-def test_student_t_quantiles_match_arbitrary_precision(df):
-    assert report.t_quantile(0.975, df) == pytest.approx(student_t_975(df), abs=1e-12)
+def test_the_95_interval_uses_student_s_quantile_to_arbitrary_precision(df):
+    values = list(np.linspace(0.9, 0.95, df + 1) ** 2)
+    half = student_t_975(df) * np.std(values, ddof=1) / np.sqrt(df + 1)
+    assert report.describe(values)["ci95"] == pytest.approx(half, rel=1e-12)
 
 
 def test_runs_are_grouped_without_the_seed_and_failures_are_counted_apart(tmp_path, capsys):
@@ -108,7 +110,7 @@ def test_compare_lists_exactly_the_keys_that_differ(tmp_path, capsys):
 
 def test_welch_p_values_match_an_integral_of_the_t_density():
     """Welch's t and degrees of freedom by hand, the p-value by mpmath's quadrature of Student's
-    density (not by the incomplete beta function our code uses)."""
+    density (not by scipy, which our code uses)."""
     import mpmath
 
     from mnistlab import compare
@@ -128,6 +130,40 @@ def test_welch_p_values_match_an_integral_of_the_t_density():
 
     assert p == pytest.approx(float(2 * mpmath.quad(density, [abs(t), mpmath.inf])), abs=1e-12)
     assert compare.welch([0.9], b) is None  # one run: no test
+
+
+def _t_tail(t: float, df: float) -> float:
+    """Two-sided p of Student's t by mpmath's quadrature of its density."""
+    import mpmath
+
+    def density(x):
+        return (mpmath.gamma((df + 1) / 2) / (mpmath.sqrt(df * mpmath.pi) * mpmath.gamma(df / 2))
+                * (1 + x * x / df) ** (-(df + 1) / 2))  # fmt: skip
+
+    return float(2 * mpmath.quad(density, [abs(t), mpmath.inf]))
+
+
+def test_groups_that_ran_the_same_seeds_are_compared_seed_by_seed(tmp_path, capsys):
+    """A paired t-test over the shared seeds: the per-seed differences' t, n - 1 degrees of
+    freedom, the p by quadrature; groups with other seeds fall back to Welch's."""
+    from mnistlab import compare
+
+    fast = {1: 0.900, 2: 0.920, 3: 0.910, 4: 0.930}
+    slow = {1: 0.905, 2: 0.928, 3: 0.913, 4: 0.936}  # better on every seed, by 3-8 thousandths
+    sweep = tmp_path / "sweep"
+    for n, (lr, seed, acc) in enumerate([("1e-3", s, a) for s, a in fast.items()]
+                                        + [("3e-4", s, a) for s, a in slow.items()]):  # fmt: skip
+        written_run(sweep / str(n), [f"model.optimizer.lr={lr}", f"seed={seed}"], acc)
+    assert compare.main([f"sweep={sweep}", "baseline=model.optimizer.lr=1e-3"]) == 0
+    printed = capsys.readouterr().out
+    d = np.array([slow[s] - fast[s] for s in fast])
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+    test = compare.paired(fast, slow)
+    assert test[0] == pytest.approx(t, rel=1e-12) and test[1] == len(d) - 1
+    assert test[2] == pytest.approx(_t_tail(t, len(d) - 1), abs=1e-12)
+    assert f"p paired={test[2]:.3g}" in printed and test[2] < 0.05  # Welch's p: over 0.3
+    assert compare.welch(list(fast.values()), list(slow.values()))[2] > 0.3
+    assert compare.paired(fast, {1: 0.9, 2: 0.9, 5: 0.9, 6: 0.9}) is None  # other seeds
 
 
 def test_sweep_groups_compared_with_welch_and_named_runs_labelled(tmp_path, capsys):

@@ -13,13 +13,12 @@ Light on purpose: no torch, no Lightning.
 """
 
 import logging
-import math
 import statistics
 import sys
 from pathlib import Path
 
 from mnistlab import UserError, refuse
-from mnistlab.report import as_list, describe, selected, t_cdf
+from mnistlab.report import as_list, describe, override_key, selected
 
 log = logging.getLogger("mnistlab.compare")
 
@@ -111,16 +110,30 @@ def differing(configs: list[dict[str, object]], ignore: list[str]) -> list[str]:
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float, float] | None:
-    """Welch's unequal-variance t-test: (t, degrees of freedom, two-sided p), or None when
-    either side has fewer than two values or both have no spread."""
-    if len(a) < 2 or len(b) < 2:
+    """Welch's unequal-variance t-test of b against a (scipy): (t, degrees of freedom,
+    two-sided p), or None when either side has fewer than two values or both have no spread."""
+    if len(a) < 2 or len(b) < 2 or statistics.variance(a) + statistics.variance(b) == 0:
         return None
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:
+    from scipy import stats
+
+    result = stats.ttest_ind(b, a, equal_var=False)
+    return float(result.statistic), float(result.df), float(result.pvalue)
+
+
+def paired(a: dict, b: dict) -> tuple[float, float, float] | None:
+    """The paired t-test of b against a over the seeds both ran (scipy), when each group ran the
+    same two or more seeds (a seed's runs share its data order and initial weights, so their
+    difference is the change alone); None otherwise, or when the differences have no spread."""
+    seeds = sorted(a.keys() & b.keys(), key=str)
+    if len(seeds) < 2 or len(seeds) != len(a) or len(seeds) != len(b) or None in seeds:
         return None
-    t = (statistics.fmean(b) - statistics.fmean(a)) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return t, df, 2 * t_cdf(-abs(t), df)
+    differences = [b[s] - a[s] for s in seeds]
+    if statistics.variance(differences) == 0:
+        return None
+    from scipy import stats
+
+    result = stats.ttest_rel([b[s] for s in seeds], [a[s] for s in seeds])
+    return float(result.statistic), float(result.df), float(result.pvalue)
 
 
 # ------------------------------------------------------------------ output
@@ -146,10 +159,11 @@ def render(groups: dict[str, list[dict]], labels: list[str], base: str, metrics:
     lines += ["", "## Metrics", ""]
     if several:
         lines += ["mean ± 95% CI half-width (n); Δ: difference of means from the baseline;"
-                  " p: Welch's t-test, two-sided", ""]  # fmt: skip
+                  " p: two-sided, paired t-test over the seeds when both groups ran the same"
+                  " seeds (p paired), else Welch's t-test", ""]  # fmt: skip
     lines += ["| metric | " + " | ".join(head) + " |", "|---|" + "---|" * len(labels)]
     for metric in metrics:
-        values = {label: _values(groups[label], metric) for label in labels}
+        values = {label: _by_seed(groups[label], metric) for label in labels}
         if not any(values.values()):
             continue
         cells = [
@@ -169,15 +183,24 @@ def _short(label: str, groups: dict[str, list[dict]]) -> str:
     return f"{label} ({Path(runs[0]['folder']).name})" if len(runs) == 1 else label
 
 
-def _values(runs: list[dict], metric: str) -> list[float]:
-    return [r["metrics"][metric] for r in runs if metric in r["metrics"]]
+def _by_seed(runs: list[dict], metric: str) -> dict:
+    """A metric's values by the seed of their run (its `seed=` override; a run without one
+    under its folder, so that no value is lost)."""
+    return {_seed(r) or r["folder"]: r["metrics"][metric] for r in runs if metric in r["metrics"]}
+
+
+def _seed(run: dict) -> str | None:
+    return next(
+        (o.partition("=")[2] for o in reversed(run["overrides"]) if override_key(o) == "seed"), None
+    )
 
 
 def _value(value) -> str:
     return "null" if value is None else str(value).replace("|", "\\|")
 
 
-def _metric_cell(values: list[float], base: list[float], is_base: bool, several: bool) -> str:
+def _metric_cell(by_seed: dict, base_by_seed: dict, is_base: bool, several: bool) -> str:
+    values, base = list(by_seed.values()), list(base_by_seed.values())
     if not values:
         return "-"
     stats = describe(values)
@@ -189,7 +212,11 @@ def _metric_cell(values: list[float], base: list[float], is_base: bool, several:
     if is_base or not base:
         return shown
     shown += f", Δ {stats['mean'] - statistics.fmean(base):+.4f}"
-    test = welch(base, values) if several else None
+    if not several:
+        return shown
+    if test := paired(base_by_seed, by_seed):
+        return shown + f", p paired={test[2]:.3g}"
+    test = welch(base, values)
     return shown + (f", p={test[2]:.3g}" if test else "")
 
 

@@ -78,7 +78,7 @@ def selected(argv: list[str] | None, usage: str, what: str, **own) -> tuple:
         raise UserError(f"{rest[0]}: not an option of {what} (see --help)")
     runs, out = _runs(args)
     by, metrics = as_list(args["group_by"]), as_list(args["metrics"]) or METRICS
-    keys = {_key(o) for r in runs for o in r["overrides"]}
+    keys = {override_key(o) for r in runs for o in r["overrides"]}
     if unknown := [k for k in by if k not in keys]:
         raise UserError(f"group_by: no run was started with {', '.join(unknown)}; the keys set:"
                         f" {', '.join(sorted(keys)) or '(none)'}")  # fmt: skip
@@ -177,7 +177,7 @@ def read_json(path: Path) -> dict:
 # ------------------------------------------------------------------ groups and statistics
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
 
@@ -186,8 +186,8 @@ def group(runs: list[dict], ignore: list[str], by: list[str]) -> dict[str, list[
     (`by`: only those keys), as one label per group in the order first met."""
 
     def kept(run):
-        return [o for o in run["overrides"] if _key(o) not in ignore and not _key(o).startswith("hydra.")
-                and (not by or _key(o) in by)]  # fmt: skip
+        return [o for o in run["overrides"] if override_key(o) not in ignore and not override_key(o).startswith("hydra.")
+                and (not by or override_key(o) in by)]  # fmt: skip
 
     common = set.intersection(*(set(kept(r)) for r in runs)) if runs else set()
     groups: dict[str, list[dict]] = {}
@@ -203,7 +203,7 @@ def _named(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """A group whose runs share a `name=` is labelled by it, when no other group has it."""
 
     def names(runs):
-        return {([o.partition("=")[2] for o in r["overrides"] if _key(o) == "name"] or [None])[-1]
+        return {([o.partition("=")[2] for o in r["overrides"] if override_key(o) == "name"] or [None])[-1]
                 or None for r in runs}  # fmt: skip
 
     shared = {label: n.pop() if len(n := names(runs)) == 1 else None
@@ -238,60 +238,12 @@ def describe(values: list[float]) -> dict:
     n = len(values)
     if n == 0:
         return {"n": 0, "mean": None, "std": None, "ci95": None, "min": None, "max": None}
+    from scipy import stats  # imported once a report has values: start-up stays light
+
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if n > 1 else None
-    ci = t_quantile(0.975, n - 1) * std / math.sqrt(n) if n > 1 else None
+    ci = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else None
     return {"n": n, "mean": mean, "std": std, "ci95": ci, "min": min(values), "max": max(values)}
-
-
-def t_cdf(t: float, df: float) -> float:
-    """Student's t distribution function, through the regularized incomplete beta function."""
-    x = df / (df + t * t)
-    tail = 0.5 * _betainc(df / 2, 0.5, x)
-    return 1 - tail if t > 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """The t with t_cdf(t, df) = p (0.5 < p < 1), by bisection to machine precision."""
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if mid in (lo, hi):
-            break
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """I_x(a, b), by its continued fraction (Lentz's method)."""
-    if x <= 0:
-        return 0.0
-    if x >= 1:
-        return 1.0
-    if x > (a + 1) / (a + b + 2):  # the fraction converges fast on this side only
-        return 1 - _betainc(b, a, 1 - x)
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                     + a * math.log(x) + b * math.log1p(-x)) / a  # fmt: skip
-    tiny = 1e-300
-    f, c, d = 1.0, 1.0, 0.0
-    for i in range(400):
-        m = i // 2
-        if i == 0:
-            num = 1.0
-        elif i % 2 == 0:
-            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
-        else:
-            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
-        d = 1 + num * d
-        d = 1 / (d if abs(d) > tiny else tiny)
-        c = 1 + num / c
-        c = c if abs(c) > tiny else tiny
-        f *= c * d
-        if abs(1 - c * d) < 1e-16:
-            break
-    return front * (f - 1)
 
 
 # ------------------------------------------------------------------ output
