@@ -135,6 +135,10 @@ CHECKPOINT_PAYLOADS = {
         "trainer.plugins", lambda v: ["\\${oc.create:{_target_: mnistlab.download.zipfile.ZipFile,"
                                       " file: " + str(v) + ", mode: w}}"],
         "trainer.plugins[0]=${oc.create:{_target_: mnistlab"),
+    "a metric that loads a model from a path it is given": (
+        "model.net", lambda v: {"_target_": "torchmetrics.multimodal.CLIPScore",
+                                "model_name_or_path": str(v)},
+        "model.net._target_=torchmetrics.multimodal.CLIPScore: refused, not found"),
     "a target that is not a name": ("model.net._target_", lambda v: ["os", "system"],
                                     "not a dotted name of a class"),
 }  # fmt: skip

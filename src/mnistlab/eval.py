@@ -20,7 +20,7 @@ the run was trained with; overrides apply on top, e.g. data.eval_batch_size=512 
 or ckpt=, the newest finished run under logs/train/runs. Metrics go to stdout and, with the run
 and checkpoint they belong to, to logs/eval/runs/<timestamp>/metrics.json. A run this checkout
 made is trusted; any other's config builds only objects of the kind each place takes, from this
-project, torch, torchvision, torchmetrics or Lightning (docs/runs.md): trust=mypkg,other trusts
+project, torch, torchvision or Lightning (docs/runs.md): trust=mypkg,other trusts
 your packages, trust=all the source."""
 
 

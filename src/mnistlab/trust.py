@@ -41,7 +41,9 @@ KEY_FILE = Path(".mnistlab") / "run-key"  # in the project root (mnistlab.config
 SIGNED = ("config.yaml", "overrides.yaml")  # what in a run's .hydra/ decides what it builds
 
 # A kind: the base classes an object must derive from, and the packages it may be defined in.
-MODULES = ("mnistlab", "torch.nn", "torchvision.models", "torchvision.ops", "torchmetrics")
+# Not torchmetrics: some of its metrics (modules) load models from a path they are given, one
+# with `trust_remote_code=True` (CLIPScore); the system builds its metrics in code, not config.
+MODULES = ("mnistlab", "torch.nn", "torchvision.models", "torchvision.ops")
 LIGHTNING = ("mnistlab", "lightning.pytorch", "lightning.fabric")
 KINDS = {
     "an nn.Module": (("torch.nn.Module",), MODULES),
