@@ -61,12 +61,8 @@ def load_exported(folder: str | Path, trust: str | None = None) -> Exported:
     try:
         spec = json.loads(path.read_text())
         network, prep = spec["network"], spec["input"]
-        name, arguments, mean, std = (
-            network["class"],
-            network["arguments"],
-            prep["mean"],
-            prep["std"],
-        )
+        name, arguments = network["class"], network["arguments"]
+        mean, std = prep["mean"], prep["std"]
         if not (isinstance(name, str) and isinstance(arguments, dict)):
             raise TypeError("network: {class: a name, arguments: a mapping}")
     except (OSError, ValueError, KeyError, TypeError) as e:
