@@ -67,22 +67,22 @@ sweep: $(SWEEP_STAMP) ## A multirun: ARGS="model.optimizer.lr=1e-3,3e-4" or ARGS
 	$(BIN)/python -m mnistlab.train -m $(ARGS)
 
 eval: $(STAMP) ## Test a run as it was trained: RUN=<run folder> or CKPT=<checkpoint>, overrides in ARGS
-	$(BIN)/python -m mnistlab.eval $(FROM) $(ARGS)
+	$(BIN)/python -m mnistlab.lab.eval $(FROM) $(ARGS)
 
 predict: $(STAMP) ## Classify images or an IDX file: INPUT=<file or folder> [RUN=|CKPT=] [OUTPUT=x.csv|x.json]
-	$(BIN)/python -m mnistlab.predict input=$(INPUT) $(FROM) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
+	$(BIN)/python -m mnistlab.classify.predict input=$(INPUT) $(FROM) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
 
 eval-wild: $(STAMP) ## A run's accuracy per condition on digits typed in fonts and drawn by a pen (RUN=|CKPT=)
-	$(BIN)/python -m mnistlab.wild $(FROM) $(ARGS)
+	$(BIN)/python -m mnistlab.classify.wild $(FROM) $(ARGS)
 
 report: $(STAMP) ## Results over seeds per config (n, mean, std, 95% CI), curve figures: SWEEP=<folder>, RUNS="a b c" or LOGDIR=
-	$(BIN)/python -m mnistlab.report $(RUNS_ARG) $(ARGS)
+	$(BIN)/python -m mnistlab.lab.report $(RUNS_ARG) $(ARGS)
 
 compare: $(STAMP) ## Runs side by side: differing config keys, metrics, differences, t-test p (RUNS="a b" or SWEEP=)
-	$(BIN)/python -m mnistlab.compare $(RUNS_ARG) $(ARGS)
+	$(BIN)/python -m mnistlab.lab.compare $(RUNS_ARG) $(ARGS)
 
 export: $(EXPORT_STAMP) ## safetensors + JSON + ONNX beside a run's checkpoints (RUN=|CKPT=), parity-checked
-	$(BIN)/python -m mnistlab.export $(FROM) $(ARGS)
+	$(BIN)/python -m mnistlab.lab.export $(FROM) $(ARGS)
 
 bench: $(STAMP) ## Time the template against plain PyTorch and the origin loop (ARGS="--quick" for ~2 min)
 	$(BIN)/python scripts/bench.py $(ARGS)

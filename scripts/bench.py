@@ -106,7 +106,7 @@ FOLDER_ARGS = ["data=image_folder", "data.channels=1", "data.image_size=28", f"d
 
 # The per-batch augmentation of experiment=robust (DigitAugment's defaults; the cost is the same
 # whatever its ranges), on the template's own network.
-AUGMENT_ARGS = ["data.batch_augment={_target_:mnistlab.augment.DigitAugment}"]
+AUGMENT_ARGS = ["data.batch_augment={_target_:mnistlab.data.augment.DigitAugment}"]
 
 
 def template_argv(args, run_dir: str, folder: bool = False, profile: bool = False,
@@ -143,7 +143,7 @@ def mnist_tensors(args):
     """uint8 images (N, 1, 28, 28) and labels: train and val (the template's split), test."""
     import torch
 
-    from mnistlab.idx import read_idx
+    from mnistlab.data.idx import read_idx
 
     raw = Path(args.data_dir) / "MNIST" / "raw"
 
@@ -210,7 +210,7 @@ def run_lightning(args):
     import torch
     from torch import nn
 
-    from mnistlab.lean import NoCudaProbe
+    from mnistlab.lab.lean import NoCudaProbe
     from mnistlab.nets import ConvNet
 
     rec = Recorder()
@@ -329,7 +329,7 @@ def train_epochs(rec: Recorder, loader, epochs: int):
 def run_startup(args):
     """A fresh process's data setup on the folder (decoding into the cache when there is none)."""
     start = time.perf_counter()
-    from mnistlab.image_folder import ImageFolderDataModule
+    from mnistlab.data.image_folder import ImageFolderDataModule
 
     imported = time.perf_counter()
     dm = ImageFolderDataModule(args.folder, [str(d) for d in range(10)], image_size=28,
@@ -348,7 +348,7 @@ def write_png_folder(data_dir: str, folder: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from mnistlab.idx import read_idx
+    from mnistlab.data.idx import read_idx
 
     print(f"writing MNIST as 70,000 PNG files into {folder} (once) ...", flush=True)
     raw = Path(data_dir) / "MNIST" / "raw"
@@ -593,7 +593,7 @@ def main():
     if args.quick:
         args.epochs, args.repeats = 1, 1
 
-    from mnistlab.download import ensure_mnist  # fetch and verify once, before any timing
+    from mnistlab.data.download import ensure_mnist  # fetch and verify once, before any timing
 
     ensure_mnist(Path(args.data_dir) / "MNIST" / "raw")
     loops = (

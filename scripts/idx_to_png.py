@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mnistlab.idx import read_idx
+from mnistlab.data.idx import read_idx
 
 
 def main() -> None:

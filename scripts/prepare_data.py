@@ -10,8 +10,8 @@ import sys
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from mnistlab import UserError
-from mnistlab.config import CONF_DIR
+from mnistlab.lab import UserError
+from mnistlab.lab.config import CONF_DIR
 
 
 def main(overrides: list[str]) -> int:

@@ -11,8 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from mnistlab.config import CONF_DIR
-from mnistlab.idx import encode_idx
+from mnistlab.data.idx import encode_idx
+from mnistlab.lab.config import CONF_DIR
 
 NAMES = {
     ("train", "images"): "train-images-idx3-ubyte",

@@ -1,4 +1,4 @@
-"""experiment=robust's augmentation of whole batches on the device (mnistlab.augment): what it
+"""experiment=robust's augmentation of whole batches on the device (mnistlab.data.augment): what it
 draws depends on the seed, the step and the rank only, so a stopped run resumes exactly."""
 
 import signal
@@ -7,11 +7,11 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from mnistlab.augment import DigitAugment, batch_generator
-from mnistlab.preemption import Interrupted
+from mnistlab.data.augment import DigitAugment, batch_generator
+from mnistlab.lab.preemption import Interrupted
 from mnistlab.train import train
 
-ROBUST = "data.batch_augment={_target_:mnistlab.augment.DigitAugment}"
+ROBUST = "data.batch_augment={_target_:mnistlab.data.augment.DigitAugment}"
 
 
 def digits(n=8) -> torch.Tensor:
@@ -79,7 +79,7 @@ def test_a_run_with_batch_augmentation_resumes_exactly(tiny_cfg, tmp_path):
 )
 def test_a_bad_augmentation_is_one_line_naming_the_key(given, message):
     """As DigitAugment(...) from Python; the command line refuses them earlier (test_cli)."""
-    from mnistlab import UserError
+    from mnistlab.lab import UserError
 
     with pytest.raises(UserError) as error:
         DigitAugment(**given)

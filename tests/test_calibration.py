@@ -1,4 +1,4 @@
-"""Calibrated probabilities (mnistlab.calibration): the temperature fitted on the validation
+"""Calibrated probabilities (mnistlab.classify.calibration): the temperature fitted on the validation
 split, stored in every checkpoint; the test's expected calibration error with and without it.
 The statistics here are fast; a real run's temperature and predict's flags are in the slow tier."""
 
@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mnistlab import predict
-from mnistlab.calibration import CalibrationError, expected_calibration_error, fit_temperature
+from mnistlab.classify import predict
+from mnistlab.classify.calibration import (
+    CalibrationError,
+    expected_calibration_error,
+    fit_temperature,
+)
 from mnistlab.train import train
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistlab import checkpoint
-from mnistlab.checkpoint import (
+from mnistlab.lab import checkpoint
+from mnistlab.lab.checkpoint import (
     AtomicCheckpointIO,
     CheckpointError,
     latest_intact,
@@ -17,7 +17,7 @@ from mnistlab.checkpoint import (
     save,
     sidecar,
 )
-from mnistlab.config import ROOT
+from mnistlab.lab.config import ROOT
 
 STATE = {"state_dict": {"w": torch.arange(1000.0)}, "global_step": 7}
 

@@ -10,9 +10,9 @@ import yaml
 from conftest import compose_train, need_modules
 from runner import cli_env
 
-from mnistlab import UserError
-from mnistlab.cli import prepare
-from mnistlab.resume import NothingToDo
+from mnistlab.lab import UserError
+from mnistlab.lab.cli import prepare
+from mnistlab.lab.resume import NothingToDo
 
 BAD = {
     "trainer.max_epoch=3": "unknown key trainer.max_epoch; did you mean trainer.max_epochs?",
@@ -71,7 +71,7 @@ def test_sweeps_check_every_value():
 
 
 def test_a_name_is_a_folder_suffix_that_cannot_leave_the_folder():
-    from mnistlab.config import folder_label
+    from mnistlab.lab.config import folder_label
 
     assert [folder_label(n) for n in (None, "", "wide_lr", "../x y", "lr=1e-3,b")] == [
         "", "", "_wide_lr", "_..-x-y", "_lr=1e-3,b"]  # fmt: skip

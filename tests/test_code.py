@@ -34,3 +34,52 @@ def test_private_api_reaches_are_few_and_each_says_what_it_was_checked_on():
     assert not unmarked, f"mark each with '# {MARK}, checked against <package> <version>'"
     marks = sum(p.read_text().count(MARK) for p in SRC.rglob("*.py"))
     assert len(reaches) <= marks <= 7, (len(reaches), marks)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module of the package and the package's modules it imports, lazily or not."""
+    package = SRC / "mnistlab"
+    modules = {
+        ".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in package.rglob("*.py")
+    }
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mnistlab"):
+                for alias in node.names:
+                    child = f"{node.module}.{alias.name}"
+                    found.add(child if child in modules else node.module)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("mnistlab")}
+        graph[name] = found - {name}
+    return graph
+
+
+def test_the_machinery_never_imports_the_example_and_nothing_imports_in_a_circle():
+    graph = import_graph()
+    upward = sorted(
+        f"{m} -> {d}"
+        for m, deps in graph.items()
+        if m.startswith("mnistlab.lab")
+        for d in deps
+        if not d.startswith("mnistlab.lab")
+    )
+    assert not upward, upward
+    circles, done = [], set()
+
+    def visit(module, path):
+        if module in path:
+            circles.append(" -> ".join([*path[path.index(module) :], module]))
+            return
+        if module in done:
+            return
+        for dep in sorted(graph.get(module, ())):
+            if dep.rsplit(".", 1)[0] != module:  # a package importing its own module
+                visit(dep, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert not circles, circles

@@ -21,7 +21,8 @@ from conftest import compose_train, missing
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnistlab.dashboard import FONT_PX, tensorboard_tag
+from mnistlab.classify.pictures import FONT_PX
+from mnistlab.lab.dashboard import tensorboard_tag
 from mnistlab.train import train
 
 pytestmark = pytest.mark.slow

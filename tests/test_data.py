@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from mnistlab import UserError
-from mnistlab.data import EpochSampler, ShardSampler
-from mnistlab.mnist import MNISTDataModule
+from mnistlab.data.images import EpochSampler, ShardSampler
+from mnistlab.data.mnist import MNISTDataModule
+from mnistlab.lab import UserError
 
 
 def make_dm(synthetic_mnist, **kwargs) -> MNISTDataModule:
@@ -113,7 +113,7 @@ def test_missing_files_name_the_path(synthetic_mnist, tmp_path):
 
 
 def test_relative_data_dir_is_taken_from_the_project_root():
-    from mnistlab.config import ROOT
+    from mnistlab.lab.config import ROOT
 
     assert MNISTDataModule("data").raw_dir == ROOT / "data" / "MNIST" / "raw"
     assert MNISTDataModule("/abs/x").raw_dir == Path("/abs/x/MNIST/raw")
@@ -139,7 +139,7 @@ def test_images_that_do_not_match_the_spec_are_refused_in_one_line(synthetic_mni
 def test_memory_mapped_images_give_the_same_batches_without_a_copy(synthetic_mnist, tmp_path):
     import numpy as np
 
-    from mnistlab.data import _subset
+    from mnistlab.data.images import _subset
 
     dm = make_dm(synthetic_mnist)
     images, labels = dm._checked(dm.load("train"), "train").images, dm.train_set.labels

@@ -16,10 +16,10 @@ import torch
 from conftest import SyntheticMNIST, need_modules
 from runner import base_args, cli_args, cli_env, run_cli
 
-from mnistlab import UserError
-from mnistlab import eval as evaluation
-from mnistlab.data import EpochSampler, ShardSampler
-from mnistlab.mnist import MNISTDataModule
+from mnistlab.data.images import EpochSampler, ShardSampler
+from mnistlab.data.mnist import MNISTDataModule
+from mnistlab.lab import UserError
+from mnistlab.lab import eval as evaluation
 from mnistlab.train import train
 
 # 301 test images: not a multiple of 2 processes, so padding (DistributedSampler's) would show.
@@ -194,7 +194,7 @@ def test_slurm_parameters_for_2_nodes_of_4_gpus(tmp_path, monkeypatch):
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
     from omegaconf import OmegaConf
 
-    from mnistlab.cli import prepare
+    from mnistlab.lab.cli import prepare
 
     overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
                  "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}/sweep",
@@ -239,7 +239,7 @@ def fake_sinfo(tmp_path, monkeypatch, gres: str) -> None:
 
 
 def test_slurm_gpus_follow_the_trainer_and_for_auto_the_cluster(tmp_path, monkeypatch):
-    from mnistlab.config import slurm_gpus
+    from mnistlab.lab.config import slurm_gpus
 
     fake_sinfo(tmp_path, monkeypatch, "(null)")  # a cluster without GPUs
     assert (slurm_gpus("cpu", 1), slurm_gpus("auto", 1), slurm_gpus("gpu", 4)) == (None, None, 4)
@@ -269,7 +269,7 @@ def compose_train_with_hydra(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from mnistlab.config import CONF_DIR
+    from mnistlab.lab.config import CONF_DIR
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
@@ -385,7 +385,7 @@ def weights_and_step(run: Path) -> tuple[dict, int]:
 
 
 def test_an_srun_launch_file_is_read_only_by_its_own_step_and_then_removed(tmp_path, monkeypatch):
-    from mnistlab import distributed
+    from mnistlab.lab import distributed
 
     step = {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
             "SLURM_SRUN_COMM_PORT": "40001", "MNISTLAB_LAUNCH_DIR": ""}  # fmt: skip

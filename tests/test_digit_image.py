@@ -1,12 +1,12 @@
-"""Any picture of a digit prepared as MNIST made its digits (mnistlab.digit_image): the ink found
+"""Any picture of a digit prepared as MNIST made its digits (mnistlab.data.digit_image): the ink found
 on any background, cropped, fitted into 20x20, centred by its centre of mass in 28x28."""
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnistlab.digit_image import as_mnist
-from mnistlab.mnist import MNISTDataModule
+from mnistlab.data.digit_image import as_mnist
+from mnistlab.data.mnist import MNISTDataModule
 
 
 def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from conftest import checksums_of, idx_files
 
-from mnistlab import UserError, download
-from mnistlab.download import ensure_mnist, hub_pickle_to_idx
-from mnistlab.idx import decode_idx, encode_idx
+from mnistlab.data import download
+from mnistlab.data.download import ensure_mnist, hub_pickle_to_idx
+from mnistlab.data.idx import decode_idx, encode_idx
+from mnistlab.lab import UserError
 
 
 def test_idx_round_trip_and_header():

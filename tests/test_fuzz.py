@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mnistlab import UserError
-from mnistlab.cli import prepare
-from mnistlab.mnist import MNISTDataModule
-from mnistlab.predict import images
-from mnistlab.resume import NothingToDo
+from mnistlab.classify.predict import images
+from mnistlab.data.mnist import MNISTDataModule
+from mnistlab.lab import UserError
+from mnistlab.lab.cli import prepare
+from mnistlab.lab.resume import NothingToDo
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip

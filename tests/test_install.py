@@ -35,7 +35,7 @@ def test_a_wheel_installed_elsewhere_trains_from_another_folder(tmp_path, synthe
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = subprocess.run([python, "-c", "import mnistlab.config as c; print(c.CONF_DIR)"],
+    where = subprocess.run([python, "-c", "import mnistlab.lab.config as c; print(c.CONF_DIR)"],
                            cwd=elsewhere, check=True, capture_output=True, text=True).stdout  # fmt: skip
     assert where.startswith(site), where  # the installed copy, not this checkout
     logs = tmp_path / "my_logs"

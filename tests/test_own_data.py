@@ -17,9 +17,10 @@ from PIL import Image
 from runner import cli_env, run_cli, start_cli, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnistlab import UserError, export, predict
-from mnistlab import eval as evaluation
-from mnistlab.dashboard import CELL, FONT_PX, confusion_image
+from mnistlab.classify import predict
+from mnistlab.classify.pictures import CELL, FONT_PX, confusion_image
+from mnistlab.lab import UserError, export
+from mnistlab.lab import eval as evaluation
 
 N_TEST = 5 * 16
 SIZE = 24  # neither MNIST's 28 nor the config's default 32
@@ -137,7 +138,7 @@ def test_a_data_override_the_network_cannot_take_is_refused_at_eval(run, capsys)
 
 
 def test_the_cache_is_reused_rebuilt_when_the_folder_changes_and_when_damaged(tmp_path, caplog):
-    from mnistlab.image_folder import ImageFolderDataModule
+    from mnistlab.data.image_folder import ImageFolderDataModule
 
     root = write_image_folder(tmp_path / "f", n_train=6, n_test=2)
 
@@ -212,7 +213,7 @@ def test_an_image_past_pil_s_size_guard_is_a_bad_image_in_training_and_in_predic
 ):
     from PIL import Image as PILImage
 
-    from mnistlab.image_folder import ImageFolderDataModule
+    from mnistlab.data.image_folder import ImageFolderDataModule
 
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 20_000)  # errors past 40,000 pixels
     root = write_image_folder(tmp_path / "f", n_train=4, n_test=2)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import compose_train, missing, need_modules
 
-from mnistlab.mnist import MNISTDataModule
+from mnistlab.data.mnist import MNISTDataModule
 from mnistlab.train import train
 
 pytestmark = pytest.mark.real_data
@@ -76,7 +76,7 @@ def test_mnist_s_own_preparation_of_its_test_digits_leaves_accuracy_unchanged(mn
     import torch
     from PIL import Image
 
-    from mnistlab.predict import load
+    from mnistlab.classify.predict import load
 
     cfg = compose_train(["experiment=reference", "trainer=cpu", "trainer.max_epochs=1",
                          "trainer.limit_train_batches=300", "data.sources=[local]",

@@ -1,4 +1,4 @@
-"""The results-over-seeds report (mnistlab.report) on run folders written here: grouping,
+"""The results-over-seeds report (mnistlab.lab.report) on run folders written here: grouping,
 statistics, what is left out, and its one-line refusals. The slow tier runs it on a real sweep."""
 
 import csv
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_sweeps import student_t_975
 
-from mnistlab import report
+from mnistlab.lab import report
 
 
 def fake_run(folder, overrides, acc=None, status="completed"):
@@ -95,7 +95,7 @@ def written_run(folder, overrides, acc, curve=()):
 
 
 def test_compare_lists_exactly_the_keys_that_differ(tmp_path, capsys):
-    from mnistlab import compare
+    from mnistlab.lab import compare
 
     written_run(tmp_path / "a", [], 0.90)
     written_run(tmp_path / "b", ["model.optimizer.lr=3e-4", "data.batch_size=128"], 0.93)
@@ -113,7 +113,7 @@ def test_welch_p_values_match_an_integral_of_the_t_density():
     density (not by scipy, which our code uses)."""
     import mpmath
 
-    from mnistlab import compare
+    from mnistlab.lab import compare
 
     a, b = [0.981, 0.983, 0.979, 0.984], [0.986, 0.990, 0.985]
     t, df, p = compare.welch(a, b)
@@ -146,7 +146,7 @@ def _t_tail(t: float, df: float) -> float:
 def test_groups_that_ran_the_same_seeds_are_compared_seed_by_seed(tmp_path, capsys):
     """A paired t-test over the shared seeds: the per-seed differences' t, n - 1 degrees of
     freedom, the p by quadrature; groups with other seeds fall back to Welch's."""
-    from mnistlab import compare
+    from mnistlab.lab import compare
 
     fast = {1: 0.900, 2: 0.920, 3: 0.910, 4: 0.930}
     slow = {1: 0.905, 2: 0.928, 3: 0.913, 4: 0.936}  # better on every seed, by 3-8 thousandths
@@ -167,7 +167,7 @@ def test_groups_that_ran_the_same_seeds_are_compared_seed_by_seed(tmp_path, caps
 
 
 def test_sweep_groups_compared_with_welch_and_named_runs_labelled(tmp_path, capsys):
-    from mnistlab import compare
+    from mnistlab.lab import compare
 
     sweep = tmp_path / "sweep"
     for n, (lr, seed, acc) in enumerate([("1e-3", 1, 0.90), ("1e-3", 2, 0.92), ("1e-3", 3, 0.91),
@@ -191,7 +191,7 @@ def test_the_figure_has_one_mean_curve_and_band_per_group(tmp_path):
     matplotlib's cycle as lines and as their pale bands, and no third."""
     from PIL import Image
 
-    from mnistlab.figures import curves
+    from mnistlab.lab.figures import curves
 
     sweep = tmp_path / "sweep"
     shifts = [("1e-3", 0.0), ("1e-3", 0.03), ("1e-3", 0.015), ("3e-4", -0.3), ("3e-4", -0.27),
@@ -229,7 +229,7 @@ def test_two_named_runs_compared_through_the_command_line(synthetic_mnist, tmp_p
         assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "train" / "runs").iterdir())
     assert [r.name.rsplit("_", 1)[1] for r in runs] == ["base", "wide"], runs
-    proc = subprocess.run([sys.executable, "-m", "mnistlab.compare", f"runs=[{runs[0]},{runs[1]}]"],
+    proc = subprocess.run([sys.executable, "-m", "mnistlab.lab.compare", f"runs=[{runs[0]},{runs[1]}]"],
                           capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     table = proc.stdout.split("## Config keys that differ")[1].split("## Metrics")[0]
@@ -268,7 +268,7 @@ def test_a_key_or_metric_no_run_has_is_refused(args, message, tmp_path, capsys):
 
 
 def test_runs_that_are_not_runs_and_a_broken_config_are_one_line(tmp_path, capsys):
-    from mnistlab import compare
+    from mnistlab.lab import compare
 
     (tmp_path / "empty").mkdir()
     assert report.main([f"runs=[{tmp_path / 'empty'}]"]) == 2

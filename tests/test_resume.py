@@ -4,6 +4,7 @@ import logging
 import os
 import signal
 import time
+from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
@@ -14,9 +15,9 @@ from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_checkpoint import RunsCode
 
-from mnistlab import UserError, checkpoint
-from mnistlab.dashboard import tensorboard_tag
-from mnistlab.preemption import Interrupted
+from mnistlab.lab import UserError, checkpoint
+from mnistlab.lab.dashboard import tensorboard_tag
+from mnistlab.lab.preemption import Interrupted
 from mnistlab.train import train
 
 EXACT = (
@@ -173,23 +174,25 @@ def test_resume_and_ckpt_path_refuse_a_checkpoint_that_would_run_code(tiny_cfg, 
 
 
 def test_weights_that_are_not_finite_are_never_checkpointed(tiny_cfg):
+    """Whatever the LightningModule: the run's record (a callback of every run) refuses them."""
     model = instantiate(tiny_cfg().model)
     with torch.no_grad():
         next(model.net.parameters())[0] = float("nan")
-    with pytest.raises(UserError, match=r"weights net\.layers\.0\.weight are not finite"):
-        model.on_save_checkpoint({})
+    trainer = SimpleNamespace(global_step=3, datamodule=None, callback_metrics={})
+    with pytest.raises(UserError, match=r"weights net\.layers\.0\.weight are not finite at step 3"):
+        checkpoint.RunRecord().on_save_checkpoint(trainer, model, {})
 
 
 def test_a_checkpoint_from_before_stage_metrics_is_refused_in_one_line(tiny_cfg, tmp_path):
     """Checkpoints written with torchmetrics' MulticlassAccuracy and MeanMetric as the train
     metrics (before StageMetrics, 0.1.0's development) are not migrated: named and refused."""
-    from mnistlab.checkpoint import check_fits
+    from mnistlab.lab.checkpoint import check_fits
 
     model = instantiate(tiny_cfg().model)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("train_metrics.")}
     state |= {"train_acc.tp": torch.tensor(7), "train_loss.mean_value": torch.tensor(5.0)}
     with pytest.raises(UserError, match=r"missing: train_metrics\.correct.*unexpected: train_acc"):
-        check_fits(model.loadable(state), model, tmp_path / "old.ckpt")
+        check_fits(state, model, tmp_path / "old.ckpt")
 
 
 def test_submitit_s_signal_checkpoints_first_then_submitit_requeues(
@@ -219,7 +222,7 @@ def test_submitit_s_signal_checkpoints_first_then_submitit_requeues(
 
 
 def test_a_requeued_sweep_job_continues_from_its_checkpoint(tiny_cfg, monkeypatch):
-    from mnistlab.launch import _continue_if_requeued
+    from mnistlab.lab.launch import _continue_if_requeued
 
     cfg = tiny_cfg()
     _continue_if_requeued(cfg)
@@ -234,7 +237,7 @@ def test_a_run_folder_has_one_writer_and_a_dead_holder_s_lock_is_taken_over(tmp_
     import sys
     import time
 
-    from mnistlab.run_folder import hold
+    from mnistlab.lab.run_folder import hold
 
     folder = tmp_path / "run"
     with hold(folder):  # noqa: SIM117 (a second hold, even in the same process, is refused)
@@ -243,7 +246,7 @@ def test_a_run_folder_has_one_writer_and_a_dead_holder_s_lock_is_taken_over(tmp_
     with hold(folder):  # released at the end: taken again
         pass
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from mnistlab.run_folder import hold\n"
+        [sys.executable, "-c", "import sys, time; from mnistlab.lab.run_folder import hold\n"
          f"with hold({str(folder)!r}):\n    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -4,8 +4,8 @@ import importlib
 
 import pytest
 
-from mnistlab import UserError
-from mnistlab.schema import RULES, arguments, validate
+from mnistlab.lab import UserError
+from mnistlab.lab.schema import RULES, arguments, validate
 
 OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True}
 MODULE_TARGETS = {"torch.optim.": ["torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"]}
@@ -27,17 +27,17 @@ def test_a_node_is_checked_against_its_real_signature():
         UserError,
         match=r"unknown key model\.scheduler\.step_sise; did you mean model\.scheduler\.step_size\?",
     ):
-        validate({"model": {"_target_": "mnistlab.system.Classifier", "scheduler": scheduler}},
+        validate({"model": {"_target_": "mnistlab.classifier.Classifier", "scheduler": scheduler}},
                  deep=True)  # fmt: skip
     net = {"_target_": "torch.nn.Linear", "in_features": 3}  # not partial: all required arguments
     with pytest.raises(
         UserError,
         match=r"model\.net: missing required argument\(s\) out_features of torch\.nn\.Linear",
     ):
-        validate({"model": {"_target_": "mnistlab.system.Classifier", "net": net}}, deep=True)
+        validate({"model": {"_target_": "mnistlab.classifier.Classifier", "net": net}}, deep=True)
     with pytest.raises(UserError, match=r"data\._target_=my\.Missing: cannot be imported"):
         validate({"data": {"_target_": "my.Missing"}}, deep=True)
-    correct = {"_target_": "mnistlab.system.Classifier", "net": {**net, "out_features": 2},
+    correct = {"_target_": "mnistlab.classifier.Classifier", "net": {**net, "out_features": 2},
                "optimizer": OPTIMIZER}  # fmt: skip
     validate({"model": correct}, deep=True)  # quiet
     validate({"model": {**correct, "nett": 1}})  # not deep: a key from a config file is not read
@@ -51,7 +51,7 @@ def test_an_argument_added_to_a_constructor_needs_no_schema_edit(monkeypatch):
     monkeypatch.setitem(RULES, "mnistlab.nets.ConvNet", {"hidden": int})  # no rule on `dropout`
 
     def model(**net):
-        return {"model": {"_target_": "mnistlab.system.Classifier", "optimizer": OPTIMIZER,
+        return {"model": {"_target_": "mnistlab.classifier.Classifier", "optimizer": OPTIMIZER,
                           "net": {"_target_": "mnistlab.nets.ConvNet", **net}}}  # fmt: skip
 
     validate(model(hidden=8, dropout=0.1), deep=True)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from mnistlab.classifier import Classifier
 from mnistlab.nets import ConvNet
-from mnistlab.system import Classifier
 from mnistlab.train import train
 
 

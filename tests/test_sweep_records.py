@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import need_modules
 
-from mnistlab import sweeps
+from mnistlab.lab import sweeps
 
 
 def job(folder, overrides, loss, status="completed"):

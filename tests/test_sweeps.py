@@ -151,7 +151,7 @@ def check_pruned_study(sweep_dir, n_trials: int = 6, epochs: int = 3, failed=())
     (`failed`: their numbers)."""
     import optuna
 
-    from mnistlab.sweeps import open_storage
+    from mnistlab.lab.sweeps import open_storage
 
     study = optuna.load_study(study_name="search", storage=open_storage(str(sweep_dir / "optuna.journal")))  # fmt: skip
     assert [t.number for t in study.trials] == list(range(n_trials))
@@ -205,7 +205,7 @@ def test_a_report_over_seeds_agrees_with_numpy_and_leaves_out_a_failed_run(synth
     and the 95% confidence interval equal numpy's (Student's t from mpmath) to 1e-12."""
     import numpy as np
 
-    from mnistlab import report
+    from mnistlab.lab import report
 
     fail = ["+callbacks.fail._target_=runner.FailOnce", "+callbacks.fail.lr=0.002",
             f"+callbacks.fail.marker={tmp_path / 'failed-once'}"]  # fmt: skip
@@ -248,7 +248,7 @@ def test_a_report_over_seeds_agrees_with_numpy_and_leaves_out_a_failed_run(synth
         assert Image.open(tmp_path / "sweep" / f"curve_{metric}.png").format == "PNG"
         assert (tmp_path / "sweep" / f"curve_{metric}.pdf").read_bytes().startswith(b"%PDF")
     # Compared: lr is the one differing key; Welch's p of the two groups as compare.welch gives.
-    from mnistlab import compare
+    from mnistlab.lab import compare
 
     assert compare.main([f"sweep={tmp_path / 'sweep'}"]) == 0
     printed = capsys.readouterr().out

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf, open_dict
 from runner import cli_args, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnistlab.config import ROOT
-from mnistlab.dashboard import tensorboard_tag
+from mnistlab.lab.config import ROOT
+from mnistlab.lab.dashboard import tensorboard_tag
 from mnistlab.nets import ConvNet
 from mnistlab.train import train
 
@@ -128,7 +128,7 @@ def test_optional_histograms_and_graph_are_written(tiny_cfg, tmp_path):
     train(tiny_cfg("callbacks.dashboard.histograms=true", "callbacks.dashboard.graph=true"))
     events = EventAccumulator(str(tmp_path / "run"), size_guidance={"histograms": 0}).Reload()
     histograms = set(events.Tags()["histograms"])
-    assert {"~weights/layers.0.weight", "~grads/layers.0.weight"} <= histograms
+    assert {"~weights/net.layers.0.weight", "~grads/net.layers.0.weight"} <= histograms
     assert events.Tags()["graph"]
 
 
@@ -146,8 +146,8 @@ def test_label_smoothing_and_class_weights_are_set_from_the_command_line(synthet
     criterion, and a weight list of the wrong length is one line naming the key."""
     from hydra.utils import instantiate
 
-    from mnistlab import UserError
-    from mnistlab.config import build
+    from mnistlab.lab import UserError
+    from mnistlab.lab.config import build
 
     weights = [1.0] * 9 + [3.0]
     cfg = compose_train(["model.loss.label_smoothing=0.1", f"model.loss.weight={weights}"])
@@ -277,8 +277,8 @@ def test_the_hook_name_is_a_plain_attribute_and_modules_still_register():
     """Classifier.__setattr__'s fast path is for Lightning's `_current_fx_name` alone."""
     from torch import nn
 
+    from mnistlab.classifier import Classifier
     from mnistlab.nets import ConvNet
-    from mnistlab.system import Classifier
 
     model = Classifier(ConvNet(), torch.optim.Adam)
     model._current_fx_name = "training_step"
@@ -289,12 +289,12 @@ def test_the_hook_name_is_a_plain_attribute_and_modules_still_register():
 
 def test_the_run_module_reads_alone():
     """`train(cfg)` is the whole run: importing it brings in none of the command's machinery
-    (the command line, exits, sweep jobs, requeue), which lives in mnistlab.launch."""
+    (the command line, exits, sweep jobs, requeue), which lives in mnistlab.lab.launch."""
     import subprocess
     import sys
 
     code = ("import sys, mnistlab.train\n"
-            "print(sorted(m for m in ('mnistlab.launch', 'mnistlab.cli', 'hydra_plugins')"
+            "print(sorted(m for m in ('mnistlab.lab.launch', 'mnistlab.lab.cli', 'hydra_plugins')"
             " if m in sys.modules))")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -302,7 +302,7 @@ def test_the_run_module_reads_alone():
 
 
 def test_hparams_columns_are_the_experiment_and_every_key_set_on_the_command_line():
-    from mnistlab.dashboard import hparams
+    from mnistlab.lab.dashboard import hparams
 
     overrides = ["experiment=two_conv", "model.optimizer.lr=3e-4", "paths.log_dir=/x", "name=w",
                  "hydra.job.chdir=false", "+trainer.limit_train_batches=3"]  # fmt: skip
@@ -317,7 +317,7 @@ def test_hparams_columns_are_the_experiment_and_every_key_set_on_the_command_lin
 
 
 def test_tensorboard_opens_on_the_curves():
-    from mnistlab.dashboard import tensorboard_tag
+    from mnistlab.lab.dashboard import tensorboard_tag
 
     shown = [tensorboard_tag(t) for t in ("train/loss", "val/acc", "test/acc", "lr-Adam",
                                           "perf/epoch_time_s", "grads/w")]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Files read back from disk build nothing but what belongs where they put it (mnistlab.trust).
+"""Files read back from disk build nothing but what belongs where they put it (mnistlab.lab.trust).
 
 Each payload is a checkpoint, run folder, sweep folder or model.json that someone else could hand
 a researcher. Every one must be refused in one line, with a non-zero exit, before anything is
@@ -19,11 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from runner import cli_args, run_cli, trained
 
-from mnistlab import UserError, export, predict, report, trust, wild
-from mnistlab import compare as comparing
-from mnistlab import eval as evaluation
-from mnistlab.cli import prepare
-from mnistlab.config import ROOT
+from mnistlab.classify import predict, wild
+from mnistlab.lab import UserError, export, report, trust
+from mnistlab.lab import compare as comparing
+from mnistlab.lab import eval as evaluation
+from mnistlab.lab.cli import prepare
+from mnistlab.lab.config import ROOT
 
 TINY = ["trainer.max_epochs=1", "trainer.limit_val_batches=2", "data.batch_size=32"]
 OWN_NET = """
@@ -93,20 +94,20 @@ CHECKPOINT_PAYLOADS = {
             "name": str(v), "mode": "w", "pax_headers": {"x": "y"}}],
         "it is a class tarfile.TarFile, not an nn.Module"),
     "zipfile through the download module": (
-        "model.net._args_", lambda v: [target("mnistlab.download.zipfile.ZipFile", v)],
+        "model.net._args_", lambda v: [target("mnistlab.data.download.zipfile.ZipFile", v)],
         "it is a class zipfile.ZipFile"),
     "FileIO through the predict module": (
-        "model.net._args_", lambda v: [target("mnistlab.predict.io.FileIO", v)],
+        "model.net._args_", lambda v: [target("mnistlab.classify.predict.io.FileIO", v)],
         "it is a class _io.FileIO"),
     "a FileHandler, which writes on construction": (
-        "model.net", lambda v: {"_target_": "mnistlab.checkpoint.logging.FileHandler", "filename": str(v)},
+        "model.net", lambda v: {"_target_": "mnistlab.lab.checkpoint.logging.FileHandler", "filename": str(v)},
         "it is a class logging.FileHandler"),
     "builtins.open": ("model.net", lambda v: target("builtins.open", v),
                       "not found in the packages a restored config may import from"),
     "a function of the project that writes a file, as a partial": (
-        "model.optimizer", lambda v: {"_target_": "mnistlab.files.write_whole", "_partial_": True,
+        "model.optimizer", lambda v: {"_target_": "mnistlab.lab.files.write_whole", "_partial_": True,
                                       "path": str(v)},
-        "it is a function mnistlab.files.write_whole, not an Optimizer"),
+        "it is a function mnistlab.lab.files.write_whole, not an Optimizer"),
     "a LightningModule from another package": (
         "model._target_", lambda v: "lightning.pytorch.demos.boring_classes.BoringModel",
         "and a LightningModule here comes from mnistlab"),
@@ -115,24 +116,24 @@ CHECKPOINT_PAYLOADS = {
     "a method reached through a class": (
         "model.net._target_", lambda v: "mnistlab.nets.ConvNet.forward", "not an nn.Module"),
     "torch.hub.load through an allowed module": (
-        "model.net", lambda v: {"_target_": "mnistlab.checkpoint.torch.hub.load", "repo_or_dir": str(v)},
+        "model.net", lambda v: {"_target_": "mnistlab.lab.checkpoint.torch.hub.load", "repo_or_dir": str(v)},
         "it is a function torch.hub.load"),
     "a class inside a list's item": (
-        "model.net._args_", lambda v: [[target("mnistlab.download.zipfile.ZipFile", v)]],
+        "model.net._args_", lambda v: [[target("mnistlab.data.download.zipfile.ZipFile", v)]],
         "model.net._args_[0][0]._target_="),
     "a callback of the trainer": (
-        "trainer.callbacks", lambda v: [target("mnistlab.download.zipfile.ZipFile", v)],
-        "trainer.callbacks[0]._target_=mnistlab.download.zipfile.ZipFile"),
+        "trainer.callbacks", lambda v: [target("mnistlab.data.download.zipfile.ZipFile", v)],
+        "trainer.callbacks[0]._target_=mnistlab.data.download.zipfile.ZipFile"),
     "an interpolation that creates a node": (
-        "model.net", lambda v: "${oc.create:{_target_: mnistlab.download.zipfile.ZipFile, file: "
+        "model.net", lambda v: "${oc.create:{_target_: mnistlab.data.download.zipfile.ZipFile, file: "
                                + str(v) + ", mode: w}}",
-        "model.net._target_=mnistlab.download.zipfile.ZipFile"),
+        "model.net._target_=mnistlab.data.download.zipfile.ZipFile"),
     "a resolver that decodes a node": (
-        "model.net", lambda v: "${oc.decode:'{_target_: mnistlab.predict.io.FileIO, file: "
+        "model.net", lambda v: "${oc.decode:'{_target_: mnistlab.classify.predict.io.FileIO, file: "
                                + str(v) + ", mode: w}'}",
-        "model.net._target_=mnistlab.predict.io.FileIO"),
+        "model.net._target_=mnistlab.classify.predict.io.FileIO"),
     "an escaped interpolation, resolved again when built": (
-        "trainer.plugins", lambda v: ["\\${oc.create:{_target_: mnistlab.download.zipfile.ZipFile,"
+        "trainer.plugins", lambda v: ["\\${oc.create:{_target_: mnistlab.data.download.zipfile.ZipFile,"
                                       " file: " + str(v) + ", mode: w}}"],
         "trainer.plugins[0]=${oc.create:{_target_: mnistlab"),
     "a metric that loads a model from a path it is given": (
@@ -174,9 +175,11 @@ def test_a_foreign_run_folder_builds_nothing_outside_its_kind(run, tmp_path, cap
     shutil.copytree(run, folder, ignore=shutil.ignore_patterns("origin"))
     config = folder / ".hydra" / "config.yaml"
     plain = yaml.safe_load(config.read_text())
-    plain["data"]["_target_"] = "mnistlab.mnist.MNISTDataModule.__init__"
+    plain["data"]["_target_"] = "mnistlab.data.mnist.MNISTDataModule.__init__"
     config.write_text(yaml.safe_dump(plain))
-    expected = "data._target_=mnistlab.mnist.MNISTDataModule.__init__: refused, it is a function"
+    expected = (
+        "data._target_=mnistlab.data.mnist.MNISTDataModule.__init__: refused, it is a function"
+    )
     refused = Refused(capsys, tmp_path, run.parent)
     refused(evaluation, [f"run={folder}"], expected)
     refused(predict, [f"input={config}", f"run={folder}"], expected)
@@ -207,14 +210,16 @@ def test_an_edited_config_of_one_s_own_run_is_no_longer_trusted(run, tmp_path, c
     shutil.copytree(run, folder)
     assert trust.made_here(folder)
     config = folder / ".hydra" / "config.yaml"
-    config.write_text(config.read_text().replace("torch.optim.Adam", "mnistlab.files.write_whole"))
+    config.write_text(
+        config.read_text().replace("torch.optim.Adam", "mnistlab.lab.files.write_whole")
+    )
     assert not trust.made_here(folder)
     Refused(capsys, tmp_path)(evaluation, [f"run={folder}"], "model.optimizer._target_=mnistlab")
 
 
 def test_model_json_builds_only_a_network(tmp_path):
     victim = tmp_path / "victim"
-    for name in ("mnistlab.download.zipfile.ZipFile", "builtins.open", "mnistlab.files.write_whole",
+    for name in ("mnistlab.data.download.zipfile.ZipFile", "builtins.open", "mnistlab.lab.files.write_whole",
                  "torch.nn.modules.module.torch.serialization.tarfile.TarFile"):  # fmt: skip
         network = {"class": name, "arguments": {"file": str(victim), "mode": "w"}}
         prep = {"mean": [0.5], "std": [0.5]}
@@ -250,23 +255,23 @@ RESUME_PAYLOADS = {
     "the run's output moved elsewhere": ("paths.output_dir=VICTIM", "the one resume= names"),
     "a Hydra group": ("hydra/launcher=joblib", "it sets Hydra itself"),
     "a dict value with a target": (
-        "model.net={_target_: mnistlab.download.zipfile.ZipFile, file: VICTIM, mode: w}",
-        "model.net._target_=mnistlab.download.zipfile.ZipFile: refused, it is a class"),
+        "model.net={_target_: mnistlab.data.download.zipfile.ZipFile, file: VICTIM, mode: w}",
+        "model.net._target_=mnistlab.data.download.zipfile.ZipFile: refused, it is a class"),
     "a list value with a target": (
-        "+model.net._args_=[{_target_: mnistlab.predict.io.FileIO, file: VICTIM, mode: w}]",
-        "model.net._args_[0]._target_=mnistlab.predict.io.FileIO: refused"),
+        "+model.net._args_=[{_target_: mnistlab.classify.predict.io.FileIO, file: VICTIM, mode: w}]",
+        "model.net._args_[0]._target_=mnistlab.classify.predict.io.FileIO: refused"),
     "a callback through a dict value": (
-        "+callbacks.x={_target_: mnistlab.checkpoint.logging.FileHandler, filename: VICTIM}",
-        "callbacks.x._target_=mnistlab.checkpoint.logging.FileHandler: refused"),
+        "+callbacks.x={_target_: mnistlab.lab.checkpoint.logging.FileHandler, filename: VICTIM}",
+        "callbacks.x._target_=mnistlab.lab.checkpoint.logging.FileHandler: refused"),
     "an interpolation that creates a node": (
-        '+model.net.x="${oc.create:{_target_: mnistlab.predict.io.FileIO, file: VICTIM}}"',
-        "model.net.x._target_=mnistlab.predict.io.FileIO: refused"),
-    "a new top-level node": ("+pwn={_target_: mnistlab.files.write_whole, path: VICTIM}",
-                             "pwn._target_=mnistlab.files.write_whole: refused"),
+        '+model.net.x="${oc.create:{_target_: mnistlab.classify.predict.io.FileIO, file: VICTIM}}"',
+        "model.net.x._target_=mnistlab.classify.predict.io.FileIO: refused"),
+    "a new top-level node": ("+pwn={_target_: mnistlab.lab.files.write_whole, path: VICTIM}",
+                             "pwn._target_=mnistlab.lab.files.write_whole: refused"),
     "a scalar target of the wrong kind": (
-        "model.optimizer._target_=mnistlab.files.write_whole", "not an Optimizer"),
+        "model.optimizer._target_=mnistlab.lab.files.write_whole", "not an Optimizer"),
     "a target reached by an attribute chain": (
-        "+callbacks.x._target_=mnistlab.download.zipfile.ZipFile", "it is a class zipfile.ZipFile"),
+        "+callbacks.x._target_=mnistlab.data.download.zipfile.ZipFile", "it is a class zipfile.ZipFile"),
     "a group option outside conf/": ("experiment=../../../tmp/evil", "not an option of experiment"),
     "a sweep": ("seed=1,2", "a run's override sweeps nothing"),
     "a package directive": ("model@hydra.x=classifier", "it sets Hydra itself"),
@@ -397,7 +402,7 @@ def test_every_shipped_config_passes_the_check():
     refused when it comes back from disk."""
     from conftest import compose_train
 
-    from mnistlab.config import CONF_DIR, to_plain
+    from mnistlab.lab.config import CONF_DIR, to_plain
 
     choices = [f"experiment={p.stem}" for p in (CONF_DIR / "experiment").glob("*.yaml")]
     choices += ["callbacks=early_stopping", "debug=profiler", "logger=csv", "model/net=resnet"]
@@ -408,8 +413,8 @@ def test_every_shipped_config_passes_the_check():
 
 # ------------------------------------------------------------------ the property
 
-MODULES = ["mnistlab.download", "mnistlab.predict", "mnistlab.files", "mnistlab.nets",
-           "mnistlab.dashboard", "mnistlab.checkpoint", "torch.nn", "torch.nn.modules.module",
+MODULES = ["mnistlab.data.download", "mnistlab.classify.predict", "mnistlab.lab.files", "mnistlab.nets",
+           "mnistlab.lab.dashboard", "mnistlab.lab.checkpoint", "torch.nn", "torch.nn.modules.module",
            "torch.optim", "torchvision.transforms", "lightning.pytorch.callbacks"]  # fmt: skip
 
 

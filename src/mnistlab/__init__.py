@@ -1,33 +1,31 @@
 """mnistlab: a PyTorch Lightning + Hydra research template, with MNIST as its worked example.
 
-The experiment: `mnist.py` / `image_folder.py` (data), `nets.py` (networks), `system.py` (loss,
-metrics, optimizer), `train.py` (the run). The rest is machinery: see the README's layout.
+What you change is in front: `train.py` (the run), `nets.py` (networks), `classifier.py` and
+`autoencoder.py` (LightningModules), `data/` (LightningDataModules and their sources) and
+`classify/` (what classification adds: predict, calibration, pictures, eval-wild). `lab/` is
+the machinery, which reaches this code only through the configs' `_target_`s.
 """
-
-import logging
-import os
-import sys
-import warnings
 
 __version__ = "0.1.0"
 
 
-class UserError(Exception):
-    """A failure the user can fix (missing data, bad setting): reported in one line, no traceback."""
+def _register_resolvers() -> None:
+    """The example's config resolver, `${class_folders:root}` (conf/data/image_folder.yaml), made
+    known whenever any of the package is imported, the machinery's commands included. Without
+    omegaconf (an exported model loaded where only torch is) there are no configs to resolve."""
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:
+        return
+
+    def class_folders(root):
+        from mnistlab.data.image_folder import dataset_classes
+        from mnistlab.lab.config import project_path
+
+        return dataset_classes(project_path(root))
+
+    if not OmegaConf.has_resolver("class_folders"):
+        OmegaConf.register_new_resolver("class_folders", class_folders)
 
 
-def refuse(command: str, error: UserError, code: int = 2) -> int:
-    """How every entry point ends on a UserError: one line on stderr naming the command, and its
-    exit status (`code`). HYDRA_FULL_ERROR=1 shows the traceback instead."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise error
-    print(f"{command}: error: {error}", file=sys.stderr)
-    return code
-
-
-def quiet_lightning() -> None:
-    """What every command that runs a Trainer silences: Lightning's own console handler (its
-    messages reach the run's log through the root logger, and would print twice) and a warning
-    Lightning 2.6 on torch >= 2.10 gives about its own pytree code on every run."""
-    logging.getLogger("lightning").handlers.clear()
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+_register_resolvers()

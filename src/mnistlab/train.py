@@ -2,7 +2,7 @@
 
 `train(cfg)` takes a composed config and is all a run is; call it from Python as the tests do.
 The command around it (`mnistlab-train`, `python -m mnistlab.train`, `make train`: the command
-line, exits, sweep jobs, SLURM requeue, DDP re-launch) is `mnistlab.launch`.
+line, exits, sweep jobs, SLURM requeue, DDP re-launch) is `mnistlab.lab.launch`.
 """
 
 import logging
@@ -10,10 +10,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnistlab import quiet_lightning
-from mnistlab.config import build, to_plain
-from mnistlab.run_folder import write_results
-from mnistlab.schema import validate
+from mnistlab.lab import quiet_lightning
+from mnistlab.lab.config import build, to_plain
+from mnistlab.lab.run_folder import write_results
+from mnistlab.lab.schema import validate
 
 log = logging.getLogger("mnistlab.train")  # not "__main__" under `python -m`
 
@@ -26,11 +26,11 @@ def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
     # and Lightning, imported after Hydra configured logging, sends its messages to the run's log.
     import lightning as L
 
-    from mnistlab.checkpoint import AtomicCheckpointIO, RNGState
-    from mnistlab.distributed import launch_read_by_all
-    from mnistlab.lean import NoCudaProbe, NoProfiler, skip_empty_hooks
-    from mnistlab.preemption import Preemption
-    from mnistlab.resume import resume_point
+    from mnistlab.lab.checkpoint import AtomicCheckpointIO, RNGState, RunRecord
+    from mnistlab.lab.distributed import launch_read_by_all
+    from mnistlab.lab.lean import NoCudaProbe, NoProfiler, skip_empty_hooks
+    from mnistlab.lab.preemption import Preemption
+    from mnistlab.lab.resume import resume_point
 
     quiet_lightning()
     if cfg.get("float32_matmul_precision"):  # "high"/"medium": TF32/bf16 matmuls on recent GPUs
@@ -44,17 +44,18 @@ def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
         model.save_hyperparameters(to_plain(cfg), logger=False)
         ckpt_path, resumed_step = resume_point(cfg, model, datamodule)
         loggers = _loggers(cfg, resumed_step)
+        record = RunRecord()
         callbacks = [
             build(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c
         ]
         plugins = build(cfg, "trainer.plugins") or []  # a node, or a list of them
-        # Always on: the RNG states in every checkpoint, atomic verified checkpoint files, and a
-        # clean stop on signals. Without them a run cannot be resumed exactly or trusted. And no
+        # Always on: the RNG states and the run's record in every checkpoint, atomic verified
+        # checkpoint files, and a clean stop on signals. Without them a run cannot be resumed exactly or trusted. And no
         # CUDA query per optimizer step on a CPU (`lean.NoCudaProbe`).
         trainer = build(
             cfg,
             "trainer",
-            callbacks=[*callbacks, *extra_callbacks, RNGState(), preemption, NoCudaProbe()],
+            callbacks=[*callbacks, *extra_callbacks, RNGState(), record, preemption, NoCudaProbe()],
             logger=loggers or False,
             plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
             **({} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}),
@@ -67,7 +68,7 @@ def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
 
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         launch_read_by_all()  # every process has joined: srun's launch file has done its work
-        metrics = {**model.restored_metrics,
+        metrics = {**record.restored,
                    **{k: float(v) for k, v in trainer.callback_metrics.items()}}  # fmt: skip
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
@@ -102,7 +103,7 @@ def _hparams(cfg: DictConfig) -> dict:
     Hydra runs this (`train(cfg)` from Python: `log_hparams` and the experiment, if set)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from mnistlab.dashboard import hparams
+    from mnistlab.lab.dashboard import hparams
 
     if not HydraConfig.initialized():
         return hparams(cfg)
@@ -164,7 +165,12 @@ def _summarize(metrics: dict[str, float], reported: list[str], best: str, output
     )
 
 
-if __name__ == "__main__":  # `python -m mnistlab.train`: the command, as `mnistlab-train`
-    from mnistlab.launch import main
+def main() -> None:
+    """`mnistlab-train`, `python -m mnistlab.train`, `make train`: the command around `train`."""
+    from mnistlab.lab.launch import main as command
 
+    command(train)
+
+
+if __name__ == "__main__":
     main()

@@ -8,8 +8,8 @@ from pathlib import Path
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig
 
-from mnistlab import UserError, refuse, sweeps
-from mnistlab.run_folder import hold
+from mnistlab.lab import UserError, refuse, sweeps
+from mnistlab.lab.run_folder import hold
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,10 @@ def finish(config: DictConfig, jobs: list[tuple[int, list[str]]], objective: str
     """Print and write the summary; exit non-zero if any job did not complete."""
     sweep_dir = Path(config.hydra.sweep.dir)
     reported = list(config.get("report_metrics") or sweeps.REPORTED)
-    maximize = str(config.hydra.sweeper.get("direction", "maximize")) != "minimize"
+    maximize = str(config.hydra.sweeper.get("direction", config.get("mode", "max"))) not in (
+        "min",
+        "minimize",
+    )
     table = sweeps.rows(
         [(n, o, job_dir(config, n)) for n, o in jobs], objective, reported, maximize
     )
@@ -113,9 +116,9 @@ def finish(config: DictConfig, jobs: list[tuple[int, list[str]]], objective: str
 
 
 def _over_seeds(sweep_dir: Path, folders: list[Path]) -> str:
-    """When the sweep varies the seed: the jobs grouped by configuration (mnistlab.report),
+    """When the sweep varies the seed: the jobs grouped by configuration (mnistlab.lab.report),
     appended to summary.md; else nothing."""
-    from mnistlab import report
+    from mnistlab.lab import report
 
     runs = [report.read_run(f) for f in folders if f.is_dir()]
     seeds = {o for r in runs for o in r["overrides"] if o.lstrip("+").startswith("seed=")}

@@ -14,7 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from hydra_plugins.mnistlab_sweepers.common import finish, holding, job_dir, launch
-from mnistlab import sweeps
+from mnistlab.lab import sweeps
 
 log = logging.getLogger(__name__)
 

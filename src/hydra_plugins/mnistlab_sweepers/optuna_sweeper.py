@@ -5,7 +5,7 @@ trials are kept and new ones are added until `n_trials` in all.
 The study is a journal file (`optuna.journal`): every job opens it too, from this process, from
 joblib's workers or from SLURM jobs on other nodes sharing the file system, to report its
 validation metric each epoch; with a `pruner` the study stops the trials that fall behind
-(`mnistlab.pruning`). A database URL in `storage` works the same; a study begun in `optuna.db`
+(`mnistlab.lab.pruning`). A database URL in `storage` works the same; a study begun in `optuna.db`
 (SQLite, before journals) continues there.
 
 Search spaces use Hydra's override syntax, in `hydra.sweeper.params` or on the command line:
@@ -35,8 +35,8 @@ from hydra_plugins.mnistlab_sweepers.common import (
     launch,
     stopped_by_signal,
 )
-from mnistlab import sweeps
-from mnistlab.run_folder import identity
+from mnistlab.lab import sweeps
+from mnistlab.lab.run_folder import identity
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ ConfigStore.instance().store(
 
 class OptunaSweeper(Sweeper):
     def __init__(self, study_name, direction, n_trials, n_jobs, seed, storage, pruner, params):
+        # `max`/`min` (conf/train.yaml's `mode`, interpolated) or Optuna's own words
+        direction = {"max": "maximize", "min": "minimize"}.get(str(direction), str(direction))
         self.study_name, self.direction = study_name, direction
         self.n_trials, self.n_jobs, self.seed = n_trials, n_jobs, seed
         self.storage, self.params = storage, dict(params or {})
@@ -130,7 +132,7 @@ class OptunaSweeper(Sweeper):
         return instantiate(self.pruner) if self.pruner else optuna.pruners.NopPruner()
 
     def _trial_env(self, number: int) -> str:
-        """The override that tells a job its trial (`mnistlab.pruning`), in its environment only:
+        """The override that tells a job its trial (`mnistlab.lab.pruning`), in its environment only:
         not part of the job's config, its overrides or its summary row."""
         report = {"storage": str(self.storage), "study": self.study_name, "trial": number,
                   "pruner": self.pruner or {"_target_": "optuna.pruners.NopPruner"},
@@ -210,7 +212,7 @@ def _asked(study, space: dict):
     each becomes a job's override. One outside the space is failed and refused in one line."""
     import optuna
 
-    from mnistlab import UserError, refuse
+    from mnistlab.lab import UserError, refuse
 
     try:
         trial = study.ask(space)
@@ -250,7 +252,7 @@ def _tell(study, trial, result, folder: Path) -> None:
 def _opened(storage: str):
     """The study's storage; a journal's folder is made. One that cannot be opened (a folder
     that cannot be made, a database that does not answer) is one line, exit 2."""
-    from mnistlab import UserError, refuse
+    from mnistlab.lab import UserError, refuse
 
     try:
         if "://" not in storage:

@@ -3,7 +3,7 @@ several tasks and for clusters without accounting.
 
 - A job of several tasks (DDP over nodes or GPUs: one task per process, started by `srun`) runs
   Hydra's job in every task, and each would write `.hydra/` into the job's folder at the same
-  time. Here only rank 0 writes it; the run itself keeps to one writer (`mnistlab.distributed`).
+  time. Here only rank 0 writes it; the run itself keeps to one writer (`mnistlab.lab.distributed`).
 - Submitit polls `sacct` for job states. On a cluster without an accounting database every poll
   fails and submitit warns each time (and falls back to its own files): said once here instead.
 """
@@ -42,7 +42,7 @@ if _Submitit is not None:
 
         def __call__(self, sweep_overrides, job_dir_key, job_num, job_id, singleton_state):
             """In each task of the job: Hydra's job, with `.hydra/` written by rank 0 only."""
-            from mnistlab.distributed import launched_rank
+            from mnistlab.lab.distributed import launched_rank
 
             if launched_rank() != 0:
                 sweep_overrides = [*sweep_overrides, "hydra.output_subdir=null"]

@@ -1,0 +1,380 @@
+"""Digits in the wild: a labelled set of digit pictures that were never part of MNIST, made here
+(never downloaded), and a run's accuracy on it per condition.
+
+    python -m mnistlab.classify.wild [run=<run folder> | ckpt=<file>] [data=data/wild_digits]   (make eval-wild)
+
+The set (`generate`, seeded, written on first use to `data/wild_digits/`: PNGs and labels.csv):
+- `font`: each digit typed in every TrueType font on the machine and in Pillow's own font;
+- `pen`: each digit drawn as a pen path through a hand-made skeleton of it, every control point
+  jittered, slanted, at a random stroke width, as handwriting is;
+then photographed badly: a canvas of 120-480 px with margins, dark on light, light on dark or
+colour on colour, the digit at 15-70% of the canvas, rotated up to 15 degrees, blurred, with
+noise, JPEG-compressed at quality 25-90. Each picture's conditions are columns of labels.csv.
+
+The evaluation prepares every picture as predict does (MNIST's own construction, `prepare=mnist`,
+and the old whole-canvas fit, `prepare=fit`, beside it), and writes into the run folder
+`wild/accuracy.md` (per condition, both preparations) and `wild/errors.png` (the wrong ones).
+"""
+
+import csv
+import io
+import json
+import logging
+import math
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mnistlab.lab import UserError, refuse
+
+log = logging.getLogger("mnistlab.classify.wild")
+
+USAGE = """usage: python -m mnistlab.classify.wild [run=FOLDER | ckpt=FILE] [which=best|last]
+                               [data=data/wild_digits] [seed=0] [trust=...]
+
+A run's accuracy on digits in the wild (typed in the machine's fonts, drawn by a pen), per
+condition, with MNIST's preparation and the whole-canvas fit beside it; the set is made on first
+use. Writes wild/accuracy.md and wild/errors.png into the run folder."""
+
+SEED = 0
+PER_FONT = 3  # pictures of each digit in each font
+PEN_PER_DIGIT = 60  # pen-drawn pictures of each digit
+ERRORS_SHOWN = 48
+
+# Each digit as pen strokes through points of a unit box (x right, y down); ("arc", cx, cy, rx,
+# ry, from, to) in degrees, clockwise on screen (y down).
+SKELETONS = {
+    0: [[("arc", 0.5, 0.5, 0.32, 0.45, -90, 270)]],
+    1: [[(0.32, 0.22), (0.55, 0.05), (0.55, 0.95)]],
+    2: [[("arc", 0.5, 0.3, 0.3, 0.25, 190, 380), (0.2, 0.95), (0.85, 0.95)]],
+    3: [[("arc", 0.5, 0.27, 0.27, 0.22, 200, 450), ("arc", 0.5, 0.72, 0.3, 0.24, 270, 520)]],
+    4: [[(0.66, 0.95), (0.66, 0.05), (0.15, 0.66), (0.88, 0.66)]],
+    5: [[(0.8, 0.05), (0.32, 0.05), (0.27, 0.46), ("arc", 0.5, 0.68, 0.3, 0.26, 225, 515)]],
+    6: [[(0.72, 0.05), (0.45, 0.22), ("arc", 0.5, 0.7, 0.27, 0.25, 180, 540)]],
+    7: [[(0.15, 0.05), (0.85, 0.05), (0.4, 0.95)]],
+    8: [[("arc", 0.5, 0.27, 0.24, 0.22, 90, 450)], [("arc", 0.5, 0.72, 0.29, 0.25, -90, 270)]],
+    9: [[("arc", 0.48, 0.3, 0.27, 0.25, 0, 360), (0.72, 0.95)]],
+}
+
+
+# ------------------------------------------------------------------ the set
+
+
+def generate(
+    out: Path,
+    seed: int = SEED,
+    fonts_dir: Path = Path("/usr/share/fonts"),
+    per_font: int = PER_FONT,
+    pen_per_digit: int = PEN_PER_DIGIT,
+) -> int:
+    """Write the set into `out` (PNGs and labels.csv); returns how many pictures. The same seed
+    and fonts give the same set."""
+    from PIL import ImageFont
+
+    rng = random.Random(seed)
+    fonts = [(f.stem, f) for f in sorted(fonts_dir.rglob("*.ttf"))]
+    fonts.append(("pillow-default", None))  # the font Pillow itself ships
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+
+    def keep(picture, digit, conditions):
+        name = f"{len(rows):05d}_{digit}.png"
+        picture.save(out / name)
+        rows.append({"file": name, "label": digit, **conditions})
+
+    for font_name, path in fonts:
+        for digit in range(10):
+            for _ in range(per_font):
+                size = rng.randint(48, 160)
+                font = ImageFont.truetype(str(path), size) if path else ImageFont.load_default(size)
+                ink = _typed(str(digit), font)
+                keep(*_photographed(rng, ink, digit, f"font:{font_name}"))
+    for digit in range(10):
+        for _ in range(pen_per_digit):
+            keep(*_photographed(rng, _drawn(rng, digit), digit, "pen"))
+    with open(out / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "set.json").write_text(json.dumps({"seed": seed, "pictures": len(rows)}) + "\n")
+    return len(rows)
+
+
+def _typed(text: str, font) -> np.ndarray:
+    """The text's ink as a float mask (1 = ink), tightly cropped."""
+    from PIL import Image, ImageDraw
+
+    left, top, right, bottom = font.getbbox(text)
+    mask = Image.new("L", (right - left + 8, bottom - top + 8), 0)
+    ImageDraw.Draw(mask).text((4 - left, 4 - top), text, font=font, fill=255)
+    return np.asarray(mask, dtype=np.float32) / 255
+
+
+def _drawn(rng: random.Random, digit: int) -> np.ndarray:
+    """The digit as pen strokes: its skeleton with every point jittered, slanted and squeezed,
+    drawn at a random stroke width, as a float mask."""
+    from PIL import Image, ImageDraw
+
+    height = 120
+    slant, squeeze = rng.uniform(-0.35, 0.25), rng.uniform(0.65, 1.1)
+    width_px = max(3, round(height * rng.uniform(0.05, 0.14)))
+    mask = Image.new("L", (height + 2 * width_px + 40, height + 2 * width_px), 0)
+    draw = ImageDraw.Draw(mask)
+    for stroke in SKELETONS[digit]:
+        points = []
+        for part in stroke:
+            points += _arc(part) if part[0] == "arc" else [part]
+        wobble = [(rng.gauss(0, 0.035), rng.gauss(0, 0.035)) for _ in range(4)]
+        xy = []
+        for k, (x, y) in enumerate(points):
+            dx, dy = wobble[min(3, k * 4 // len(points))]  # smooth: a few jitters per stroke
+            x, y = (x - 0.5) * squeeze + 0.5 + dx, y + dy
+            x += slant * (0.5 - y)  # handwriting leans
+            xy.append((width_px + 20 + x * height * 0.7, width_px + y * height))
+        draw.line(xy, fill=255, width=width_px, joint="curve")
+        r = width_px / 2
+        for x, y in (xy[0], xy[-1]):  # round pen ends
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
+    return np.asarray(mask, dtype=np.float32) / 255
+
+
+def _arc(part) -> list[tuple[float, float]]:
+    _, cx, cy, rx, ry, start, end = part
+    steps = max(8, abs(end - start) // 10)
+    return [(cx + rx * math.cos(math.radians(t)), cy + ry * math.sin(math.radians(t)))
+            for t in np.linspace(start, end, steps)]  # fmt: skip
+
+
+def _photographed(rng: random.Random, ink: np.ndarray, digit: int, source: str):
+    """The ink on a canvas as a camera or scanner would give it; (picture, digit, conditions)."""
+    from PIL import Image, ImageFilter
+
+    side = rng.randint(120, 480)
+    canvas_w, canvas_h = side, round(side * rng.uniform(0.75, 1.33))
+    scheme = rng.choices(["dark-on-light", "light-on-dark", "colour"], [0.55, 0.2, 0.25])[0]
+    if scheme == "dark-on-light":
+        ground, colour = (rng.randint(190, 255),) * 3, (rng.randint(0, 70),) * 3
+    elif scheme == "light-on-dark":
+        ground, colour = (rng.randint(0, 60),) * 3, (rng.randint(190, 255),) * 3
+    else:
+        ground = tuple(rng.randint(140, 255) for _ in range(3))
+        colour = tuple(rng.randint(0, 110) for _ in range(3))
+    share = rng.uniform(0.15, 0.7)  # the digit's height over the canvas's shorter side
+    height = max(8, round(share * min(canvas_w, canvas_h)))
+    width = max(2, round(ink.shape[1] * height / ink.shape[0]))
+    mask = Image.fromarray((ink * 255).astype(np.uint8)).resize((width, height), Image.LANCZOS)
+    angle = rng.uniform(-15, 15)
+    mask = mask.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+    x = rng.randint(0, max(0, canvas_w - mask.width))
+    y = rng.randint(0, max(0, canvas_h - mask.height))
+    picture = Image.new("RGB", (canvas_w, canvas_h), ground)
+    picture.paste(Image.new("RGB", mask.size, colour), (x, y), mask)
+    blur = rng.choice([0.0, 0.0, rng.uniform(0.5, 2.0)])
+    if blur:
+        picture = picture.filter(ImageFilter.GaussianBlur(blur * height / 60))
+    noise = rng.choice([0, 0, 8, 16])
+    if noise:
+        pixels = np.asarray(picture, dtype=np.float32)
+        pixels += np.random.default_rng(rng.randrange(2**32)).normal(0, noise, pixels.shape)
+        picture = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    quality = rng.randint(25, 90)
+    jpeg = io.BytesIO()
+    picture.save(jpeg, "JPEG", quality=quality)
+    conditions = {
+        "source": source,
+        "colour": scheme,
+        "size": "small" if share < 0.3 else "medium" if share < 0.5 else "large",
+        "rotation": "< 5 deg" if abs(angle) < 5 else "5-10 deg" if abs(angle) < 10 else "10-15 deg",
+        "blur": "yes" if blur else "no",
+        "noise": "yes" if noise else "no",
+        "jpeg": "q25-50" if quality <= 50 else "q51-90",
+    }
+    return Image.open(jpeg).convert("RGB"), digit, conditions
+
+
+# ------------------------------------------------------------------ the evaluation
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    from mnistlab.classify.predict import images, load, predict, preparer
+    from mnistlab.lab.config import project_path
+    from mnistlab.lab.rebuild import parse_args
+
+    own = {"run": None, "ckpt": None, "which": "best", "data": "data/wild_digits",
+           "seed": str(SEED), "trust": None}  # fmt: skip
+    try:
+        args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
+        if undotted := [o for o in overrides if "." not in o.partition("=")[0]]:
+            raise UserError(f"{undotted[0]}: not an option of eval-wild (see --help)")
+        try:
+            seed = int(args["seed"])
+        except ValueError:
+            raise UserError(f"seed={args['seed']}: an integer") from None
+        model, datamodule, path = load(args, overrides)  # the run checked before a set is made
+        _check_digit_model(datamodule)
+        folder = project_path(args["data"])
+        if not (folder / "labels.csv").is_file():
+            log.info("Making the wild digit set in %s (seed %s): once", folder, seed)
+            log.info("%d pictures", generate(folder, seed))
+        labels = _labels(folder, seed)
+        log.info("Model: %s", path)
+        paths = [folder / row["file"] for row in labels]
+        results = {}
+        for how in ("mnist", "fit"):
+            items = list(images(paths, preparer(datamodule, prepare=how)))
+            rows = list(predict(model, datamodule, items, datamodule.classes))
+            results[how] = [r["class"] == row["label"] for r, row in zip(rows, labels, strict=True)]
+            if how == "mnist":
+                kept, calibration = rows, _calibration(model, datamodule, items, labels)
+        out, checkpoint = _out_folder(args)
+        wrong = results["mnist"].count(False)
+        text = (table(labels, results) + calibration
+                + f"\nSet: {folder} (seed {seed}); checkpoint: {checkpoint}; errors.png shows"
+                f" {min(ERRORS_SHOWN, wrong)} of the {wrong} errors with prepare=mnist.\n")  # fmt: skip
+        (out / "accuracy.md").write_text(text)
+        _error_grid(labels, kept, paths, results["mnist"], out / "errors.png")
+    except BrokenSet as e:  # a fault of the data, not of the command line
+        return refuse("mnistlab-wild", e, code=1)
+    except UserError as e:
+        return refuse("mnistlab-wild", e)
+    print(text, end="")
+    log.info("Written: %s, %s", out / "accuracy.md", out / "errors.png")
+    return 0
+
+
+class BrokenSet(UserError):
+    """The wild set's folder is damaged: remake it."""
+
+
+def _check_digit_model(datamodule) -> None:
+    import inspect
+
+    what = (f"{type(datamodule).__name__}, {datamodule.channels}x{datamodule.height}x"
+            f"{datamodule.width}, {len(datamodule.classes)} classes")  # fmt: skip
+    shape = (datamodule.channels, datamodule.height, datamodule.width)
+    if shape != (1, 28, 28) or len(datamodule.classes) != 10:
+        raise UserError(f"eval-wild scores digit models (1x28x28, 10 classes); this run: {what}")
+    if "prepare" not in inspect.signature(datamodule.prepare_image).parameters:
+        raise UserError(f"eval-wild compares MNIST's preparation of a picture with a plain fit,"
+                        f" which this run's data module does not offer ({what}); train on"
+                        " data=mnist to score digits here")  # fmt: skip
+
+
+def _calibration(model, datamodule, items, labels) -> str:
+    """Expected calibration error on the set (prepare=mnist), with the run's temperature and
+    without it (T = 1)."""
+    import torch
+
+    from mnistlab.classify.calibration import BINS, expected_calibration_error
+
+    kept = [(pixels, int(row["label"])) for (_, pixels, _), row in zip(items, labels, strict=True)
+            if pixels is not None]  # fmt: skip
+    with torch.inference_mode():
+        logits = torch.cat([
+            model(datamodule.to_input(torch.from_numpy(np.stack([p for p, _ in kept[i : i + 256]]))))
+            for i in range(0, len(kept), 256)
+        ])  # fmt: skip
+    target = torch.tensor([y for _, y in kept])
+    calibrated = expected_calibration_error(model.probabilities(logits), target)
+    plain = expected_calibration_error(logits.softmax(1), target)
+    temperature = float(getattr(model, "temperature", torch.tensor(1.0)))
+    return (f"\nExpected calibration error ({BINS} bins, prepare=mnist): {calibrated:.2%} with the"
+            f" run's temperature T = {temperature:.3f}, {plain:.2%} with T = 1.\n")  # fmt: skip
+
+
+def _labels(folder: Path, seed: int) -> list[dict]:
+    """labels.csv, checked row by row, and the seed the set was made with (set.json)."""
+    path, remake = folder / "labels.csv", "; delete the folder to remake it"
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        raise BrokenSet(f"{path}: cannot read it ({e}){remake}") from None
+    columns = {"file", "label", *CONDITIONS}
+    if not rows or not columns <= set(rows[0]):
+        raise BrokenSet(f"{path}: not a wild-set label file ({', '.join(sorted(columns))}){remake}")
+    for n, row in enumerate(rows, start=2):
+        if row["label"] not in [str(d) for d in range(10)] or None in row.values():
+            raise BrokenSet(f"{path} line {n}: not a file, a digit 0-9 and its conditions{remake}")
+    missing = [r["file"] for r in rows if not (folder / r["file"]).is_file()]
+    if missing:
+        raise BrokenSet(f"{folder}: {len(missing)} picture(s) listed in labels.csv are missing"
+                        f" ({missing[0]}, ...){remake}")  # fmt: skip
+    from mnistlab.lab.report import read_json
+
+    made = read_json(folder / "set.json").get("seed")
+    if made is not None and made != seed:
+        raise UserError(f"seed={seed}: {folder} was made with seed {made}; name another data= for"
+                        " a set with this seed")  # fmt: skip
+    return rows
+
+
+def _out_folder(args: dict) -> tuple[Path, Path]:
+    """The run's `wild/` folder, and the checkpoint scored."""
+    from mnistlab.lab.rebuild import locate
+
+    run_dir, path = locate(args["run"], args["ckpt"], args["which"])
+    out = (run_dir or path.parent) / "wild"
+    out.mkdir(parents=True, exist_ok=True)
+    return out, path
+
+
+CONDITIONS = ("source", "colour", "size", "rotation", "blur", "noise", "jpeg")
+
+
+def table(labels: list[dict], results: dict[str, list[bool]]) -> str:
+    """Accuracy per condition value, for each preparation; fonts grouped as `font` with each
+    font family listed under it."""
+    lines = ["# Digits in the wild", "",
+             "accuracy (right / pictures); prepare=mnist: MNIST's own construction (predict's"
+             " default), prepare=fit: the whole picture fitted into 28x28", "",
+             "| condition | value | pictures | prepare=mnist | prepare=fit |",
+             "|---|---|---|---|---|"]  # fmt: skip
+
+    def line(condition, value, chosen):
+        cells = []
+        for how in ("mnist", "fit"):
+            right = sum(results[how][i] for i in chosen)
+            cells.append(f"{right / len(chosen):.1%} ({right})")
+        lines.append(f"| {condition} | {value} | {len(chosen)} | " + " | ".join(cells) + " |")
+
+    line("all", "", range(len(labels)))
+    kinds = ["font" if r["source"].startswith("font:") else r["source"] for r in labels]
+    for kind in sorted(set(kinds)):
+        line("generator", kind, [i for i, k in enumerate(kinds) if k == kind])
+    for condition in CONDITIONS[1:]:
+        for value in sorted({r[condition] for r in labels}):
+            line(condition, value, [i for i, r in enumerate(labels) if r[condition] == value])
+    families = sorted({r["source"][5:] for r in labels if r["source"].startswith("font:")})
+    for family in families:
+        line("font", family, [i for i, r in enumerate(labels) if r["source"] == f"font:{family}"])
+    return "\n".join(lines) + "\n"
+
+
+def _error_grid(labels, rows, paths, right, out: Path) -> None:
+    """The wrong pictures as they were given, captioned `predicted (true)`."""
+    import torch
+    from PIL import Image
+
+    from mnistlab.classify.pictures import labelled_grid
+
+    wrong = [i for i, ok in enumerate(right) if not ok][:ERRORS_SHOWN]
+    pictures = []
+    for i in wrong:
+        with Image.open(paths[i]) as image:
+            image = image.convert("RGB")
+            image.thumbnail((76, 76))
+            square = Image.new("RGB", (76, 76), "white")
+            square.paste(image, ((76 - image.width) // 2, (76 - image.height) // 2))
+        pictures.append(torch.from_numpy(np.asarray(square).transpose(2, 0, 1).copy()))
+    stack = torch.stack(pictures) if pictures else torch.zeros(0, 3, 76, 76, dtype=torch.uint8)
+    captions = [f"{rows[i]['class']} ({labels[i]['label']})" for i in wrong]
+    grid = labelled_grid(stack, captions, wrong=[True] * len(wrong), columns=8)
+    Image.fromarray(grid).save(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The machinery: run folders, the command line, resume, checkpoints, DDP, sweeps, reports,
+eval and export, for any LightningModule and LightningDataModule named in the config.
+
+It never imports the worked example around it; it reaches it only through the config's
+`_target_`s. Its API is what the README's "Machinery" section lists.
+"""
+
+import logging
+import os
+import sys
+import warnings
+
+
+class UserError(Exception):
+    """A failure the user can fix (missing data, bad setting): reported in one line, no traceback."""
+
+
+def refuse(command: str, error: UserError, code: int = 2) -> int:
+    """How every entry point ends on a UserError: one line on stderr naming the command, and its
+    exit status (`code`). HYDRA_FULL_ERROR=1 shows the traceback instead."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    print(f"{command}: error: {error}", file=sys.stderr)
+    return code
+
+
+def quiet_lightning() -> None:
+    """What every command that runs a Trainer silences: Lightning's own console handler (its
+    messages reach the run's log through the root logger, and would print twice) and a warning
+    Lightning 2.6 on torch >= 2.10 gives about its own pytree code on every run."""
+    logging.getLogger("lightning").handlers.clear()
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")

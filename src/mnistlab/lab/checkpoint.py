@@ -1,0 +1,283 @@
+"""Checkpoints that are never lost, never trusted blindly, and hold all a run needs to go on exactly.
+
+- Written atomically: a temporary file in the same folder, fsync, rename, with a sha256 beside it
+  (`last.ckpt.sha256`, in `sha256sum` format). A save that fails leaves the previous file as it was.
+- Read only after the checksum matches, and only with `torch.load(weights_only=True)`: a damaged
+  file is refused in one line, and a file crafted to run code when unpickled never runs it.
+- `last.ckpt` is rewritten after every epoch, and hold the global RNG states too.
+"""
+
+import logging
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from mnistlab.lab import UserError
+from mnistlab.lab.files import atomic_write, file_sha256, write_whole
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: missing, damaged, or not plain data."""
+
+
+def sidecar(path: Path) -> Path:
+    return Path(f"{path}.sha256")
+
+
+def save(checkpoint: dict, path: str | Path) -> None:
+    """Write `checkpoint` to `path` and its checksum beside it, each replaced only when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_write(path) as f:  # both written whole before either is renamed into place
+            torch.save(checkpoint, f)
+            f.flush()
+            # A crash between the two renames leaves a checkpoint and a checksum that disagree:
+            # damage, so resuming takes the newest intact checkpoint.
+            write_whole(sidecar(path), f"{file_sha256(Path(f.name))}  {path.name}\n".encode())
+        _sync_dir(path.parent)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {e.strerror or e}; the previous one is kept"
+        ) from e
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def verify(path: str | Path) -> str | None:
+    """Why `path` cannot be trusted, or None when it matches its checksum."""
+    path = Path(path)
+    if not path.is_file():
+        return "no such file"
+    if path.stat().st_size == 0:
+        return "empty file"
+    if not sidecar(path).is_file():  # a copy from elsewhere: the zip's own CRCs still hold
+        return _zip_damage(path) or f"no checksum beside it ({sidecar(path).name})"
+    recorded = sidecar(path).read_text(errors="replace").split()
+    if not recorded:
+        return f"its checksum file {sidecar(path).name} is empty"
+    actual, expected = file_sha256(path), recorded[0]
+    return None if actual == expected else f"sha256 {actual[:12]}..., expected {expected[:12]}..."
+
+
+def _zip_damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint as a zip file (torch.save's format, with a CRC32 per
+    member), or None: a flipped bit in any tensor or in the pickle is found without a sidecar."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"damaged: not a readable checkpoint file ({str(e).splitlines()[0][:80]})"
+    return f"damaged: {bad} fails its CRC check" if bad else None
+
+
+_told: set[str] = set()
+
+
+def load(path: str | Path, map_location="cpu", require_checksum: bool = True) -> dict:
+    """A verified checkpoint as plain data; CheckpointError (one line, naming the file) otherwise.
+    `require_checksum=False` accepts a file with no checksum beside it (one from elsewhere)."""
+    path = Path(path)
+    problem = verify(path)
+    if problem and not (problem.startswith("no checksum") and not require_checksum):
+        raise CheckpointError(f"checkpoint {path} is not usable: {problem}")
+    if problem and str(path) not in _told:  # once per file, however often it is loaded
+        _told.add(str(path))
+        log.warning("%s has no .sha256 beside it: checked by the CRCs inside the file only", path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused checkpoint {path}: it holds objects other than tensors and plain data, which"
+            f" could run code when loaded ({str(e).splitlines()[-1][:120]})"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged: {str(e).splitlines()[0]}") from None
+
+
+def latest_intact(folder: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint in `folder` that matches its checksum, and why newer ones did not."""
+    rejected = []
+    candidates = sorted(Path(folder).glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        if (problem := verify(path)) is None:
+            return path, rejected
+        rejected.append(f"{path.name} ({problem})")
+    return None, rejected
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, writing with `save` and reading with `load`."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        from mnistlab.lab.trust import signature
+
+        if "hyper_parameters" in checkpoint:  # its config, signed: eval here trusts its own runs
+            checkpoint["origin"] = signature(checkpoint["hyper_parameters"]) or ""
+        save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load(path, map_location or "cpu", require_checksum=False)
+
+    def remove_checkpoint(self, path) -> None:
+        Path(path).unlink(missing_ok=True)
+        sidecar(Path(path)).unlink(missing_ok=True)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose `last.ckpt` is rewritten after every epoch: Lightning 2.6 rewrites it
+    only when a top-k checkpoint is saved, so it falls behind once the monitored metric stalls.
+    `save_latest` also writes it on demand, when a signal stops a run part-way."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self.save_latest(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self.save_latest(trainer)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A run folder that moved (copied from another machine, renamed) keeps its records:
+        the paths under the folder its checkpoint names become paths under this one. Lightning
+        would otherwise drop them, write `last-v1.ckpt` beside a stale `last.ckpt` and never
+        prune the old best."""
+        old, new = str(state_dict.get("dirpath") or ""), str(self.dirpath or "")
+        if old and new and old != new:
+            state_dict = _moved(state_dict, old, new)
+        super().load_state_dict(state_dict)
+
+    def save_latest(self, trainer) -> str | None:
+        """Write last.ckpt unless it already holds this step; return its path."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        return self.last_model_path or None
+
+
+def _moved(value, old: str, new: str):
+    if isinstance(value, dict):
+        return {_moved(k, old, new): _moved(v, old, new) for k, v in value.items()}
+    if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+        return new + value[len(old) :]
+    return value
+
+
+class RNGState(Callback):
+    """Puts the global random states (torch, CUDA, numpy, random) in every checkpoint and restores
+    them on resume. The data loaders draw from their own generators, so these states are the
+    model's alone (dropout) and an interrupted run goes on drawing what an unbroken one would."""
+
+    def state_dict(self) -> dict:
+        """Under DDP, every process's states (each draws its own dropout masks), by rank."""
+        state = self._states()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)
+            return {"ranks": states}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if "ranks" in state:
+            ranks = state["ranks"]
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            state = ranks[rank] if rank < len(ranks) else ranks[0]  # more processes than before
+        self._restore(state)
+
+    @staticmethod
+    def _states() -> dict:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, py_state, py_gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": [version, list(py_state), py_gauss],
+        }
+
+    @staticmethod
+    def _restore(state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        version, py_state, py_gauss = state["python"]
+        random.setstate((version, tuple(py_state), py_gauss))
+
+
+def check_fits(state_dict: dict, model: torch.nn.Module, path: Path) -> None:
+    """UserError in one line when the checkpoint's weights do not fit the configured model."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    reshaped = [f"{k} {list(state_dict[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
+                if k in state_dict and state_dict[k].shape != v.shape]  # fmt: skip
+    if missing or unexpected or reshaped:
+        parts = [f"{name}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                    ("other shape", reshaped)) if keys]  # fmt: skip
+        raise UserError(
+            f"checkpoint {path} does not fit the configured model ({'; '.join(parts)}); "
+            "resume with the model settings the run started with, or use resume=never"
+        )
+
+
+class NonFinite(UserError):
+    """The loss or the weights became NaN or infinite."""
+
+
+class RunRecord(Callback):
+    """What every run's checkpoints carry for the machinery, whatever the LightningModule: the
+    epoch metrics so far (a run resumed after its last epoch, killed while testing, has none
+    left to log and still reports them: `restored`), and the data module's input spec when it
+    has one (eval, predict and export prepare inputs from it). And what is never written: a
+    checkpoint of weights that are not finite. A loss that is not finite stops the run before
+    its backward, while the weights are still those of the last good step."""
+
+    def __init__(self):
+        self.restored: dict[str, float] = {}
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        finite = bool(torch.isfinite(loss))
+        if trainer.world_size > 1:  # by every process together, or the others wait forever
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            value = loss.item() if not torch.isfinite(loss) else "not finite in another process"
+            raise NonFinite(
+                f"loss is {value} at epoch {trainer.current_epoch + 1}, step"
+                f" {trainer.global_step + 1}: training stopped, no checkpoint of this state"
+                " written; lower model.optimizer.lr or check the data"
+            )
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # a checkpoint that cannot be resumed from is worse than none
+            raise NonFinite(
+                f"weights {', '.join(bad[:3])} are not finite at step {trainer.global_step}:"
+                " checkpoint not written; lower model.optimizer.lr or check the data"
+            )
+        spec = getattr(trainer.datamodule, "spec", None)
+        if spec is not None:
+            checkpoint["input_spec"] = spec.as_dict()
+        checkpoint["callback_metrics"] = {k: float(v) for k, v in
+                                          trainer.callback_metrics.items() if v.numel() == 1}  # fmt: skip
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self.restored = dict(checkpoint.get("callback_metrics", {}))

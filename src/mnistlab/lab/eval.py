@@ -1,0 +1,97 @@
+"""Test a trained run as it was trained: `python -m mnistlab.lab.eval run=<folder>` or `make eval RUN=...`."""
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from mnistlab.lab import UserError, quiet_lightning, refuse
+from mnistlab.lab.config import build
+from mnistlab.lab.rebuild import locate, parse_args, run_config
+
+log = logging.getLogger("mnistlab.lab.eval")
+
+USAGE = """usage: python -m mnistlab.lab.eval [run=FOLDER | ckpt=FILE] [which=best|last] [trust=MODULES]
+                             [overrides...]
+
+Tests a run's best checkpoint (which=last: its latest) on its data's test set, with the config
+the run was trained with; overrides apply on top, e.g. data.eval_batch_size=512 trainer=cpu. Without run=
+or ckpt=, the newest finished run under logs/train/runs. Metrics go to stdout and, with the run
+and checkpoint they belong to, to logs/eval/runs/<timestamp>/metrics.json. A run this checkout
+made is trusted; any other's config builds only objects of the kind each place takes, from this
+project, torch, torchvision or Lightning (docs/runs.md): trust=mypkg,other trusts
+your packages, trust=all the source."""
+
+
+def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:
+    """Test the checkpoint with the run's data and model; return the test metrics."""
+    import lightning as L
+
+    from mnistlab.lab.checkpoint import AtomicCheckpointIO
+    from mnistlab.lab.progress import progress_bar
+
+    quiet_lightning()
+    # Testing needs none of the callbacks that saved the checkpoint (they hold training state).
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
+    L.seed_everything(cfg.seed, verbose=False)
+    datamodule = build(cfg, "data")
+    model = build(cfg, "model")
+    trainer = build(
+        cfg,
+        "trainer",
+        callbacks=[progress_bar()],
+        logger=False,
+        plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False,
+    )
+    (metrics,) = trainer.test(
+        model, datamodule=datamodule, ckpt_path=str(checkpoint_path), verbose=False
+    )
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    own = {"run": None, "ckpt": None, "which": "best", "trust": None}
+    try:
+        args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
+        run_dir, path = locate(args["run"], args["ckpt"], args["which"])
+        cfg = run_config(run_dir, _checkpoint(path), path, overrides, "eval", args["trust"])
+    except UserError as e:
+        return refuse("mnistlab-eval", e)
+    out = Path(cfg.paths.output_dir)
+    _log_to(out)
+    log.info("Evaluating %s (run %s)", path, run_dir or "unknown")
+    try:
+        metrics = evaluate(cfg, path)
+    except UserError as e:
+        log.error("%s", e)
+        return 1
+    record = {"run": str(run_dir) if run_dir else None, "checkpoint": str(path),
+              "overrides": overrides, "metrics": metrics}  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    print("  ".join(f"{k} {v:.0f}" if k.endswith("/images") else f"{k} {v:.4f}"
+                    for k, v in sorted(metrics.items())))  # fmt: skip
+    log.info("Metrics: %s", out / "metrics.json")
+    return 0
+
+
+def _checkpoint(path: Path) -> dict:
+    """The checkpoint, verified: its input spec (and, without a run folder, its config)."""
+    from mnistlab.lab.checkpoint import load
+
+    return load(path, require_checksum=False)
+
+
+def _log_to(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
+        handlers=[logging.StreamHandler(sys.stderr), logging.FileHandler(folder / "eval.log")],
+        force=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Export a trained network for use outside this project: `python -m mnistlab.lab.export run=...` or
+`make export RUN=...`.
+
+Next to the run's checkpoints it writes `model.safetensors` (the network's weights, no pickle),
+`model.json` (how to rebuild the network and prepare its input) and, with the `export` extras
+installed, `model.onnx`. `load_exported` rebuilds a ready-to-use model from the first two with
+torch and safetensors alone: no Lightning, no Hydra.
+"""
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger("mnistlab.lab.export")
+
+USAGE = """usage: python -m mnistlab.lab.export [run=FOLDER | ckpt=FILE] [which=best|last] [trust=MODULES]
+
+Writes model.safetensors, model.json and (with `pip install -e .[export]`) model.onnx next to
+the checkpoint, then checks that all three give the checkpoint's logits on 256 test images.
+model.json says how to prepare the input (shape, mode, scale, mean, std) and names the classes.
+trust=: as for eval (another's run builds only what belongs where it stands, unless told)."""
+
+
+class Exported(nn.Module):
+    """The network with its input preparation: uint8 images (B, C, H, W) as the data module
+    prepares them, to logits (B, classes), with exactly the arithmetic used in training."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], channels_last=False):
+        super().__init__()
+        # The memory layout the network was trained in: same numbers, bit for bit, on a CPU.
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = net.to(memory_format=self.layout)
+        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.to(torch.float32).div(255).sub(self.mean).div(self.std)
+        return self.net(x.contiguous(memory_format=self.layout))
+
+
+def load_exported(folder: str | Path, trust: str | None = None) -> Exported:
+    """The exported model in eval mode, from `model.json` and `model.safetensors` in `folder`.
+    Unless this checkout exported it, the network class it names must be a network from an
+    allowed package (`trust`: as for eval, see `mnistlab.lab.trust`)."""
+    from safetensors.torch import load_file
+
+    from mnistlab.lab import UserError
+    from mnistlab.lab.trust import check_target, signed, trusted
+
+    folder = Path(folder)
+    folder = folder.parent if folder.name == "model.json" else folder  # the file named instead
+    path = folder / "model.json"
+    try:
+        spec = json.loads(path.read_text())
+        network, prep = spec["network"], spec["input"]
+        name, arguments = network["class"], network["arguments"]
+        mean, std = prep["mean"], prep["std"]
+        if not (isinstance(name, str) and isinstance(arguments, dict)):
+            raise TypeError("network: {class: a name, arguments: a mapping}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"{path}: not an export of this template ({type(e).__name__}: {e})"
+        ) from None
+    allowed = None if signed(network, spec.get("origin")) else trusted(trust)
+    if allowed is None:
+        module, _, attr = name.rpartition(".")
+        build = getattr(importlib.import_module(module), attr)
+    else:  # the class itself, found without calling anything, and of the kind a network is
+        build = check_target(name, f"{path}: network.class", "an nn.Module", allowed)
+    net = build(**arguments)
+    net.load_state_dict(load_file(folder / "model.safetensors"))
+    return Exported(net, mean, std, prep.get("channels_last", False)).eval()
+
+
+# How a new picture becomes an input, as model.json says it (the data module's `prepare`).
+PREPARE = {
+    "mnist": "as MNIST made its digits (mnistlab.data.digit_image.as_mnist): ink = distance from the"
+    " border's median colour, cropped to the ink, fitted into 20x20 keeping the aspect ratio,"
+    " centre of mass at (14, 14) of 28x28, light on black",
+    "fit": "the whole picture fitted into the field keeping the aspect ratio, padded with black;"
+    " inverted when its median is above mid-grey",
+}
+
+
+def export(
+    cfg, model, path: Path, spec, prepare: str | None = None
+) -> tuple[dict[str, Path], Exported]:
+    """Write `model`'s network (its weights from checkpoint `path`) beside `path`, for inputs of
+    `spec` (an InputSpec) made from new pictures by `prepare` (the data module's, if it says);
+    return the files by kind, and the model read back from them."""
+    from safetensors.torch import save_file
+
+    from mnistlab.lab.config import to_plain
+    from mnistlab.lab.files import write_whole
+    from mnistlab.lab.trust import signature
+
+    net_cfg = to_plain(cfg.model.net)
+    weights = {k: v.contiguous() for k, v in model.net.state_dict().items()}
+    folder = path.parent
+    files = {"safetensors": folder / "model.safetensors", "json": folder / "model.json"}
+    save_file(weights, files["safetensors"], metadata={"checkpoint": path.name})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(files["safetensors"], 0o666 & ~umask)  # safetensors writes it owner-only
+    described = {
+        "network": {"class": net_cfg.pop("_target_"), "arguments": net_cfg},
+        "input": {"shape": list(spec.shape), "dtype": "uint8", "layout": "NCHW",
+                  "mode": "L" if spec.channels == 1 else "RGB", "scale": "1/255",
+                  "mean": list(spec.mean), "std": list(spec.std),
+                  "channels_last": bool(cfg.model.get("channels_last", False)),
+                  **({"prepare": PREPARE[prepare]} if prepare in PREPARE else {})},
+        "classes": list(spec.classes),
+        # Calibrated probabilities: softmax(logits / temperature), the temperature fitted on the
+        # validation split (mnistlab.classify.calibration); 1.0 for a checkpoint from before calibration.
+        "temperature": float(getattr(model, "temperature", 1.0)),
+        "checkpoint": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
+    }  # fmt: skip
+    described["origin"] = signature(described["network"]) or ""  # load_exported here trusts it
+    write_whole(files["json"], (json.dumps(described, indent=2) + "\n").encode())
+    exported = load_exported(folder, trust="all")  # written just now from a checked config
+    if _onnx_available():
+        files["onnx"] = folder / "model.onnx"
+        _to_onnx(exported, files["onnx"], spec.shape)
+    else:
+        log.warning("onnx/onnxruntime not installed: no model.onnx (pip install -e '.[export]')")
+    return files, exported
+
+
+def _onnx_available() -> bool:
+    return all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
+
+
+def _to_onnx(model: nn.Module, path: Path, shape: tuple[int, int, int]) -> None:
+    example = torch.zeros(2, *shape, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: batch},),
+                                input_names=["images"], output_names=["logits"], verbose=False)  # fmt: skip
+    program.save(str(path))
+
+
+def onnx_logits(path: Path, images: Tensor) -> Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"images": images.numpy()})
+    return torch.from_numpy(logits)
+
+
+def parity(model, exported, datamodule, files: dict[str, Path], images: Tensor) -> dict[str, float]:
+    """Max |logit difference| from the checkpoint's model, per exported form; UserError if any
+    predicts another class for any image."""
+    from mnistlab.lab import UserError
+
+    with torch.inference_mode():
+        reference = model(datamodule.to_input(images))
+        logits = {"safetensors": exported(images)}
+    if "onnx" in files:
+        logits["onnx"] = onnx_logits(files["onnx"], images)
+    for kind, values in logits.items():
+        if not torch.equal(values.argmax(1), reference.argmax(1)):
+            raise UserError(f"the {kind} export predicts other classes than the checkpoint")
+    return {k: float((v - reference).abs().max()) for k, v in logits.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mnistlab.lab import UserError, refuse
+    from mnistlab.lab.checkpoint import load
+    from mnistlab.lab.config import build
+    from mnistlab.lab.rebuild import build_model, locate, parse_args, run_config
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    try:  # the command line, the checkpoint and its config: exit 2 as for eval and predict
+        args, overrides = parse_args(sys.argv[1:] if argv is None else argv,
+                                     {"run": None, "ckpt": None, "which": "best", "trust": None},
+                                     USAGE)  # fmt: skip
+        run_dir, path = locate(args["run"], args["ckpt"], args["which"])
+        checkpoint = load(path, require_checksum=False)
+        cfg = run_config(run_dir, checkpoint, path, overrides, "export", args["trust"])
+    except UserError as e:
+        return refuse("mnistlab-export", e)
+    try:
+        datamodule = build(cfg, "data")
+        datamodule.prepare_data()
+        datamodule.setup("test")
+        model = build_model(cfg, checkpoint, path)
+        prepare = getattr(datamodule, "prepare", None)
+        files, exported = export(cfg, model, path, datamodule.spec, prepare)
+        images, _ = datamodule.test_set.gather(range(min(256, len(datamodule.test_set))))
+        gaps = parity(model, exported, datamodule, files, images)
+    except UserError as e:
+        return refuse("mnistlab-export", e, code=1)
+    for kind, file in files.items():
+        print(f"{kind:12s} {file}")
+    print(f"parity on {len(images)} test images, max |logit difference| vs the checkpoint: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in gaps.items()))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

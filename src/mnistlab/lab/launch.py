@@ -1,0 +1,297 @@
+"""The `mnistlab-train` command around `train(cfg)`: the process and job layer.
+
+`mnistlab.train` is the run itself; this module is everything around it that a run needs as a
+command: the command line checked before Hydra acts on it (`mnistlab.lab.cli`), the exit status and
+one-line errors, a sweep's job and its status file, SLURM's requeue, parallel jobs sharing the
+cores, and a DDP job of a sweep started as its own command. Under DDP, rank 0 settles the command
+line and the other processes run the one it settled (`mnistlab.lab.distributed`).
+"""
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, open_dict
+
+from mnistlab.lab import UserError, refuse
+from mnistlab.lab.cli import prepare
+from mnistlab.lab.config import CONF_DIR
+from mnistlab.lab.resume import NothingToDo
+
+log = logging.getLogger("mnistlab.train")  # the run's logger: one name in train.log
+
+
+Run = Callable[..., dict[str, float]]  # train(cfg, extra_callbacks) -> the run's metrics
+
+
+def _run(cfg: DictConfig, run: Run) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from mnistlab.lab import distributed
+    from mnistlab.lab.preemption import Interrupted
+
+    hc = HydraConfig.get()
+    distributed.quiet_file_logs()
+    distributed.pass_job_to_workers(list(hc.overrides.task), cfg.paths.output_dir)
+    if hc.mode == RunMode.MULTIRUN:
+        return _sweep_job(cfg, run)
+    as_job = os.environ.get(distributed.JOB_PROCESS_ENV) == "1"  # a sweep's job, as its own command
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
+        log.info("SLURM requeued this job (SLURM_RESTART_COUNT=%s): resume=%s",
+                 os.environ["SLURM_RESTART_COUNT"], cfg.resume)  # fmt: skip
+    try:
+        # One process writes a run folder: rank 0 (the others follow it), and for a sweep's job
+        # run as its own command, the sweep (which holds the lock already).
+        with _holding(cfg.paths.output_dir, distributed.launched_rank() == 0 and not as_job):
+            metrics = _train(cfg, run)
+    except Exception as e:
+        expected = isinstance(e, UserError | Interrupted)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (expected or as_job):
+            raise
+        if isinstance(e, Interrupted):
+            _report_interrupted(e)
+            sys.exit(e.exit_code)
+        if not expected:  # as a sweep reports a failed job: one line, the traceback in train.log
+            _report_failure(e)
+        else:
+            log.error("%s", e)
+        sys.exit(1)
+    except SIGTERMException:  # Lightning's own handler, should a SIGTERM reach it first
+        log.warning("Stopped by SIGTERM; resume with the same command and resume=auto")
+        sys.exit(128 + signal.SIGTERM)
+    return _objective(cfg, metrics)
+
+
+_stopped_by: int | None = None  # a signal that stopped a job of this process: the sweep stops
+
+
+def _sweep_job(cfg: DictConfig, run: Run) -> float:
+    """One job of a sweep. Its status goes to job.json in its folder (the sweep's summary reads
+    it); a failure is logged with its traceback and raised for the sweeper to note, never an
+    exit that would end the other jobs."""
+    global _stopped_by
+    from hydra.core.hydra_config import HydraConfig
+
+    from mnistlab.lab import distributed, sweeps
+    from mnistlab.lab.preemption import Interrupted
+
+    folder, hc = cfg.paths.output_dir, HydraConfig.get()
+    # A job of several SLURM tasks (DDP through srun) runs here in each: rank 0 keeps its record.
+    record = sweeps.record if distributed.launched_rank() == 0 else lambda *_, **__: None
+    record(folder, overrides=list(hc.overrides.task), status="running")
+    if _stopped_by:
+        record(folder, status="not started")
+        raise Interrupted(_stopped_by)
+    _share_cores(hc.launcher)
+    _continue_if_requeued(cfg)
+    start = time.perf_counter()
+    try:
+        with _holding(folder, distributed.launched_rank() == 0):
+            if (
+                distributed.several_processes(cfg.trainer)
+                and distributed.launched_world_size() == 1
+            ):
+                objective = _job_as_own_command(cfg, list(hc.overrides.task), run)
+            else:
+                objective = _objective(cfg, _train(cfg, run))
+    except Interrupted as e:
+        _stopped_by = e.signum
+        _report_interrupted(e)
+        record(folder, status="interrupted", signal=e.signum, error=str(e),
+               wall_s=time.perf_counter() - start)  # fmt: skip
+        raise
+    except Exception as e:
+        error = str(e) if isinstance(e, JobFailed) else _report_failure(e)
+        record(folder, status="failed", error=error[:300],
+               wall_s=time.perf_counter() - start)  # fmt: skip
+        raise
+    pruned = sweeps.read_job(folder).get("pruned_after_epoch")  # written by the run, rank 0
+    record(folder, status="pruned" if pruned else "completed", wall_s=time.perf_counter() - start)
+    return objective
+
+
+def _train(cfg: DictConfig, run: Run) -> dict[str, float]:
+    """`run(cfg)`, reporting to its Optuna trial in a job of an Optuna sweep (its job.json
+    then says after which epoch the study pruned it, if it did)."""
+    from mnistlab.lab import distributed, pruning, sweeps
+    from mnistlab.lab.trust import sign_run
+
+    if distributed.launched_rank() == 0:  # its config as written now: this checkout's own run
+        sign_run(cfg.paths.output_dir)
+    callbacks = pruning.callbacks()
+    metrics = run(cfg, callbacks)
+    epoch = pruning.pruned_after(callbacks)
+    if epoch is not None and distributed.launched_rank() == 0:
+        sweeps.record(cfg.paths.output_dir, pruned_after_epoch=epoch)
+    return metrics
+
+
+def _holding(folder: str, lock: bool):
+    """The run folder's lock (`run_folder.hold`) when `lock`, else nothing."""
+    from contextlib import nullcontext
+
+    from mnistlab.lab.run_folder import hold
+
+    return hold(Path(folder)) if lock else nullcontext()
+
+
+def _continue_if_requeued(cfg: DictConfig) -> None:
+    """A job that SLURM requeued (after a preemption or its time limit) continues from its
+    checkpoint in its folder, rather than starting over there."""
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0 and str(cfg.resume) == "never":
+        log.info(
+            "Requeued job (SLURM_RESTART_COUNT=%s): resume=auto", os.environ["SLURM_RESTART_COUNT"]
+        )
+        with open_dict(cfg):
+            cfg.resume = "auto"
+
+
+def _resume_if_requeued(argv: list[str]) -> list[str]:
+    """A run that SLURM requeued (`scontrol requeue`, a preemption, our own SIGUSR1 requeue)
+    starts its batch script again: the same command continues its run (`resume=auto`) instead of
+    starting a new folder, unless the command says otherwise. A sweep's jobs do the same
+    (`_continue_if_requeued`)."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    sweep = any(a in ("-m", "--multirun") for a in argv)
+    if restarts == 0 or sweep or any(a.lstrip("+").startswith("resume=") for a in argv):
+        return argv
+    print(f"mnistlab-train: requeued by SLURM (SLURM_RESTART_COUNT={restarts}): resume=auto",
+          file=sys.stderr)  # fmt: skip
+    return [*argv, "resume=auto"]
+
+
+def _report_failure(e: Exception) -> str:
+    """A job's failure: one line on the console, the traceback in its train.log only."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    log.error("Job failed: %s: %s", type(e).__name__, first)
+    logging.getLogger("mnistlab.traceback").error("Job failed", exc_info=True)
+    return f"{type(e).__name__}: {first}"
+
+
+class JobFailed(Exception):
+    """A job run as its own command ended with an error (its message is the job's error line)."""
+
+
+def _job_as_own_command(cfg: DictConfig, overrides: list[str], run: Run) -> float | None:
+    """A DDP job of a sweep: Lightning starts a DDP run's other processes by re-running this
+    process's command line, which here is the whole sweep. So the job runs as its own command,
+    in its folder, and starts its processes as any run does; this process forwards signals to
+    it and reads its results.json."""
+    import subprocess
+
+    from mnistlab.lab.distributed import JOB_PROCESS_ENV
+    from mnistlab.lab.preemption import Interrupted
+    from mnistlab.lab.run_folder import RESULTS, without_resume
+
+    folder = Path(cfg.paths.output_dir)
+    overrides = [*without_resume(overrides), f"resume={cfg.resume}"]  # as this job resolved it
+    command = [sys.executable, "-m", run.__module__, *overrides,
+               f'hydra.run.dir="{folder}"', "hydra.output_subdir=null"]  # fmt: skip
+    log.info("DDP job: running it as its own command, which starts its processes")
+    # A session of its own, so that a Ctrl-C reaches it once: from here, not also from the tty.
+    proc = subprocess.Popen(command, env={**os.environ, JOB_PROCESS_ENV: "1"},
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    forwarded = [signal.SIGINT, signal.SIGTERM]
+    forwarded += [signal.SIGUSR1] if "SLURM_JOB_ID" in os.environ else []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # where handlers may be set
+        previous = {sig: signal.signal(sig, lambda signum, _: proc.send_signal(signum))
+                    for sig in forwarded}  # fmt: skip
+    errors = []  # its error lines; the first is the cause (rank 0's: the others lost their peer)
+    try:
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            if "][ERROR] - " in line:
+                errors.append(line.split("][ERROR] - ", 1)[1].strip())
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code == 0:
+        return _objective(cfg, json.loads((folder / RESULTS).read_text())["metrics"])
+    if code > 128 and code - 128 in {int(s) for s in forwarded}:
+        last = folder / "checkpoints" / "last.ckpt"
+        raise Interrupted(code - 128, str(last) if last.is_file() else None)
+    error = errors[0].removeprefix("Job failed: ") if errors else f"exit status {code}"
+    raise JobFailed(error)
+
+
+def _objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The metric sweeps optimize (`optimized_metric`), returned to Hydra's sweeper."""
+    name = cfg.get("optimized_metric") or "val/acc_best"
+    if name not in metrics:
+        raise UserError(f"optimized_metric={name} is not a metric of this run: {sorted(metrics)}")
+    return metrics[name]
+
+
+def _share_cores(launcher: DictConfig) -> None:
+    """Parallel jobs on one machine (hydra/launcher=joblib) split the cores between them instead
+    of each taking them all: torch threads per job = cores // n_jobs."""
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return
+    import torch
+
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or 1
+    n_jobs = cores if n_jobs < 0 else n_jobs
+    torch.set_num_threads(max(1, cores // n_jobs))
+    log.info("%d parallel jobs on %d cores: %d torch threads each", n_jobs, cores,
+             torch.get_num_threads())  # fmt: skip
+
+
+def _report_interrupted(e) -> None:
+    where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no checkpoint"
+    then = "Continue with the same command and resume=auto"
+    if "SLURM_JOB_ID" in os.environ:
+        then += " (a job SLURM requeues does that by itself)"
+    log.warning("%s: %s%s. %s", e, where, ", job requeued" if e.requeued else "", then)
+
+
+def main(run: Run) -> None:
+    """The train command around `run` (`mnistlab.train.train`: `mnistlab-train`, `python -m
+    mnistlab.train`): check the command line, then run it. Under DDP, rank 0 settles the command
+    and every other process runs the same one. `run`'s module, run with `python -m`, must call
+    this (a DDP job of a sweep is started that way)."""
+
+    def task(cfg: DictConfig) -> float | None:  # a closure: a sweep's launcher pickles `run` too
+        return _run(cfg, run)
+
+    hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+    _run_hydra = hydra_main(task)
+    from mnistlab.lab import distributed
+
+    worker = distributed.worker_argv()
+    if worker is not None:  # started by Lightning's DDP for a job of ours: checked already
+        sys.argv[1:] = worker
+        _run_hydra()
+        return
+    if os.environ.get(distributed.JOB_PROCESS_ENV) == "1":  # a sweep's job: checked by the sweep
+        _run_hydra()
+        return
+    try:
+        sys.argv[1:] = distributed.agree(sys.argv[1:], _settle)
+    except distributed.Outcome as e:  # rank 0 said why
+        sys.exit(e.code)
+    _run_hydra()
+
+
+def _settle(argv: list[str]) -> list[str]:
+    from mnistlab.lab.distributed import launched_world_size
+
+    argv = _resume_if_requeued(argv)
+    try:
+        return prepare(argv, "train", processes=launched_world_size())
+    except NothingToDo as e:
+        print(e)
+        sys.exit(0)
+    except UserError as e:
+        sys.exit(refuse("mnistlab-train", e))

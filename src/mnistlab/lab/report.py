@@ -1,0 +1,304 @@
+"""Results over seeds: runs grouped by configuration, each group's mean, spread and confidence.
+
+    python -m mnistlab.lab.report sweep=logs/train/multiruns/<timestamp>     (make report SWEEP=...)
+    python -m mnistlab.lab.report runs=[run_a,run_b,run_c]                    (make report RUNS="a b c")
+    python -m mnistlab.lab.report logdir=logs/train                           (every run under it)
+
+Runs are grouped by the overrides they were started with, `seed` left out (`ignore=[seed,...]`
+to leave out more keys, `group_by=[model.optimizer.lr]` to group by those keys alone). For each
+group and metric: n, mean, standard deviation, the half-width of the 95% confidence interval of
+the mean (Student's t with n - 1 degrees of freedom), min and max. A run that failed or did not
+finish is counted in its group's `failed` column and never averaged in. The table is printed and
+written as report.md, report.csv and report.tex (booktabs) into the sweep folder (or `out=`).
+Light on purpose: no torch, no Lightning.
+"""
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mnistlab.lab import UserError, refuse
+from mnistlab.lab.stats import describe
+from mnistlab.lab.trust import recorded_command
+
+log = logging.getLogger("mnistlab.lab.report")
+
+USAGE = """usage: python -m mnistlab.lab.report (sweep=FOLDER | runs=[A,B,...] | logdir=FOLDER)
+                                [metrics=[test/acc,...]] [ignore=[seed,...]] [group_by=[KEY,...]]
+                                [out=FOLDER] [figures=false]
+
+Groups runs by their overrides without the seed, and prints n, mean, std, 95% CI (Student t),
+min and max of each metric per group, best group first; writes report.md, report.csv and
+report.tex (booktabs) into the sweep folder, or `out`, with the groups' mean validation curves
+and their 95% bands (curve_val_acc.png, .svg, .pdf; curve_val_loss...)."""
+
+METRICS = ["test/acc", "val/acc_best", "test/loss", "wall_s"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    try:
+        args, groups, metrics, out = selected(argv, USAGE, "the report", figures="true")
+        table = summarize(groups, metrics)
+        text = markdown(table, metrics)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(text)
+        write_csv(table, metrics, out / "report.csv")
+        (out / "report.tex").write_text(latex(table, metrics))
+        drawn = []
+        if args["figures"] not in ("false", "False", "0", "no"):
+            from mnistlab.lab.figures import curves
+
+            drawn = curves(groups, out)
+    except UserError as e:
+        return refuse("mnistlab-report", e)
+    print(text, end="")
+    log.info("Report: %s (and report.csv, report.tex)", out / "report.md")
+    for path in drawn:
+        if path.suffix == ".png":
+            log.info("Figure: %s (and .svg, .pdf)", path)
+    return 0
+
+
+# ------------------------------------------------------------------ runs
+
+
+def selected(argv: list[str] | None, usage: str, what: str, **own) -> tuple:
+    """The command line of the report and of compare: (its options, the runs it names grouped,
+    the metrics, the output folder). `own`: the command's other options, with their defaults."""
+    from mnistlab.lab.rebuild import parse_args
+
+    options = {"sweep": None, "runs": None, "logdir": None, "metrics": None, "ignore": "[seed]",
+               "group_by": None, "out": None, **own}  # fmt: skip
+    args, rest = parse_args(sys.argv[1:] if argv is None else argv, options, usage)
+    if rest:
+        raise UserError(f"{rest[0]}: not an option of {what} (see --help)")
+    runs, out = _runs(args)
+    by, metrics = as_list(args["group_by"]), as_list(args["metrics"]) or METRICS
+    keys = {override_key(o) for r in runs for o in r["overrides"]}
+    if unknown := [k for k in by if k not in keys]:
+        raise UserError(f"group_by: no run was started with {', '.join(unknown)}; the keys set:"
+                        f" {', '.join(sorted(keys)) or '(none)'}")  # fmt: skip
+    known = {m for r in runs for m in r["metrics"]}
+    if args["metrics"] and known and (unknown := [m for m in metrics if m not in known]):
+        raise UserError(f"metrics: no run has {', '.join(unknown)}; they have:"
+                        f" {', '.join(sorted(known))}")  # fmt: skip
+    return args, group(runs, ignore=as_list(args["ignore"]), by=by), metrics, out
+
+
+def as_list(value: str | None) -> list[str]:
+    if not value:
+        return []
+    return [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+
+
+def _runs(args: dict) -> tuple[list[dict], Path]:
+    given = [k for k in ("sweep", "runs", "logdir") if args[k]]
+    if len(given) != 1:
+        raise UserError("name the runs: sweep=<multirun folder>, runs=[a,b,...] or logdir=<folder>")
+    if args["sweep"]:
+        sweep = _folder(args["sweep"], "sweep")
+        folders = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()),
+                         key=lambda p: int(p.name))  # fmt: skip
+        out = sweep
+    elif args["runs"]:
+        folders = [_folder(r, "runs") for r in as_list(args["runs"])]
+        for folder in folders:
+            if not any((folder / f).exists() for f in (".hydra", "job.json", "results.json")):
+                raise UserError(f"runs: {folder} is not a run folder (no .hydra/, job.json or"
+                                " results.json)")  # fmt: skip
+        from time import strftime
+
+        from mnistlab.lab.config import project_path
+
+        out = project_path("logs") / "reports" / strftime("%Y-%m-%d_%H-%M-%S")
+    else:
+        root = _folder(args["logdir"], "logdir")
+        folders = sorted({p.parent.parent for p in root.rglob(".hydra/overrides.yaml")})
+        out = root
+    if not folders:
+        raise UserError(f"no runs in {out}: a run folder holds .hydra/ or job.json")
+    return [read_run(f) for f in folders], Path(args["out"]) if args["out"] else out
+
+
+def _folder(path: str, key: str) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"{key}={path}: no such folder")
+    return folder
+
+
+def read_run(folder: Path) -> dict:
+    """A run's overrides, status, metrics and wall time, from its own records. A record that
+    cannot be read is said, and the run counted as not finished."""
+    job = read_json(folder / "job.json")
+    results = read_json(folder / "results.json")
+    if not isinstance(results.get("metrics", {}), dict) or not all(
+        isinstance(v, int | float) for v in results.get("metrics", {}).values()
+    ):
+        results = {}
+    if job.get("status") == "completed" and "metrics" not in results:
+        log.warning("%s: unreadable or missing, though job.json says completed: counted as"
+                    " not finished", folder / "results.json")  # fmt: skip
+    overrides, source = job.get("overrides"), folder / "job.json"
+    if overrides is None:
+        import yaml
+
+        source = folder / ".hydra" / "overrides.yaml"
+        try:
+            overrides = yaml.safe_load(source.read_text()) or []
+        except (OSError, yaml.YAMLError):
+            overrides = []
+    recorded_command(overrides, str(source), replayed=False)  # data, or the run is refused
+    finished = "metrics" in results
+    status = job.get("status") or ("completed" if finished else "incomplete")
+    if status == "completed" and not finished:
+        status = "incomplete"
+    metrics = dict(results.get("metrics", {}))
+    if job.get("wall_s") is not None:
+        metrics["wall_s"] = job["wall_s"]
+    # Only runs that completed are averaged: a failed, stopped or pruned run is counted apart.
+    return {"folder": str(folder), "overrides": overrides, "status": status,
+            "metrics": metrics if status == "completed" else {}}  # fmt: skip
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; {} when there is none (absent, unreadable, not an object)."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+# ------------------------------------------------------------------ groups and statistics
+
+
+def override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def group(runs: list[dict], ignore: list[str], by: list[str]) -> dict[str, list[dict]]:
+    """Runs by configuration: the overrides that differ between runs, those in `ignore` left out
+    (`by`: only those keys), as one label per group in the order first met."""
+
+    def kept(run):
+        return [o for o in run["overrides"] if override_key(o) not in ignore and not override_key(o).startswith("hydra.")
+                and (not by or override_key(o) in by)]  # fmt: skip
+
+    common = set.intersection(*(set(kept(r)) for r in runs)) if runs else set()
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        label = " ".join(o for o in kept(run) if o not in common)
+        groups.setdefault(label, []).append(run)
+    empty = "(all runs)" if len(groups) == 1 else "(defaults)"  # runs with no override of their own
+    groups = {label or empty: runs for label, runs in groups.items()}
+    return _named(groups)
+
+
+def _named(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """A group whose runs share a `name=` is labelled by it, when no other group has it."""
+
+    def names(runs):
+        return {([o.partition("=")[2] for o in r["overrides"] if override_key(o) == "name"] or [None])[-1]
+                or None for r in runs}  # fmt: skip
+
+    shared = {label: n.pop() if len(n := names(runs)) == 1 else None
+              for label, runs in groups.items()}  # fmt: skip
+    taken = list(shared.values())
+    return {(name if name is not None and taken.count(name) == 1 else label): runs
+            for (label, runs), name in zip(groups.items(), shared.values(), strict=True)}  # fmt: skip
+
+
+def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> list[dict]:
+    """One row per group, the best mean of the first metric first (lowest for a loss)."""
+    rows = []
+    for label, runs in groups.items():
+        done = [r for r in runs if r["metrics"]]
+        row = {"group": label, "n": len(done), "failed": len(runs) - len(done), "stats": {}}
+        for metric in metrics:
+            values = [r["metrics"][metric] for r in done if metric in r["metrics"]]
+            row["stats"][metric] = describe(values)
+        rows.append(row)
+    first = metrics[0]
+    lower = "loss" in first or first == "wall_s"
+
+    def rank(row):
+        mean = row["stats"][first]["mean"]
+        return (mean is None, mean if lower or mean is None else -mean)
+
+    return sorted(rows, key=rank)
+
+
+# ------------------------------------------------------------------ output
+
+
+def _cell(stats: dict) -> str:
+    if stats["mean"] is None:
+        return "-"
+    if stats["ci95"] is None:
+        return f"{stats['mean']:.4f}"
+    return f"{stats['mean']:.4f} ± {stats['ci95']:.4f}"
+
+
+def markdown(table: list[dict], metrics: list[str]) -> str:
+    lines = ["# Results over seeds", "",
+             "mean ± half-width of the 95% confidence interval (Student t, n - 1 d.o.f.);"
+             " std, min and max in report.csv", "",
+             "| group | n | failed | " + " | ".join(metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]  # fmt: skip
+    for row in table:
+        cells = " | ".join(_cell(row["stats"][m]) for m in metrics)
+        lines.append(f"| {row['group']} | {row['n']} | {row['failed']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(table: list[dict], metrics: list[str], path: Path) -> None:
+    fields = ["n", "mean", "std", "ci95", "min", "max"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["group", "runs", "failed", *(f"{m}:{k}" for m in metrics for k in fields)])
+        for row in table:
+            writer.writerow([row["group"], row["n"], row["failed"],
+                             *(row["stats"][m][k] for m in metrics for k in fields)])  # fmt: skip
+
+
+TEX = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex(table: list[dict], metrics: list[str]) -> str:
+    def tex(text: str) -> str:
+        return "".join(TEX.get(c, c) for c in text)
+
+    def cell(stats):
+        if stats["mean"] is None:
+            return "--"
+        if stats["ci95"] is None:
+            return f"{stats['mean']:.4f}"
+        return f"{stats['mean']:.4f} $\\pm$ {stats['ci95']:.4f}"
+
+    head = " & ".join(["Configuration", "$n$", *(tex(m) for m in metrics)])
+    lines = [r"\begin{tabular}{l r " + "r " * len(metrics) + "}", r"\toprule", head + r" \\",
+             r"\midrule"]  # fmt: skip
+    for row in table:
+        lines.append(" & ".join([tex(row["group"]), str(row["n"]),
+                                 *(cell(row["stats"][m]) for m in metrics)]) + r" \\")  # fmt: skip
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Run folders: a run's identity (the command that started it), and whether it has finished.
+
+Light on purpose (no torch): the command line uses it to pick the folder to resume before Hydra
+creates a new one.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from mnistlab.lab.files import write_whole
+
+LOCK = ".lock"  # held by the process writing into a run or sweep folder
+RESULTS = "results.json"  # written when a run has trained and tested; its presence means "finished"
+POLICIES = ("auto", "must", "never")
+
+
+def without_resume(overrides) -> list[str]:
+    """The overrides, in their order, but `resume=` (how to run, not what)."""
+    return [o for o in overrides if not o.lstrip("+~").startswith("resume=")]
+
+
+def identity(overrides: list[str]) -> list[str]:
+    """What makes two commands the same run: their overrides in any order, `resume=` aside."""
+    return sorted(without_resume(overrides))
+
+
+def find_run(runs_dir: Path, overrides: list[str]) -> Path | None:
+    """The newest run folder under `runs_dir` started with the same overrides, if any."""
+    wanted = identity(overrides)
+    matches = []
+    for recorded in Path(runs_dir).glob("*/.hydra/overrides.yaml"):
+        try:
+            same = identity(yaml.safe_load(recorded.read_text()) or []) == wanted
+        except (OSError, yaml.YAMLError):
+            continue  # a folder we cannot read is not the run we are looking for
+        if same:
+            matches.append(recorded.parent.parent)
+    return max(matches, key=lambda p: p.name, default=None)
+
+
+def finished(run_dir: Path, max_epochs, max_steps) -> dict | None:
+    """The results of `run_dir` if it finished training to these limits, else None."""
+    try:
+        results = json.loads((Path(run_dir) / RESULTS).read_text())
+    except (OSError, ValueError):
+        return None
+    if (results.get("max_epochs"), results.get("max_steps")) != (max_epochs, max_steps):
+        return None  # the limits were raised since: there is more to train
+    return results
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    """Atomically, so that a run is never marked finished by half a file."""
+    write_whole(Path(run_dir) / RESULTS, (json.dumps(results, indent=2) + "\n").encode())
+
+
+@contextmanager
+def hold(folder: Path, what: str = "run"):
+    """Hold `folder`'s lock while writing into it: a second process (the same command started
+    twice, a sweep re-run while it is still running) is refused in one line naming the holder.
+    The lock is the kernel's (`flock`), so it ends with its process, kill -9 included, and the
+    next command takes it over, removing what a killed holder left half-written."""
+    from mnistlab.lab import UserError
+
+    path = Path(folder) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(
+                f"{folder}: this {what} folder is in use by {holder}; wait for it to end or stop"
+                " it (a lock whose process died is taken over)"
+            ) from None
+        except OSError as e:  # a file system without locks (some NFS setups): go on unguarded
+            logging.getLogger(__name__).warning("%s: cannot be locked (%s)", path, e)
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        command = " ".join(sys.argv[1:])[:200]
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}"
+                      f" ({command})\n".encode(), 0)  # fmt: skip
+        if what == "run":
+            _remove_leftovers(Path(folder))
+        yield path
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race a new holder)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Temporary files (`.<name>.<pid>.tmp`) of a process killed while writing: no one else
+    writes here while the lock is held, so every one of them is a leftover."""
+    for tmp in folder.rglob(".*.tmp"):
+        if re.fullmatch(r"\..+\.\d+\.tmp", tmp.name):
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,126 @@
+"""What a sweep did, job by job: each job records its own status, the sweep sums them up.
+
+Every job writes `job.json` in its folder when it starts and when it ends (completed, failed with
+its first error line, interrupted by a signal), so the summary is true even for a job that
+crashed or a sweep that was killed; a job with no folder was not started. Light on purpose (no
+torch): the sweepers run in Hydra's process.
+"""
+
+import base64
+import csv
+import json
+import time
+from pathlib import Path
+
+from mnistlab.lab.files import write_whole
+from mnistlab.lab.run_folder import RESULTS
+
+JOB = "job.json"
+REPORTED = ("val/acc_best", "test/acc", "test/loss")  # conf/train.yaml's report_metrics
+# An Optuna trial's job: its trial and study (mnistlab.lab.pruning's TrialReport arguments), as JSON
+# in URL-safe base64, an override's value and a variable's with nothing to quote or escape.
+TRIAL_ENV = "MNISTLAB_OPTUNA_TRIAL"
+
+
+def encode_trial(arguments: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(arguments).encode()).decode()
+
+
+def open_storage(spec: str):
+    """An Optuna storage: a database URL (`sqlite:///...`, `postgresql://...`), else the path of a
+    journal file, which any number of processes on any nodes sharing it may use at once."""
+    import optuna
+
+    if "://" in spec:
+        return optuna.storages.RDBStorage(spec)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(spec))
+
+
+def columns(metrics: list[str]) -> list[str]:
+    return ["job", "status", "objective", *metrics, "wall_s", "overrides", "error", "folder"]
+
+
+def record(folder: Path, **fields) -> None:
+    """Merge `fields` into the job's job.json, atomically."""
+    data = read_job(folder) | fields
+    write_whole(Path(folder) / JOB, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def read_job(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / JOB).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def completed(folder: Path) -> bool:
+    return read_job(folder).get("status") == "completed" and (Path(folder) / RESULTS).is_file()
+
+
+def rows(
+    jobs: list[tuple[int, list[str], Path]], objective: str, reported=REPORTED, maximize=True
+) -> list[dict]:
+    """One row per job (number, overrides, folder), best objective first, unfinished last;
+    a column for each metric in `reported`."""
+    table = []
+    for number, overrides, folder in jobs:
+        job = read_job(folder)
+        overrides = job.get("overrides") or overrides  # as the job recorded them when it ran
+        status = job.get("status") or ("not started" if not folder.exists() else "interrupted")
+        if status == "running":  # its process died without a word: killed
+            status = "interrupted"
+        metrics = _metrics(folder)
+        table.append({
+            "job": number, "status": status, "objective": metrics.get(objective),
+            **{m: metrics.get(m) for m in reported},
+            "wall_s": job.get("wall_s"), "overrides": " ".join(overrides),
+            "error": job.get("error", ""), "folder": str(folder),
+        })  # fmt: skip
+    done = [r for r in table if r["objective"] is not None]
+    rest = [r for r in table if r["objective"] is None]
+    return sorted(done, key=lambda r: -r["objective"] if maximize else r["objective"]) + rest
+
+
+def _metrics(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / RESULTS).read_text())["metrics"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def write(sweep_dir: Path, table: list[dict], objective: str, reported=REPORTED) -> str:
+    """summary.csv and summary.md in the sweep folder; returns the markdown."""
+    with open(Path(sweep_dir) / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns(list(reported)))
+        writer.writeheader()
+        writer.writerows(table)
+    counts = {
+        s: sum(r["status"] == s for r in table) for s in dict.fromkeys(r["status"] for r in table)
+    }
+    lines = [
+        f"# Sweep {sweep_dir}",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + f"; objective: {objective}",
+        "",
+        "| job | status | objective | " + " | ".join(reported) + " | wall s | swept | error |",
+        "|---|---|---|" + "---|" * len(reported) + "---|---|---|",
+    ]
+    common = set.intersection(*(set(r["overrides"].split()) for r in table)) if table else set()
+    for r in table:  # the table shows what differs between jobs; summary.csv has it all
+        swept = " ".join(o for o in r["overrides"].split() if o not in common)
+        lines.append(
+            f"| {r['job']} | {r['status']} | {_num(r['objective'])} | "
+            + "".join(f"{_num(r[m])} | " for m in reported)
+            + f"{_num(r['wall_s'], 1)} | {swept} | {r['error']} |"
+        )
+    markdown = "\n".join(lines) + "\n"
+    (Path(sweep_dir) / "summary.md").write_text(markdown)
+    return markdown
+
+
+def _num(value, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
