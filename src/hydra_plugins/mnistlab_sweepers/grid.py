@@ -7,14 +7,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-# Private API, checked against hydra-core 1.3.2: Hydra's grid expansion (`split_arguments`).
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # isort: skip
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from hydra_plugins.mnistlab_sweepers.common import finish, holding, job_dir, launch
 from mnistlab.lab import sweeps
+from mnistlab.lab.compat import basic_sweeper
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ ConfigStore.instance().store(
 )
 
 
-class GridSweeper(BasicSweeper):
+class GridSweeper(basic_sweeper()):  # Hydra's, for its grid expansion
     def sweep(self, arguments: list[str]) -> None:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(

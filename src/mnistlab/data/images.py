@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mnistlab.data.decode import to_array
 from mnistlab.lab import UserError
+from mnistlab.lab.compat import batches_done
 
 
 @dataclass(frozen=True)
@@ -346,8 +347,7 @@ class ImageDataModule(LightningDataModule):
         """Where training stands in the data, and the measured spec: saved in every checkpoint."""
         if self.trainer is None:
             return {}
-        # Private API (Lightning's loop counters, undocumented), checked against lightning 2.6.6.
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        done = batches_done(self.trainer)
         epoch = self.trainer.current_epoch
         if done >= self.trainer.num_training_batches:  # a finished epoch: the next one is due
             epoch, done = epoch + 1, 0

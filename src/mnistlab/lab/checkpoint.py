@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnistlab.lab import UserError
+from mnistlab.lab.compat import save_last
 from mnistlab.lab.files import atomic_write, file_sha256, write_whole
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,11 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self.save_latest(trainer)
+        save_last(self, trainer, "on_train_epoch_end")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self.save_latest(trainer)
+        save_last(self, trainer, "on_validation_end")
 
     def load_state_dict(self, state_dict: dict) -> None:
         """A run folder that moved (copied from another machine, renamed) keeps its records:
@@ -166,8 +165,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     def save_latest(self, trainer) -> str | None:
         """Write last.ckpt unless it already holds this step; return its path."""
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        save_last(self, trainer)
         return self.last_model_path or None
 
 

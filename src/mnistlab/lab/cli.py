@@ -15,7 +15,6 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.utils import get_args_parser  # Private API, checked on hydra-core 1.3.2
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
@@ -23,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from mnistlab.lab import UserError
+from mnistlab.lab.compat import hydra_args_parser
 from mnistlab.lab.config import CONF_DIR
 from mnistlab.lab.resume import (
     merged,
@@ -46,7 +46,7 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
     the same, or with `hydra.run.dir` set to the run that `resume=` continues. `processes`:
     how many processes a launcher (torchrun, srun) started with this command; their run folder
     is then fixed here, once, for all of them (mnistlab.lab.distributed)."""
-    parser = get_args_parser()
+    parser = hydra_args_parser()
     parser.error = _refuse  # one line, not argparse's usage block
     args = parser.parse_args(argv)
     if args.multirun and processes > 1:

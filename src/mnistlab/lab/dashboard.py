@@ -60,9 +60,9 @@ class TensorBoard(TensorBoardLogger):
             k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in params.items()
         }
         _, start, end = summaries(plain, {tensorboard_tag(k): v for k, v in metrics.items()})
-        # Private API, checked against torch 2.14.1: the open event file (None after close()), as
-        # Lightning's own log_hyperparams reaches it.
-        writer = self.experiment._get_file_writer()
+        from mnistlab.lab.compat import event_file_writer
+
+        writer = event_file_writer(self.experiment)
         for summary in (start, end):
             writer.add_summary(summary, step)
         writer.flush()

@@ -19,7 +19,6 @@ Light on purpose (no torch until a store is needed): it runs before the command 
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,10 +95,9 @@ def stop_watching_children() -> None:
     them exits with an error. When this process is failing or stopping too, that would cut its
     checkpoint, its error report or its exit status short: let it finish (the other processes
     end with it)."""
-    for thread in threading.enumerate():
-        if type(thread).__name__ == "_ChildProcessObserver":
-            # Private API, checked against lightning 2.6.6: nothing left to watch, it ends.
-            thread._child_processes = []
+    from mnistlab.lab.compat import stop_watching_ddp_processes
+
+    stop_watching_ddp_processes()
 
 
 class Outcome(Exception):

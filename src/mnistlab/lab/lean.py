@@ -11,6 +11,8 @@ from contextlib import nullcontext
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.profilers import Profiler
 
+from mnistlab.lab.compat import skip_hook
+
 # Hooks Lightning calls on every callback at every batch.
 PER_BATCH_HOOKS = (
     *(f"on_{stage}_batch_{when}" for stage in ("train", "validation", "test", "predict")
@@ -26,12 +28,11 @@ def skip_empty_hooks(callbacks) -> None:
     formatted name, even when the hook does nothing. For the template's seven callbacks that is
     about 130 us per training step. Lightning skips a hook attribute that is not callable, so the
     inherited ones are set to None on the instance. Hooks a callback defines still run as before.
-    Private API (the `callable` test in Lightning's `_call_callback_hooks`), checked against
-    lightning 2.6.6."""
+    (`mnistlab.lab.compat.skip_hook`)."""
     for callback in callbacks:
         for hook in PER_BATCH_HOOKS:
             if getattr(type(callback), hook, None) is getattr(Callback, hook):
-                setattr(callback, hook, None)
+                skip_hook(callback, hook)
 
 
 class NoProfiler(Profiler):

@@ -27,6 +27,7 @@ import threading
 from lightning.pytorch.callbacks import Callback
 
 from mnistlab.lab.checkpoint import RunCheckpoint
+from mnistlab.lab.compat import log_train_step_metrics
 from mnistlab.lab.distributed import launched_rank, stop_watching_children
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,7 @@ class Preemption(Callback):
         if self.pending is not None:
             # What Lightning does right after this hook, so that this step's metrics are logged:
             # the resumed run starts with the next step and would never log them.
-            # Private API, checked against lightning 2.6.6.
-            trainer._logger_connector.update_train_step_metrics()
+            log_train_step_metrics(trainer)
         self._stop_if_asked(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
