@@ -116,27 +116,32 @@ def _caption_lines(caption: str, width: int) -> list[str]:
 def labelled_grid(
     images: torch.Tensor, captions: list[str], wrong: list[bool], columns: int = COLUMNS
 ) -> np.ndarray:
-    """uint8 images (N, C, H, W), grayscale or RGB, in a grid `columns` wide, each with its
-    caption below (red when wrong): an (H, W, 3) picture, CELL pixels a column."""
+    """uint8 images (N, C, H, W), grayscale or RGB, in a grid `columns` wide, each scaled to
+    its cell with its caption below (red when wrong): an (H, W, 3) picture, CELL pixels a
+    column. The pixels are placed as they are (`figimage`), the captions drawn as text."""
     width = (CELL - 4) * 10 // (FONT_PX * 7)  # characters a cell holds, about
     lines = [_caption_lines(c, width) for c in captions]
     band = (FONT_PX + 5) * max((len(t) for t in lines), default=1)
     rows = max(1, -(-len(images) // columns))
     w, h = columns * CELL, rows * (CELL + band)
+    canvas = np.full((h, w, 3), 255, np.uint8)
+    if len(images):
+        x = images.float()
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        scale = (CELL - 8) / max(x.shape[-2:])
+        size = (round(x.shape[-2] * scale), round(x.shape[-1] * scale))
+        fitted = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
+        fitted = fitted.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for i, picture in enumerate(fitted):
+            left, top = (i % columns) * CELL + 4, (i // columns) * (CELL + band) + 4
+            canvas[top : top + size[0], left : left + size[1]] = picture
     figure = Figure(figsize=(w / DPI, h / DPI), dpi=DPI, facecolor="white")
+    figure.figimage(canvas, origin="upper")
     if not len(images):
         figure.text(0.05, 0.5, "none", fontsize=FONT_PX * 72 / DPI)
-    for i, (image, text) in enumerate(zip(images, lines, strict=True)):
+    for i, text in enumerate(lines):
         left, top = (i % columns) * CELL, (i // columns) * (CELL + band)
-        axes = figure.add_axes(((left + 4) / w, 1 - (top + CELL - 4) / h, (CELL - 8) / w,
-                                (CELL - 8) / h))  # fmt: skip
-        pixels = image.cpu().numpy()
-        if len(pixels) == 1:
-            axes.imshow(pixels[0], cmap="gray", vmin=0, vmax=255)
-        else:
-            axes.imshow(pixels.transpose(1, 2, 0))
-        axes.set_axis_off()
-        figure.text((left + CELL / 2) / w, 1 - (top + CELL) / h, "\n".join(text),
+        figure.text((left + CELL / 2) / w, 1 - (top + CELL - 2) / h, "\n".join(text),
                     color="red" if wrong[i] else "black", fontsize=FONT_PX * 72 / DPI,
                     ha="center", va="top", linespacing=1.1)  # fmt: skip
     return _rendered(figure)
@@ -147,13 +152,17 @@ def confusion_image(matrix: torch.Tensor, classes: list[str]) -> np.ndarray:
     the class names on both axes, axis titles, and the counts in the cells up to 20 classes."""
     n = len(classes)
     side = min(12.0, max(4.0, 0.45 * n + 2.0))
-    figure = Figure(figsize=(side, side), dpi=DPI, layout="constrained", facecolor="white")
-    axes = figure.add_subplot()
+    figure = Figure(figsize=(side, side), dpi=DPI, facecolor="white")
+    names = [c[:16] for c in classes]
+    longest = max(len(c) for c in names)
+    turned = longest > 3  # column names read upwards when they would overlap
+    margin = min(0.4, 0.08 + 0.11 * longest / side)  # room for the names, in figure units
+    bottom = margin if turned else 0.1
+    axes = figure.add_axes((margin, bottom, 0.97 - margin, 0.97 - bottom))
     share = (matrix.float() / matrix.sum(1, keepdim=True).clamp(min=1)).numpy()
     axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    names = [c[:16] for c in classes]
     every = max(1, n // 40)  # a label for every class while they fit
-    axes.set_xticks(range(0, n, every), names[::every], rotation=90 if n > 10 else 0)
+    axes.set_xticks(range(0, n, every), names[::every], rotation=90 if turned else 0)
     axes.set_yticks(range(0, n, every), names[::every])
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
