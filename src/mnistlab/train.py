@@ -135,6 +135,7 @@ def _is_tensorboard(target: str) -> bool:
 def _results(cfg: DictConfig, trainer, metrics: dict[str, float], best: str) -> dict:
     return {
         "metrics": metrics,
+        "reported": list(cfg.get("report_metrics") or []),  # what make report shows by default
         "best_checkpoint": best,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,

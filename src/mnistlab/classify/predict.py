@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnistlab.classify import probabilities
 from mnistlab.data.decode import SUFFIXES, unreadable
 from mnistlab.data.idx import read_idx
 from mnistlab.lab import UserError, refuse
@@ -108,7 +109,7 @@ def predict(model, datamodule, items, classes: list[str]) -> Iterator[dict]:
     def flush():
         x = torch.from_numpy(np.stack([pixels for _, pixels in batch]))  # (B, C, H, W) uint8
         with torch.inference_mode():
-            probs = model.probabilities(model(datamodule.to_input(x)))
+            probs = probabilities(model, model(datamodule.to_input(x)))
         values, indices = probs.topk(top, dim=1)
         for (name, _), v, i in zip(batch, values.tolist(), indices.tolist(), strict=True):
             yield {
@@ -277,7 +278,8 @@ def _saving(inputs_, folder: Path):
 
 def load(args: dict, overrides: list[str]):
     """The run's model (eval mode, CPU), data module (for preparing images and its
-    normalization; no data loaded) and checkpoint file."""
+    normalization; no data loaded) and checkpoint file; refused unless they are a classifier's."""
+    from mnistlab.classify import check
     from mnistlab.lab.checkpoint import load as load_checkpoint
     from mnistlab.lab.config import build
     from mnistlab.lab.rebuild import build_model
@@ -285,7 +287,9 @@ def load(args: dict, overrides: list[str]):
     run_dir, path = locate(args["run"], args["ckpt"], args["which"])
     checkpoint = load_checkpoint(path, require_checksum=False)
     cfg = run_config(run_dir, checkpoint, path, overrides, "predict", args["trust"])
-    return build_model(cfg, checkpoint, path), build(cfg, "data"), path
+    model, datamodule = build_model(cfg, checkpoint, path), build(cfg, "data")
+    check(model, datamodule, f"{args.get('command', 'predict')} ({path})")
+    return model, datamodule, path
 
 
 if __name__ == "__main__":

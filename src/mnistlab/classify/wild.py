@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnistlab.classify import probabilities
 from mnistlab.lab import UserError, refuse
 
 log = logging.getLogger("mnistlab.classify.wild")
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             seed = int(args["seed"])
         except ValueError:
             raise UserError(f"seed={args['seed']}: an integer") from None
-        model, datamodule, path = load(args, overrides)  # the run checked before a set is made
+        model, datamodule, path = load({**args, "command": "eval-wild"}, overrides)  # checked first
         _check_digit_model(datamodule)
         folder = project_path(args["data"])
         if not (folder / "labels.csv").is_file():
@@ -278,7 +279,7 @@ def _calibration(model, datamodule, items, labels) -> str:
             for i in range(0, len(kept), 256)
         ])  # fmt: skip
     target = torch.tensor([y for _, y in kept])
-    calibrated = expected_calibration_error(model.probabilities(logits), target)
+    calibrated = expected_calibration_error(probabilities(model, logits), target)
     plain = expected_calibration_error(logits.softmax(1), target)
     temperature = float(getattr(model, "temperature", torch.tensor(1.0)))
     return (f"\nExpected calibration error ({BINS} bins, prepare=mnist): {calibrated:.2%} with the"

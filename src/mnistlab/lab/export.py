@@ -30,30 +30,36 @@ trust=: as for eval (another's run builds only what belongs where it stands, unl
 
 
 class Exported(nn.Module):
-    """The network with its input preparation: uint8 images (B, C, H, W) as the data module
-    prepares them, to logits (B, classes), with exactly the arithmetic used in training."""
+    """The network with its input preparation. With the data's input spec (`mean`, `std`):
+    uint8 images (B, C, H, W) as the data module loads them, scaled and normalized with exactly
+    the arithmetic used in training. Without (`mean` None): the input as the network takes it."""
 
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float], channels_last=False):
+    def __init__(self, net: nn.Module, mean=None, std=None, channels_last=False):
         super().__init__()
         # The memory layout the network was trained in: same numbers, bit for bit, on a CPU.
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.layout)
-        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1), persistent=False)
+        self.normalized = mean is not None
+        if self.normalized:
+            self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std).view(-1, 1, 1), persistent=False)
 
-    def forward(self, images: Tensor) -> Tensor:
-        x = images.to(torch.float32).div(255).sub(self.mean).div(self.std)
+    def forward(self, inputs: Tensor) -> Tensor:
+        if not self.normalized:
+            return self.net(inputs)
+        x = inputs.to(torch.float32).div(255).sub(self.mean).div(self.std)
         return self.net(x.contiguous(memory_format=self.layout))
 
 
 def load_exported(folder: str | Path, trust: str | None = None) -> Exported:
     """The exported model in eval mode, from `model.json` and `model.safetensors` in `folder`.
-    Unless this checkout exported it, the network class it names must be a network from an
-    allowed package (`trust`: as for eval, see `mnistlab.lab.trust`)."""
+    Unless this checkout exported it, the class it names must be of the kind it stands for, from
+    an allowed package (`trust`: as for eval, see `mnistlab.lab.trust`). A network is built with
+    torch alone; a whole LightningModule (exported when its config has no `net`) with Hydra."""
     from safetensors.torch import load_file
 
     from mnistlab.lab import UserError
-    from mnistlab.lab.trust import check_target, signed, trusted
+    from mnistlab.lab.trust import check_config, check_target, signed, trusted
 
     folder = Path(folder)
     folder = folder.parent if folder.name == "model.json" else folder  # the file named instead
@@ -62,20 +68,31 @@ def load_exported(folder: str | Path, trust: str | None = None) -> Exported:
         spec = json.loads(path.read_text())
         network, prep = spec["network"], spec["input"]
         name, arguments = network["class"], network["arguments"]
-        mean, std = prep["mean"], prep["std"]
+        mean, std = prep.get("mean"), prep.get("std")
         if not (isinstance(name, str) and isinstance(arguments, dict)):
             raise TypeError("network: {class: a name, arguments: a mapping}")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(
             f"{path}: not an export of this template ({type(e).__name__}: {e})"
         ) from None
     allowed = None if signed(network, spec.get("origin")) else trusted(trust)
-    if allowed is None:
-        module, _, attr = name.rpartition(".")
-        build = getattr(importlib.import_module(module), attr)
-    else:  # the class itself, found without calling anything, and of the kind a network is
-        build = check_target(name, f"{path}: network.class", "an nn.Module", allowed)
-    net = build(**arguments)
+    if network.get("kind") == "module":  # the LightningModule itself, with its nested nodes
+        from hydra.utils import instantiate
+
+        node = {"_target_": name, **arguments}
+        if allowed is not None:
+            try:
+                check_config({"model": node}, allowed)
+            except UserError as e:
+                raise UserError(f"{path}: {e}") from None
+        net = instantiate(node)
+    else:
+        if allowed is None:
+            module, _, attr = name.rpartition(".")
+            build = getattr(importlib.import_module(module), attr)
+        else:  # the class itself, found without calling anything, and of the kind a network is
+            build = check_target(name, f"{path}: network.class", "an nn.Module", allowed)
+        net = build(**arguments)
     net.load_state_dict(load_file(folder / "model.safetensors"))
     return Exported(net, mean, std, prep.get("channels_last", False)).eval()
 
@@ -90,45 +107,61 @@ PREPARE = {
 }
 
 
+def network_of(cfg, model) -> tuple[nn.Module, dict, str]:
+    """What is exported, its config and its kind: the module's `net` when the config builds one
+    from plain arguments (a network that loads with torch alone), else the LightningModule."""
+    from mnistlab.lab.config import to_plain
+
+    node = to_plain(cfg.model)
+    net = node.get("net")
+    plain = isinstance(net, dict) and not any(isinstance(v, dict) for v in net.values())
+    if plain and "_target_" in net and isinstance(getattr(model, "net", None), nn.Module):
+        return model.net, net, "net"
+    return model, node, "module"
+
+
 def export(
-    cfg, model, path: Path, spec, prepare: str | None = None
+    cfg, model, path: Path, example: Tensor, spec=None, prepare: str | None = None
 ) -> tuple[dict[str, Path], Exported]:
-    """Write `model`'s network (its weights from checkpoint `path`) beside `path`, for inputs of
-    `spec` (an InputSpec) made from new pictures by `prepare` (the data module's, if it says);
-    return the files by kind, and the model read back from them."""
+    """Write `model`'s network (its weights from checkpoint `path`) beside `path`, for inputs
+    like `example` (a batch as the data module loads it); with the data's input spec (an
+    InputSpec), uint8 images made from new pictures by `prepare` (the data module's, if it
+    says). Return the files by kind, and the model read back from them."""
     from safetensors.torch import save_file
 
-    from mnistlab.lab.config import to_plain
     from mnistlab.lab.files import write_whole
     from mnistlab.lab.trust import signature
 
-    net_cfg = to_plain(cfg.model.net)
-    weights = {k: v.contiguous() for k, v in model.net.state_dict().items()}
+    network, node, kind = network_of(cfg, model)
+    weights = {k: v.contiguous() for k, v in network.state_dict().items()}
     folder = path.parent
     files = {"safetensors": folder / "model.safetensors", "json": folder / "model.json"}
     save_file(weights, files["safetensors"], metadata={"checkpoint": path.name})
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(files["safetensors"], 0o666 & ~umask)  # safetensors writes it owner-only
-    described = {
-        "network": {"class": net_cfg.pop("_target_"), "arguments": net_cfg},
-        "input": {"shape": list(spec.shape), "dtype": "uint8", "layout": "NCHW",
-                  "mode": "L" if spec.channels == 1 else "RGB", "scale": "1/255",
-                  "mean": list(spec.mean), "std": list(spec.std),
-                  "channels_last": bool(cfg.model.get("channels_last", False)),
-                  **({"prepare": PREPARE[prepare]} if prepare in PREPARE else {})},
-        "classes": list(spec.classes),
+    node = dict(node)
+    described = {"network": {"class": node.pop("_target_"), "arguments": node, "kind": kind},
+                 "input": {"shape": list(example.shape[1:]), "dtype": str(example.dtype)[6:]}}  # fmt: skip
+    if spec is not None:
+        described["input"] |= {
+            "layout": "NCHW", "mode": "L" if spec.channels == 1 else "RGB", "scale": "1/255",
+            "mean": list(spec.mean), "std": list(spec.std),
+            "channels_last": bool(cfg.model.get("channels_last", False)),
+            **({"prepare": PREPARE[prepare]} if prepare in PREPARE else {})}  # fmt: skip
+        described["classes"] = list(spec.classes)
+    if isinstance(getattr(model, "temperature", None), Tensor):
         # Calibrated probabilities: softmax(logits / temperature), the temperature fitted on the
-        # validation split (mnistlab.classify.calibration); 1.0 for a checkpoint from before calibration.
-        "temperature": float(getattr(model, "temperature", 1.0)),
-        "checkpoint": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
-    }  # fmt: skip
+        # validation split (mnistlab.classify.calibration).
+        described["temperature"] = float(model.temperature)
+    described["checkpoint"] = {"file": path.name,
+                               "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}  # fmt: skip
     described["origin"] = signature(described["network"]) or ""  # load_exported here trusts it
     write_whole(files["json"], (json.dumps(described, indent=2) + "\n").encode())
     exported = load_exported(folder, trust="all")  # written just now from a checked config
     if _onnx_available():
         files["onnx"] = folder / "model.onnx"
-        _to_onnx(exported, files["onnx"], spec.shape)
+        _to_onnx(exported, files["onnx"], example[:2])
     else:
         log.warning("onnx/onnxruntime not installed: no model.onnx (pip install -e '.[export]')")
     return files, exported
@@ -138,11 +171,10 @@ def _onnx_available() -> bool:
     return all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
 
 
-def _to_onnx(model: nn.Module, path: Path, shape: tuple[int, int, int]) -> None:
-    example = torch.zeros(2, *shape, dtype=torch.uint8)
+def _to_onnx(model: nn.Module, path: Path, example: Tensor) -> None:
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: batch},),
-                                input_names=["images"], output_names=["logits"], verbose=False)  # fmt: skip
+                                input_names=["inputs"], output_names=["outputs"], verbose=False)  # fmt: skip
     program.save(str(path))
 
 
@@ -150,24 +182,53 @@ def onnx_logits(path: Path, images: Tensor) -> Tensor:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(None, {"images": images.numpy()})
+    (logits,) = session.run(None, {"inputs": images.numpy()})
     return torch.from_numpy(logits)
 
 
-def parity(model, exported, datamodule, files: dict[str, Path], images: Tensor) -> dict[str, float]:
-    """Max |logit difference| from the checkpoint's model, per exported form; UserError if any
-    predicts another class for any image."""
+def parity(
+    model, exported, files: dict[str, Path], inputs: Tensor, prepared: Tensor
+) -> dict[str, float]:
+    """Max |output difference| from the checkpoint's model (given `prepared`, the data module's
+    batch of `inputs`), per exported form. UserError if a classifier's export predicts another
+    class for any input, or another model's output is not the same to 1e-4."""
     from mnistlab.lab import UserError
 
     with torch.inference_mode():
-        reference = model(datamodule.to_input(images))
-        logits = {"safetensors": exported(images)}
+        reference = model(prepared)
+        outputs = {"safetensors": exported(inputs)}
     if "onnx" in files:
-        logits["onnx"] = onnx_logits(files["onnx"], images)
-    for kind, values in logits.items():
-        if not torch.equal(values.argmax(1), reference.argmax(1)):
+        outputs["onnx"] = onnx_logits(files["onnx"], inputs)
+    for kind, values in outputs.items():
+        if values.shape != reference.shape:
+            raise UserError(f"the {kind} export gives outputs of shape {tuple(values.shape)},"
+                            f" the checkpoint {tuple(reference.shape)}")  # fmt: skip
+        classes = reference.ndim == 2
+        if classes and not torch.equal(values.argmax(1), reference.argmax(1)):
             raise UserError(f"the {kind} export predicts other classes than the checkpoint")
-    return {k: float((v - reference).abs().max()) for k, v in logits.items()}
+        if not classes and not torch.allclose(values, reference, rtol=1e-3, atol=1e-4):
+            raise UserError(f"the {kind} export's outputs differ from the checkpoint's")
+    return {k: float((v - reference).abs().max()) for k, v in outputs.items()}
+
+
+def test_batch(datamodule, n: int = 256) -> tuple[Tensor, Tensor]:
+    """Up to `n` test inputs as the data module's loader gives them, and as its model takes
+    them (after its `on_after_batch_transfer`: an ImageDataModule normalizes there)."""
+    inputs, batches = [], iter(datamodule.test_dataloader())
+    while sum(len(x) for x in inputs) < n:
+        batch = next(batches, None)
+        if batch is None:
+            break
+        inputs.append(batch[0] if isinstance(batch, list | tuple) else batch)
+    if not inputs:
+        from mnistlab.lab import UserError
+
+        raise UserError(
+            "the data module's test loader gives no batch: nothing to check the export on"
+        )
+    x = torch.cat(inputs)[:n]
+    prepared = datamodule.on_after_batch_transfer((x.clone(), None), 0)
+    return x, prepared[0] if isinstance(prepared, list | tuple) else prepared
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,15 +252,16 @@ def main(argv: list[str] | None = None) -> int:
         datamodule.prepare_data()
         datamodule.setup("test")
         model = build_model(cfg, checkpoint, path)
+        inputs, prepared = test_batch(datamodule)
+        spec = getattr(datamodule, "spec", None)  # an image data module's input spec
         prepare = getattr(datamodule, "prepare", None)
-        files, exported = export(cfg, model, path, datamodule.spec, prepare)
-        images, _ = datamodule.test_set.gather(range(min(256, len(datamodule.test_set))))
-        gaps = parity(model, exported, datamodule, files, images)
+        files, exported = export(cfg, model, path, inputs, spec, prepare)
+        gaps = parity(model, exported, files, inputs, prepared)
     except UserError as e:
         return refuse("mnistlab-export", e, code=1)
     for kind, file in files.items():
         print(f"{kind:12s} {file}")
-    print(f"parity on {len(images)} test images, max |logit difference| vs the checkpoint: "
+    print(f"parity on {len(inputs)} test inputs, max |output difference| vs the checkpoint: "
           + ", ".join(f"{k} {v:.2e}" for k, v in gaps.items()))  # fmt: skip
     return 0
 

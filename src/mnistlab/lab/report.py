@@ -34,7 +34,7 @@ min and max of each metric per group, best group first; writes report.md, report
 report.tex (booktabs) into the sweep folder, or `out`, with the groups' mean validation curves
 and their 95% bands (curve_val_acc.png, .svg, .pdf; curve_val_loss...)."""
 
-METRICS = ["test/acc", "val/acc_best", "test/loss", "wall_s"]
+METRICS = ["test/acc", "val/acc_best", "test/loss", "wall_s"]  # for runs that do not say theirs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +76,10 @@ def selected(argv: list[str] | None, usage: str, what: str, **own) -> tuple:
     if rest:
         raise UserError(f"{rest[0]}: not an option of {what} (see --help)")
     runs, out = _runs(args)
-    by, metrics = as_list(args["group_by"]), as_list(args["metrics"]) or METRICS
+    # The metrics asked for, else those the runs' configs report (`report_metrics`), and time.
+    reported = [m for r in runs for m in r["reported"]]
+    defaults = [*dict.fromkeys(reported), "wall_s"] if reported else METRICS
+    by, metrics = as_list(args["group_by"]), as_list(args["metrics"]) or defaults
     keys = {override_key(o) for r in runs for o in r["overrides"]}
     if unknown := [k for k in by if k not in keys]:
         raise UserError(f"group_by: no run was started with {', '.join(unknown)}; the keys set:"
@@ -159,9 +162,12 @@ def read_run(folder: Path) -> dict:
     metrics = dict(results.get("metrics", {}))
     if job.get("wall_s") is not None:
         metrics["wall_s"] = job["wall_s"]
+    reported = results.get("reported")
+    if not (isinstance(reported, list) and all(isinstance(m, str) for m in reported)):
+        reported = []
     # Only runs that completed are averaged: a failed, stopped or pruned run is counted apart.
     return {"folder": str(folder), "overrides": overrides, "status": status,
-            "metrics": metrics if status == "completed" else {}}  # fmt: skip
+            "metrics": metrics if status == "completed" else {}, "reported": reported}  # fmt: skip
 
 
 def read_json(path: Path) -> dict:

@@ -1,0 +1,220 @@
+"""The machinery serves any LightningModule: a plain one written from Lightning's documentation
+alone (`PLAIN` below, in a folder outside src/ with its own config, plugged in by the command
+line), and the second worked example, `experiment=autoencoder`, which is not a classifier.
+Each goes through the real command line: train, eval, export; in the slow tier also kill -9 and
+`resume=auto` bitwise, `trainer=ddp_cpu` as one run folder, and a seed sweep with its report."""
+
+import csv
+import json
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from runner import TESTS, base_args, run_cli, start_cli, wait_for
+
+from mnistlab.lab import eval as evaluation
+from mnistlab.lab import export, report
+
+PLAIN = """
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Plain(L.LightningModule):
+    def __init__(self, hidden: int = 32, lr: float = 1e-3, dropout: float = 0.25):
+        super().__init__()
+        self.save_hyperparameters()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(),
+                                    nn.Dropout(dropout), nn.Linear(hidden, 10))
+
+    def forward(self, x):
+        return self.layers(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", F.cross_entropy(logits, y), sync_dist=True)
+        self.log("val_acc", (logits.argmax(1) == y).float().mean(), sync_dist=True)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("test_loss", F.cross_entropy(logits, y), sync_dist=True)
+        self.log("test_acc", (logits.argmax(1) == y).float().mean(), sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+"""
+
+# What a researcher adds to plug it in: a config file, and these settings.
+PLAIN_CONFIG = "_target_: plainmod.Plain\nhidden: 32\nlr: 0.001\n"
+MODELS = {
+    "plain": ["model=plain", "monitor=val_loss", "mode=min", "optimized_metric=val_loss",
+              "report_metrics=[val_loss,test_loss,test_acc]", "callbacks.pictures=null"],
+    "autoencoder": ["experiment=autoencoder"],
+}  # fmt: skip
+LOSS = {"plain": "test_loss", "autoencoder": "test/loss"}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A folder outside src/ holding the plain module and its config, as a fork would."""
+    folder = tmp_path_factory.mktemp("own")
+    (folder / "plainmod.py").write_text(textwrap.dedent(PLAIN))
+    (folder / "conf" / "model").mkdir(parents=True)
+    (folder / "conf" / "model" / "plain.yaml").write_text(PLAIN_CONFIG)
+    return folder
+
+
+@pytest.fixture
+def importable(project, monkeypatch):
+    monkeypatch.syspath_prepend(str(project))
+    yield project
+    sys.modules.pop("plainmod", None)
+
+
+def env(project: Path) -> dict:
+    return {"PYTHONPATH": f"{project}:{TESTS}"}
+
+
+def args(kind: str, project: Path, synthetic_mnist, log_dir: Path, *extra: str) -> list[str]:
+    return [*base_args(synthetic_mnist, log_dir, *extra), f"hydra.searchpath=[file://{project / 'conf'}]",
+            *MODELS[kind]]  # fmt: skip
+
+
+def only_run(log_dir: Path) -> Path:
+    (run,) = (log_dir / "train" / "runs").iterdir()
+    return run
+
+
+def results(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_trains_then_evaluates_and_exports_with_parity(kind, project, importable, synthetic_mnist,
+                                                       tmp_path, capsys):  # fmt: skip
+    proc = run_cli(*args(kind, project, synthetic_mnist, tmp_path), cwd=tmp_path, env=env(project))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run(tmp_path)
+    trained = results(run)
+    assert trained["reported"] == list(
+        {"plain": ["val_loss", "test_loss", "test_acc"], "autoencoder": ["val/loss", "test/loss"]}[
+            kind
+        ]
+    )
+    best = Path(trained["best_checkpoint"])
+    assert best.name.startswith("epoch") and ("val_loss" in best.name)  # monitored, minimized
+
+    capsys.readouterr()
+    assert evaluation.main([f"run={run}"]) == 0  # the run's own config, this checkout's run
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "eval").rglob("metrics.json")]
+    assert record["metrics"][LOSS[kind]] == trained["metrics"][LOSS[kind]]  # to the last bit
+
+    assert export.main([f"run={run}"]) == 0
+    out = capsys.readouterr().out
+    assert "safetensors 0.00e+00" in out
+    if "onnx " in out:  # the export extras (CI installs them)
+        assert float(out.split("onnx ")[-1].split()[0]) <= 1e-5
+    described = json.loads((best.parent / "model.json").read_text())
+    assert described["input"]["shape"] == [1, 28, 28] and described["input"]["dtype"] == "uint8"
+    assert described["network"]["kind"] == {"plain": "module", "autoencoder": "net"}[kind]
+    loaded = export.load_exported(best.parent)
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    shape = (3, 10) if kind == "plain" else (3, 1, 28, 28)
+    assert loaded(images).shape == shape
+
+
+def test_the_classification_tools_refuse_a_module_that_is_not_a_classifier_in_one_line(
+    project, synthetic_mnist, tmp_path
+):
+    from mnistlab.classify import predict
+
+    proc = run_cli(*args("autoencoder", project, synthetic_mnist, tmp_path, "trainer.max_epochs=1"),
+                   cwd=tmp_path, env=env(project))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    image = tmp_path / "x.png"
+    __import__("PIL.Image").Image.new("L", (28, 28)).save(image)
+    run = only_run(tmp_path)
+    assert predict.main([f"run={run}", f"input={image}"]) == 2
+    proc = run_cli(*args("autoencoder", project, synthetic_mnist, tmp_path / "b", "+callbacks.pictures._target_=mnistlab.classify.pictures.Pictures"),
+                   cwd=tmp_path, env=env(project))  # fmt: skip
+    assert proc.returncode != 0
+    assert "callbacks.pictures (set it to null to leave it out) needs a classifier" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+EXACT = ["trainer.max_epochs=3", "trainer.deterministic=true", "trainer.limit_train_batches=null",
+         "trainer.limit_val_batches=null", "data.batch_size=32", "resume=auto"]  # fmt: skip
+
+
+def last(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", MODELS)
+def test_kill_9_then_resume_auto_ends_bitwise_equal(kind, project, synthetic_mnist, tmp_path):
+    whole = run_cli(*args(kind, project, synthetic_mnist, tmp_path / "a", *EXACT), cwd=tmp_path,
+                    env=env(project))  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    pause = ["+callbacks.pause._target_=runner.PauseAt", "+callbacks.pause.step=24",
+             f"+callbacks.pause.marker={tmp_path / 'm'}"]  # fmt: skip
+    command = args(kind, project, synthetic_mnist, tmp_path / "b", *EXACT, *pause)
+    proc = start_cli(*command, cwd=tmp_path, env=env(project))
+    wait_for(tmp_path / "m", proc)  # held at step 24 of 48, in epoch 2
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    again = run_cli(*command, cwd=tmp_path, env=env(project))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(epoch 1, step 16)" in again.stderr
+    a, b = last(only_run(tmp_path / "a")), last(only_run(tmp_path / "b"))
+    assert a["global_step"] == b["global_step"] == 48
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    untimed = [{k: v for k, v in results(only_run(tmp_path / d))["metrics"].items()
+                if not k.startswith("perf/")} for d in "ab"]  # fmt: skip
+    assert untimed[0] == untimed[1] and LOSS[kind] in untimed[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", MODELS)
+def test_ddp_on_two_cpu_processes_is_one_run_folder(kind, project, synthetic_mnist, tmp_path):
+    extra = ["trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=1",
+             "trainer.limit_train_batches=null", "data.batch_size=50"]  # fmt: skip
+    proc = run_cli(*args(kind, project, synthetic_mnist, tmp_path, *extra), cwd=tmp_path,
+                   env=env(project))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob(".hydra")) == [".hydra"]
+    assert [p.name for p in run.glob("*.log")] == ["train.log"]
+    writers = {p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}
+    assert len(writers) == 1, writers  # one process wrote the TensorBoard run
+    # 400 training images (500 less the 100 held out), 200 a process, 50 a step: 4 steps.
+    assert results(run)["global_step"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_seed_sweep_and_its_report(kind, project, synthetic_mnist, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", *args(kind, project, synthetic_mnist, tmp_path, "trainer.max_epochs=1"),
+                   f"hydra.sweep.dir={sweep}", "seed=1,2", cwd=tmp_path, env=env(project))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    capsys.readouterr()
+    assert report.main([f"sweep={sweep}"]) == 0
+    (row,) = csv.DictReader((sweep / "report.csv").open())
+    assert row["runs"] == "2" and float(row[f"{LOSS[kind]}:std"]) >= 0
+    losses = [results(sweep / n)["metrics"][LOSS[kind]] for n in ("0", "1")]
+    assert float(row[f"{LOSS[kind]}:mean"]) == pytest.approx(sum(losses) / 2, abs=1e-12)
