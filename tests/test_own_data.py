@@ -296,7 +296,7 @@ def test_a_sweep_of_2_jobs_summarizes_both(folder, tmp_path):
 
 def test_a_new_dataset_class_from_the_readme_trains(tmp_path):
     """The README's example of a dataset of your own, code and config as written there (the
-    module on PYTHONPATH instead of in src/mnistlab/), through the real command line."""
+    module on PYTHONPATH instead of in src/mnistlab/data/), through the real command line."""
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     code = readme.split("<!-- own-dataset -->")[1].split("```python\n")[1].split("```")[0]
     config = readme.split("<!-- own-dataset -->")[1].split("```yaml\n")[1].split("```")[0]
@@ -304,7 +304,7 @@ def test_a_new_dataset_class_from_the_readme_trains(tmp_path):
     (tmp_path / "my_data.py").write_text(code)
     (tmp_path / "conf" / "data").mkdir(parents=True)
     (tmp_path / "conf" / "data" / "my_data.yaml").write_text(
-        config.replace("mnistlab.my_data", "my_data")
+        config.replace("mnistlab.data.my_data", "my_data")
     )
     root = write_image_folder(tmp_path / "images", n_train=12, n_test=4)
     for split in ("train", "test"):  # the same images, listed in CSV files instead
