@@ -7,8 +7,9 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, Metric
+from torchmetrics.classification import MulticlassCalibrationError
 
-from mnistlab.classify.calibration import CalibrationError, TemperatureFit
+from mnistlab.classify.calibration import BINS, TemperatureFit
 from mnistlab.lab import UserError
 
 STAGES = ("train", "val", "test")
@@ -61,7 +62,9 @@ class Classifier(LightningModule):
         # and without it.
         self.register_buffer("temperature", torch.tensor(1.0))
         self.val_temperature = TemperatureFit()
-        self.test_ece, self.test_ece_uncalibrated = CalibrationError(), CalibrationError()
+        self.test_ece, self.test_ece_uncalibrated = (
+            MulticlassCalibrationError(num_classes, n_bins=BINS, validate_args=False) for _ in "ab"
+        )
 
     def __setattr__(self, name: str, value) -> None:
         # Lightning records the running hook's name on the module around every hook call, some

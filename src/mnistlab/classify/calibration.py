@@ -5,9 +5,10 @@ fewer than 99% are right. Temperature scaling (Guo et al., 2017) divides the log
 T, fitted on held-out data to minimize the negative log-likelihood; the predicted class does not
 change, only how sure it claims to be. Here T is fitted on the validation split at every
 validation (`TemperatureFit`, summed over DDP processes), so each checkpoint carries the T that
-fits its own weights, and predict's probabilities are softmax(logits / T). `CalibrationError`
-measures the expected calibration error (ECE): over 15 equal-width confidence bins, the mean gap
-between confidence and accuracy, weighted by how many images fall in each bin.
+fits its own weights, and predict's probabilities are softmax(logits / T). The expected
+calibration error (ECE) is torchmetrics' `MulticlassCalibrationError`: over 15 equal-width
+confidence bins, the mean gap between confidence and accuracy, weighted by how many images fall
+in each bin.
 """
 
 import math
@@ -46,10 +47,10 @@ def fit_temperature(logits: Tensor, labels: Tensor, steps: int = 60) -> float:
 
 
 def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = BINS) -> float:
-    """ECE of class probabilities (N, C) against labels (N,)."""
-    metric = CalibrationError(bins)
-    metric.update(probs, labels)
-    return float(metric.compute())
+    """ECE of class probabilities (N, C) against labels (N,): torchmetrics'."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    return float(multiclass_calibration_error(probs, labels, probs.shape[1], n_bins=bins))
 
 
 class TemperatureFit(Metric):
@@ -71,28 +72,3 @@ class TemperatureFit(Metric):
         logits = torch.cat(self.logits) if isinstance(self.logits, list) else self.logits
         labels = torch.cat(self.labels) if isinstance(self.labels, list) else self.labels
         return torch.tensor(fit_temperature(logits.cpu(), labels.cpu()))
-
-
-class CalibrationError(Metric):
-    """Expected calibration error, from per-bin sums (images, right answers, confidence) that
-    torchmetrics sums over processes: exact under DDP, constant memory."""
-
-    full_state_update = False
-
-    def __init__(self, bins: int = BINS):
-        super().__init__()
-        self.bins = bins
-        for name in ("count", "correct", "confidence"):
-            self.add_state(name, torch.zeros(bins, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, probs: Tensor, labels: Tensor) -> None:
-        confidence, predicted = probs.max(dim=1)
-        which = (confidence * self.bins).long().clamp(0, self.bins - 1)
-        ones = torch.ones_like(confidence, dtype=torch.float64)
-        self.count.index_add_(0, which, ones)
-        self.correct.index_add_(0, which, (predicted == labels).double())
-        self.confidence.index_add_(0, which, confidence.double())
-
-    def compute(self) -> Tensor:
-        total = self.count.sum().clamp(min=1)
-        return (self.correct - self.confidence).abs().sum() / total
