@@ -10,6 +10,7 @@ import signal
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -102,12 +103,23 @@ def results(run: Path) -> dict:
     return json.loads((run / "results.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def trained_runs(project, synthetic_mnist, tmp_path_factory) -> dict[str, Path]:
+    """One run of each, through the real command line."""
+    runs = {}
+    for kind in MODELS:
+        log_dir = tmp_path_factory.mktemp(kind)
+        proc = run_cli(
+            *args(kind, project, synthetic_mnist, log_dir), cwd=log_dir, env=env(project)
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[kind] = only_run(log_dir)
+    return runs
+
+
 @pytest.mark.parametrize("kind", MODELS)
-def test_trains_then_evaluates_and_exports_with_parity(kind, project, importable, synthetic_mnist,
-                                                       tmp_path, capsys):  # fmt: skip
-    proc = run_cli(*args(kind, project, synthetic_mnist, tmp_path), cwd=tmp_path, env=env(project))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = only_run(tmp_path)
+def test_trained_then_evaluated_and_exported_with_parity(kind, trained_runs, importable, capsys):
+    run = trained_runs[kind]
     trained = results(run)
     assert trained["reported"] == list(
         {"plain": ["val_loss", "test_loss", "test_acc"], "autoencoder": ["val/loss", "test/loss"]}[
@@ -117,11 +129,11 @@ def test_trains_then_evaluates_and_exports_with_parity(kind, project, importable
     best = Path(trained["best_checkpoint"])
     assert best.name.startswith("epoch") and ("val_loss" in best.name)  # monitored, minimized
 
-    capsys.readouterr()
     assert evaluation.main([f"run={run}"]) == 0  # the run's own config, this checkout's run
-    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "eval").rglob("metrics.json")]
+    (record,) = [json.loads(p.read_text()) for p in (run.parents[2] / "eval").rglob("metrics.json")]
     assert record["metrics"][LOSS[kind]] == trained["metrics"][LOSS[kind]]  # to the last bit
 
+    capsys.readouterr()
     assert export.main([f"run={run}"]) == 0
     out = capsys.readouterr().out
     assert "safetensors 0.00e+00" in out
@@ -137,22 +149,31 @@ def test_trains_then_evaluates_and_exports_with_parity(kind, project, importable
 
 
 def test_the_classification_tools_refuse_a_module_that_is_not_a_classifier_in_one_line(
-    project, synthetic_mnist, tmp_path
+    trained_runs, tmp_path, capsys
 ):
-    from mnistlab.classify import predict
+    from PIL import Image
 
-    proc = run_cli(*args("autoencoder", project, synthetic_mnist, tmp_path, "trainer.max_epochs=1"),
-                   cwd=tmp_path, env=env(project))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from mnistlab.classify import predict
+    from mnistlab.classify.pictures import Pictures
+    from mnistlab.lab import UserError
+    from mnistlab.lab.checkpoint import load
+    from mnistlab.lab.config import build
+    from mnistlab.lab.rebuild import build_model, run_config
+
+    run = trained_runs["autoencoder"]
     image = tmp_path / "x.png"
-    __import__("PIL.Image").Image.new("L", (28, 28)).save(image)
-    run = only_run(tmp_path)
+    Image.new("L", (28, 28)).save(image)
     assert predict.main([f"run={run}", f"input={image}"]) == 2
-    proc = run_cli(*args("autoencoder", project, synthetic_mnist, tmp_path / "b", "+callbacks.pictures._target_=mnistlab.classify.pictures.Pictures"),
-                   cwd=tmp_path, env=env(project))  # fmt: skip
-    assert proc.returncode != 0
-    assert "callbacks.pictures (set it to null to leave it out) needs a classifier" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    err = capsys.readouterr().err
+    assert "needs a classifier: AutoEncoder's forward on a (1, 1, 28, 28) batch gives" in err
+    assert len(err.strip().splitlines()) == 1
+
+    path = Path(results(run)["best_checkpoint"])
+    checkpoint = load(path, require_checksum=False)
+    cfg = run_config(run, checkpoint, path, [], "eval")
+    trainer = SimpleNamespace(datamodule=build(cfg, "data"))
+    with pytest.raises(UserError, match=r"callbacks\.pictures .* needs a classifier"):
+        Pictures().setup(trainer, build_model(cfg, checkpoint, path), "fit")
 
 
 EXACT = ["trainer.max_epochs=3", "trainer.deterministic=true", "trainer.limit_train_batches=null",

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from mnistlab.data.images import EpochSampler, ShardSampler
+from mnistlab.data.in_memory import EpochSampler, ShardSampler
 from mnistlab.data.mnist import MNISTDataModule
 from mnistlab.lab import UserError
 
@@ -139,7 +139,7 @@ def test_images_that_do_not_match_the_spec_are_refused_in_one_line(synthetic_mni
 def test_memory_mapped_images_give_the_same_batches_without_a_copy(synthetic_mnist, tmp_path):
     import numpy as np
 
-    from mnistlab.data.images import _subset
+    from mnistlab.data.in_memory import subset as _subset
 
     dm = make_dm(synthetic_mnist)
     images, labels = dm._checked(dm.load("train"), "train").images, dm.train_set.labels

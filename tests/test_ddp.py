@@ -16,7 +16,7 @@ import torch
 from conftest import SyntheticMNIST, need_modules
 from runner import base_args, cli_args, cli_env, run_cli
 
-from mnistlab.data.images import EpochSampler, ShardSampler
+from mnistlab.data.in_memory import EpochSampler, ShardSampler
 from mnistlab.data.mnist import MNISTDataModule
 from mnistlab.lab import UserError
 from mnistlab.lab import eval as evaluation

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from runner import cli_args, run_cli, trained
 
 from mnistlab.classify import predict, wild
-from mnistlab.lab import UserError, export, report, trust
+from mnistlab.lab import UserError, export, report, signing, trust
 from mnistlab.lab import compare as comparing
 from mnistlab.lab import eval as evaluation
 from mnistlab.lab.cli import prepare
@@ -208,12 +208,12 @@ def test_an_edited_config_of_one_s_own_run_is_no_longer_trusted(run, tmp_path, c
     """The signature covers the config: a change to it makes the folder foreign."""
     folder = tmp_path / "mine"
     shutil.copytree(run, folder)
-    assert trust.made_here(folder)
+    assert signing.made_here(folder)
     config = folder / ".hydra" / "config.yaml"
     config.write_text(
         config.read_text().replace("torch.optim.Adam", "mnistlab.lab.files.write_whole")
     )
-    assert not trust.made_here(folder)
+    assert not signing.made_here(folder)
     Refused(capsys, tmp_path)(evaluation, [f"run={folder}"], "model.optimizer._target_=mnistlab")
 
 
@@ -355,7 +355,7 @@ def test_one_s_own_run_with_a_network_of_one_s_own_needs_no_trust(
     own = ["~model.net", "+model.net={_target_: mynets.TinyNet}", *TINY]
     proc = run_cli(*cli_args(synthetic_mnist, run_dir), *own, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert trust.made_here(run_dir)
+    assert signing.made_here(run_dir)
     assert evaluation.main([f"run={run_dir}"]) == 0
     assert export.main([f"run={run_dir}"]) == 0  # and its model.json, signed, loads as it is
     assert isinstance(
@@ -386,7 +386,7 @@ def test_a_foreign_copy_of_a_run_resumes_as_the_run_would(run, synthetic_mnist, 
     """Unsigned (from another machine), with the shipped targets only: resume= trains on."""
     folder = tmp_path / "copied"
     shutil.copytree(run, folder, ignore=shutil.ignore_patterns("origin"))
-    assert not trust.made_here(folder)
+    assert not signing.made_here(folder)
     proc = run_cli(f"resume={folder}", "trainer.max_epochs=2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     steps = [json.loads((r / "results.json").read_text())["global_step"] for r in (run, folder)]

@@ -295,7 +295,7 @@ def test_predict_on_a_real_decompression_bomb_stays_in_bounded_memory(run, tmp_p
 @pytest.fixture(scope="module")
 def wild_set(tmp_path_factory):
     """A small digits-in-the-wild set: one font, one typed and two pen-drawn pictures a digit."""
-    from mnistlab.classify.wild import generate
+    from mnistlab.classify.wild_set import generate
 
     base = tmp_path_factory.mktemp("wild")
     fonts, folder = base / "fonts", base / "set"
@@ -308,7 +308,8 @@ def wild_set(tmp_path_factory):
 
 
 def test_the_wild_set_is_seeded_labelled_and_described(wild_set, tmp_path):
-    from mnistlab.classify.wild import CONDITIONS, generate
+    from mnistlab.classify.wild import CONDITIONS
+    from mnistlab.classify.wild_set import generate
 
     again = tmp_path / "again"
     generate(again, seed=5, fonts_dir=wild_set.parent / "fonts", per_font=1, pen_per_digit=2)

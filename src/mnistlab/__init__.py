@@ -19,7 +19,7 @@ def _register_resolvers() -> None:
         return
 
     def class_folders(root):
-        from mnistlab.data.image_folder import dataset_classes
+        from mnistlab.data.folders import dataset_classes
         from mnistlab.lab.config import project_path
 
         return dataset_classes(project_path(root))

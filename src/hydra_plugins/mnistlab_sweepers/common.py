@@ -118,14 +118,14 @@ def finish(config: DictConfig, jobs: list[tuple[int, list[str]]], objective: str
 def _over_seeds(sweep_dir: Path, folders: list[Path]) -> str:
     """When the sweep varies the seed: the jobs grouped by configuration (mnistlab.lab.report),
     appended to summary.md; else nothing."""
-    from mnistlab.lab import report
+    from mnistlab.lab import report, tables
 
     runs = [report.read_run(f) for f in folders if f.is_dir()]
     seeds = {o for r in runs for o in r["overrides"] if o.lstrip("+").startswith("seed=")}
     if len(seeds) < 2:
         return ""
-    metrics = report.METRICS
-    text = "\n" + report.markdown(
+    metrics = report.default_metrics(runs)
+    text = "\n" + tables.markdown(
         report.summarize(report.group(runs, ["seed"], []), metrics), metrics
     )
     with open(sweep_dir / "summary.md", "a") as f:

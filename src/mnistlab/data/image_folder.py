@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab.data.decode import decode_chunk, is_image
+from mnistlab.data.folders import class_folders, dataset_classes
 from mnistlab.data.images import ImageDataModule, Split
 from mnistlab.lab import UserError
 from mnistlab.lab.config import project_path
@@ -30,71 +31,6 @@ CACHE_VERSION = 1
 CHUNK = 512  # images per task of the decoding pool
 # Forked workers start at once (as DataLoader's do on Linux); they only run PIL and numpy.
 _START = "fork" if sys.platform == "linux" else "spawn"
-
-
-_checked_folders: dict[tuple, list[str]] = {}
-
-
-def dataset_classes(root: Path) -> list[str]:
-    """The classes of an image folder, checked to be the same in train/, test/ and val/, and
-    none empty. Remembered while no split or class folder changes (a config resolves this
-    many times, and a folder of 60k images takes 0.1 s to check)."""
-    stamp = (str(root), *_folder_times(root))
-    if stamp not in _checked_folders:
-        _checked_folders[stamp] = _check_folders(root)
-    return list(_checked_folders[stamp])
-
-
-def _folder_times(root: Path) -> list[int]:
-    """Modification times of the split folders and their class folders: a file added to or
-    removed from a class folder changes its time."""
-    times = []
-    for split in ("train", "test", "val"):
-        folder = root / split
-        if folder.is_dir():
-            times += [folder.stat().st_mtime_ns]
-            times += sorted(e.stat().st_mtime_ns for e in os.scandir(folder) if e.is_dir())
-    return times
-
-
-def _check_folders(root: Path) -> list[str]:
-
-    classes = class_folders(root, "train")
-    for split in ("train", "test", "val"):
-        if split == "val" and not (root / split).is_dir():
-            continue
-        found = class_folders(root, split)
-        if found != classes:
-            raise UserError(
-                f"{root / split} has classes {found[:8]}, {root / 'train'} has {classes[:8]}:"
-                " every split needs the same class folders"
-            )
-        for name in classes:  # stops at each folder's first image
-            if not any(is_image(p) for p in (root / split / name).iterdir()):
-                raise UserError(
-                    f"{root / split / name}: no images (PNG, JPEG, BMP, WebP); add some or"
-                    " remove the class folder from every split"
-                )
-    return classes
-
-
-def class_folders(root: Path, split: str = "train") -> list[str]:
-    """The class names of an image folder: the sub-folders of `root/split`, sorted."""
-
-    if not root.is_dir():
-        raise UserError(
-            f"data.root={root}: no such folder; point it at a folder holding train/<class>/"
-            " and test/<class>/"
-        )
-    folder = root / split
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder; {root} needs train/<class>/ and test/<class>/")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise UserError(
-            f"{folder}: no class folders in it; put each class's images in {split}/<class>/"
-        )
-    return classes
 
 
 class ImageFolderDataModule(ImageDataModule):

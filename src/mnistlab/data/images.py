@@ -9,138 +9,26 @@ classes, mean, std) that the networks, eval, predict, export and the dashboard r
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from mnistlab.data.decode import to_array
+from mnistlab.data.in_memory import (
+    EpochSampler,
+    InMemoryImages,
+    ShardSampler,
+    Split,
+    already_batched,
+    fields,
+    size_of,
+    subset,
+)
 from mnistlab.lab import UserError
 from mnistlab.lab.compat import batches_done
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a network of this dataset takes: uint8 images (channels, height, width), scaled to
-    [0, 1] and normalized with `mean`, `std` per channel; and what its outputs name."""
-
-    channels: int
-    height: int
-    width: int
-    classes: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.channels, self.height, self.width
-
-
-@dataclass
-class Split:
-    """One split as a dataset's `load` returns it."""
-
-    images: torch.Tensor | np.ndarray  # (N, C, H, W) uint8; a np.memmap stays on disk
-    labels: torch.Tensor | np.ndarray  # (N,) class indices
-    classes: Sequence[str]
-
-
-class InMemoryImages(Dataset):
-    """Images (N, C, H, W) uint8 and labels (N,) int64, optionally seen through `indices` (a
-    subset of a memory-mapped array, so that it is not copied into RAM); a batch is gathered
-    with one index operation."""
-
-    def __init__(self, images, labels, transform: Callable | None = None, indices=None):
-        self.images, self.labels, self.transform = images, labels, transform
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.labels) if self.indices is None else len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([i])
-        return x[0], y[0]
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.gather(indices)
-        if self.transform is not None:
-            x = torch.stack([self.transform(img) for img in x])
-        return x, y
-
-    def gather(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images (B, C, H, W) uint8 and labels at `indices`, not augmented."""
-        idx = torch.as_tensor(indices, device=self.labels.device)
-        if self.indices is not None:
-            idx = self.indices.index_select(0, idx)
-        # index_select, not images[idx]: on a CPU ~4 us for 64 MNIST images, where advanced
-        # indexing takes ~50 us.
-        return self.images.index_select(0, idx), self.labels.index_select(0, idx)
-
-    def to(self, device: torch.device) -> "InMemoryImages":
-        self.images, self.labels = self.images.to(device), self.labels.to(device)
-        if self.indices is not None:
-            self.indices = self.indices.to(device)
-        return self
-
-
-def _already_batched(batch):
-    return batch  # `__getitems__` returns whole batches
-
-
-class EpochSampler(DistributedSampler):
-    """A fresh shuffle every epoch, a pure function of (seed, epoch), so that any epoch's order can
-    be rebuilt after a restart; `skip` drops the indices a resumed epoch has already trained on.
-
-    Under DDP each of the `num_replicas` processes takes every `num_replicas`-th index of that
-    order, padded with its first indices (as DistributedSampler pads) so that every process has as
-    many batches. A DistributedSampler, so Lightning uses it as it is instead of replacing it."""
-
-    def __init__(self, n: int, seed: int, num_replicas: int = 1, rank: int = 0):
-        super().__init__(range(n), num_replicas, rank, shuffle=True, seed=seed)
-        self.n, self.skip = n, 0
-
-    def set_epoch(self, epoch: int) -> None:  # called by Lightning before every epoch
-        if epoch != self.epoch:
-            self.epoch, self.skip = epoch, 0
-
-    def __len__(self) -> int:
-        return self.num_samples  # the whole epoch, even when resuming part-way: Lightning counts
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=generator)
-        if self.total_size > self.n:
-            order = torch.cat([order, order[: self.total_size - self.n]])
-        yield from order[self.rank :: self.num_replicas][self.skip :].tolist()
-
-
-class ShardSampler(DistributedSampler):
-    """Validation and test, in order. Under DDP each process takes every `num_replicas`-th image,
-    none padded and none twice, so metrics synced across processes count each image exactly once
-    (DistributedSampler would pad 10,000 test images to a multiple of the process count)."""
-
-    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0):
-        super().__init__(range(n), num_replicas, rank, shuffle=False)
-        self.n = n
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.num_replicas))
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.num_replicas))
-
-
-def size_of(image_size: int | Sequence[int]) -> tuple[int, int]:
-    """(height, width) from `image_size`: one number for a square, or [height, width]."""
-    if isinstance(image_size, int):
-        return image_size, image_size
-    height, width = image_size
-    return int(height), int(width)
+from mnistlab.lab.spec import InputSpec
 
 
 class ImageDataModule(LightningDataModule):
@@ -238,12 +126,12 @@ class ImageDataModule(LightningDataModule):
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
             val_idx, train_idx = order[: self._n_val(n)], order[self._n_val(n) :]
             self.val_indices, self.train_indices = val_idx, train_idx
-            self.train_set = _subset(images, labels, train_idx, self.augment)
-            self.val_set = _subset(images, labels, val_idx)
+            self.train_set = subset(images, labels, train_idx, self.augment)
+            self.val_set = subset(images, labels, val_idx)
         else:
-            self.train_set = _subset(images, labels, None, self.augment)
-            self.val_set = _subset(*_fields(self._checked(val, "val")), None)
-        self.test_set = _subset(*_fields(self._checked(self.load("test"), "test")), None)
+            self.train_set = subset(images, labels, None, self.augment)
+            self.val_set = subset(*fields(self._checked(val, "val")), None)
+        self.test_set = subset(*fields(self._checked(self.load("test"), "test")), None)
         if self.mean is None or self.std is None:
             self._measure(self.train_set)
         self.sampler = EpochSampler(len(self.train_set), self.seed, *self._shard())
@@ -316,7 +204,7 @@ class ImageDataModule(LightningDataModule):
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=_already_batched,
+            collate_fn=already_batched,
             # Its own generator: creating an iterator then draws no number from the global RNG,
             # which stays the model's alone (dropout), as resuming exactly requires.
             generator=torch.Generator().manual_seed(self.seed),
@@ -400,18 +288,3 @@ class ImageDataModule(LightningDataModule):
             self._stats[images.device] = tuple(stats)
         mean, std = self._stats[images.device]
         return images.sub_(mean).div_(std)
-
-
-def _fields(split: Split) -> tuple:
-    return split.images, split.labels
-
-
-def _subset(images, labels, indices, transform=None) -> InMemoryImages:
-    """The images at `indices` (all when None): copied when in RAM (the fastest gather), seen
-    through the indices when memory-mapped (a dataset larger than RAM stays on disk)."""
-    if isinstance(images, np.memmap):
-        data = torch.from_numpy(images)
-        return InMemoryImages(data, labels, transform, indices)
-    if indices is None:
-        return InMemoryImages(images, labels, transform)
-    return InMemoryImages(images[indices], labels[indices], transform)

@@ -126,7 +126,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O, writing with `save` and reading with `load`."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        from mnistlab.lab.trust import signature
+        from mnistlab.lab.signing import signature
 
         if "hyper_parameters" in checkpoint:  # its config, signed: eval here trusts its own runs
             checkpoint["origin"] = signature(checkpoint["hyper_parameters"]) or ""

@@ -59,7 +59,8 @@ def load_exported(folder: str | Path, trust: str | None = None) -> Exported:
     from safetensors.torch import load_file
 
     from mnistlab.lab import UserError
-    from mnistlab.lab.trust import check_config, check_target, signed, trusted
+    from mnistlab.lab.signing import signed
+    from mnistlab.lab.trust import check_config, check_target, trusted
 
     folder = Path(folder)
     folder = folder.parent if folder.name == "model.json" else folder  # the file named instead
@@ -130,7 +131,7 @@ def export(
     from safetensors.torch import save_file
 
     from mnistlab.lab.files import write_whole
-    from mnistlab.lab.trust import signature
+    from mnistlab.lab.signing import signature
 
     network, node, kind = network_of(cfg, model)
     weights = {k: v.contiguous() for k, v in network.state_dict().items()}

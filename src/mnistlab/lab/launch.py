@@ -123,7 +123,7 @@ def _train(cfg: DictConfig, run: Run) -> dict[str, float]:
     """`run(cfg)`, reporting to its Optuna trial in a job of an Optuna sweep (its job.json
     then says after which epoch the study pruned it, if it did)."""
     from mnistlab.lab import distributed, pruning, sweeps
-    from mnistlab.lab.trust import sign_run
+    from mnistlab.lab.signing import sign_run
 
     if distributed.launched_rank() == 0:  # its config as written now: this checkout's own run
         sign_run(cfg.paths.output_dir)

@@ -22,7 +22,9 @@ from mnistlab.lab import UserError
 from mnistlab.lab.config import CONF_DIR, ROOT, build, project_path, to_plain
 from mnistlab.lab.run_folder import RESULTS
 from mnistlab.lab.schema import validate
-from mnistlab.lab.trust import check_config, made_here, signed, trusted
+from mnistlab.lab.signing import made_here, signed
+from mnistlab.lab.spec import check_spec, take_spec
+from mnistlab.lab.trust import check_config, trusted
 
 log = logging.getLogger(__name__)
 WHICH = ("best", "last")
@@ -130,10 +132,10 @@ def run_config(
         cfg[unused] = None
     spec = checkpoint.get("input_spec")
     if spec and OmegaConf.select(cfg, "data.classes") is not None:
-        _take_spec(cfg.data, spec)
+        take_spec(cfg.data, spec)
     _apply(cfg, overrides)
     if spec:
-        _check_spec(cfg, spec)
+        check_spec(cfg, spec)
     # It was ${hydra:runtime.output_dir}, and Hydra is not running.
     cfg.paths.output_dir = str(_new_folder(Path(cfg.paths.log_dir) / task / "runs"))
     try:
@@ -185,31 +187,6 @@ def _reanchored(stored: dict) -> dict:
         return value
 
     return move(stored)
-
-
-def _take_spec(data: DictConfig, spec: dict) -> None:
-    """The classes and normalization the network was trained with, as the checkpoint recorded
-    them: a class list read from a folder, or a mean measured on the data, stays what it was."""
-    data.classes = spec["classes"]
-    if data.get("mean") is None or data.get("std") is None:
-        data.mean, data.std = spec["mean"], spec["std"]
-
-
-def _check_spec(cfg: DictConfig, spec: dict) -> None:
-    """Refuse data overrides that the trained network cannot take, in one line."""
-    data = cfg.get("data") or {}
-    size = data.get("image_size")
-    height, width = (size, size) if isinstance(size, int) else tuple(size or (None, None))
-    trained = f"{spec['channels']}x{spec['height']}x{spec['width']} images of {len(spec['classes'])} classes"
-    for key, value, expected in (("channels", data.get("channels"), spec["channels"]),
-                                 ("image_size", [height, width], [spec["height"], spec["width"]]),
-                                 ("classes", list(data.get("classes") or []), spec["classes"])):  # fmt: skip
-        if value != expected:
-            shown = data.get(key) if key != "classes" else f"{len(value)} classes {value[:6]}"
-            raise UserError(
-                f"data.{key}={shown}: the checkpoint was trained on {trained};"
-                f" evaluate it on data of that shape (drop the data.{key} override)"
-            )
 
 
 def _one_process(cfg: DictConfig) -> None:

@@ -13,7 +13,6 @@ written as report.md, report.csv and report.tex (booktabs) into the sweep folder
 Light on purpose: no torch, no Lightning.
 """
 
-import csv
 import json
 import logging
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from mnistlab.lab import UserError, refuse
 from mnistlab.lab.stats import describe
+from mnistlab.lab.tables import latex, markdown, write_csv
 from mnistlab.lab.trust import recorded_command
 
 log = logging.getLogger("mnistlab.lab.report")
@@ -76,10 +76,7 @@ def selected(argv: list[str] | None, usage: str, what: str, **own) -> tuple:
     if rest:
         raise UserError(f"{rest[0]}: not an option of {what} (see --help)")
     runs, out = _runs(args)
-    # The metrics asked for, else those the runs' configs report (`report_metrics`), and time.
-    reported = [m for r in runs for m in r["reported"]]
-    defaults = [*dict.fromkeys(reported), "wall_s"] if reported else METRICS
-    by, metrics = as_list(args["group_by"]), as_list(args["metrics"]) or defaults
+    by, metrics = as_list(args["group_by"]), as_list(args["metrics"]) or default_metrics(runs)
     keys = {override_key(o) for r in runs for o in r["overrides"]}
     if unknown := [k for k in by if k not in keys]:
         raise UserError(f"group_by: no run was started with {', '.join(unknown)}; the keys set:"
@@ -89,6 +86,12 @@ def selected(argv: list[str] | None, usage: str, what: str, **own) -> tuple:
         raise UserError(f"metrics: no run has {', '.join(unknown)}; they have:"
                         f" {', '.join(sorted(known))}")  # fmt: skip
     return args, group(runs, ignore=as_list(args["ignore"]), by=by), metrics, out
+
+
+def default_metrics(runs: list[dict]) -> list[str]:
+    """What the runs' configs report (`report_metrics`, kept in results.json), and time."""
+    reported = [m for r in runs for m in r["reported"]]
+    return [*dict.fromkeys(reported), "wall_s"] if reported else METRICS
 
 
 def as_list(value: str | None) -> list[str]:
@@ -236,74 +239,6 @@ def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> list[dict]:
         return (mean is None, mean if lower or mean is None else -mean)
 
     return sorted(rows, key=rank)
-
-
-# ------------------------------------------------------------------ output
-
-
-def _cell(stats: dict) -> str:
-    if stats["mean"] is None:
-        return "-"
-    if stats["ci95"] is None:
-        return f"{stats['mean']:.4f}"
-    return f"{stats['mean']:.4f} ± {stats['ci95']:.4f}"
-
-
-def markdown(table: list[dict], metrics: list[str]) -> str:
-    lines = ["# Results over seeds", "",
-             "mean ± half-width of the 95% confidence interval (Student t, n - 1 d.o.f.);"
-             " std, min and max in report.csv", "",
-             "| group | n | failed | " + " | ".join(metrics) + " |",
-             "|---|---|---|" + "---|" * len(metrics)]  # fmt: skip
-    for row in table:
-        cells = " | ".join(_cell(row["stats"][m]) for m in metrics)
-        lines.append(f"| {row['group']} | {row['n']} | {row['failed']} | {cells} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(table: list[dict], metrics: list[str], path: Path) -> None:
-    fields = ["n", "mean", "std", "ci95", "min", "max"]
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["group", "runs", "failed", *(f"{m}:{k}" for m in metrics for k in fields)])
-        for row in table:
-            writer.writerow([row["group"], row["n"], row["failed"],
-                             *(row["stats"][m][k] for m in metrics for k in fields)])  # fmt: skip
-
-
-TEX = {
-    "\\": r"\textbackslash{}",
-    "_": r"\_",
-    "%": r"\%",
-    "&": r"\&",
-    "#": r"\#",
-    "$": r"\$",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def latex(table: list[dict], metrics: list[str]) -> str:
-    def tex(text: str) -> str:
-        return "".join(TEX.get(c, c) for c in text)
-
-    def cell(stats):
-        if stats["mean"] is None:
-            return "--"
-        if stats["ci95"] is None:
-            return f"{stats['mean']:.4f}"
-        return f"{stats['mean']:.4f} $\\pm$ {stats['ci95']:.4f}"
-
-    head = " & ".join(["Configuration", "$n$", *(tex(m) for m in metrics)])
-    lines = [r"\begin{tabular}{l r " + "r " * len(metrics) + "}", r"\toprule", head + r" \\",
-             r"\midrule"]  # fmt: skip
-    for row in table:
-        lines.append(" & ".join([tex(row["group"]), str(row["n"]),
-                                 *(cell(row["stats"][m]) for m in metrics)]) + r" \\")  # fmt: skip
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from omegaconf.errors import OmegaConfBaseException
 from mnistlab.lab import UserError
 from mnistlab.lab.config import project_path, to_plain
 from mnistlab.lab.run_folder import POLICIES, find_run, finished, identity, without_resume
-from mnistlab.lab.trust import made_here, recorded_command
+from mnistlab.lab.signing import made_here
+from mnistlab.lab.trust import recorded_command
 
 log = logging.getLogger(__name__)
 
