@@ -56,6 +56,11 @@ class Plain(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+class Broken(Plain):
+    def training_step(self, batch, batch_idx):
+        raise ValueError("boom in my training_step")
 """
 
 # What a researcher adds to plug it in: a config file, and these settings.
@@ -222,8 +227,8 @@ def test_ddp_on_two_cpu_processes_is_one_run_folder(kind, project, synthetic_mni
     assert [p.name for p in run.glob("*.log")] == ["train.log"]
     writers = {p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}
     assert len(writers) == 1, writers  # one process wrote the TensorBoard run
-    # 400 training images (500 less the 100 held out), 200 a process, 50 a step: 4 steps.
-    assert results(run)["global_step"] == 4
+    # 500 training images (600 less the 100 held out), 250 a process, 50 a step: 5 steps.
+    assert results(run)["global_step"] == 5
 
 
 @pytest.mark.slow
@@ -239,3 +244,25 @@ def test_a_seed_sweep_and_its_report(kind, project, synthetic_mnist, tmp_path, c
     assert row["runs"] == "2" and float(row[f"{LOSS[kind]}:std"]) >= 0
     losses = [results(sweep / n)["metrics"][LOSS[kind]] for n in ("0", "1")]
     assert float(row[f"{LOSS[kind]}:mean"]) == pytest.approx(sum(losses) / 2, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_a_module_s_own_failures_are_one_line_naming_where(project, synthetic_mnist, tmp_path):
+    """An exception in the module's code: one line naming its file and line, the traceback in
+    the run's train.log. A monitor the module never logs: refused before the first step."""
+    proc = run_cli(*args("plain", project, synthetic_mnist, tmp_path / "a", "model._target_=plainmod.Broken"),
+                   cwd=tmp_path, env=env(project))  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if "Run failed" in ln]
+    assert "ValueError: boom in my training_step (plainmod.py:" in line and "train.log" in line
+    assert "Traceback" in (only_run(tmp_path / "a") / "train.log").read_text()
+
+    wrong = [a.replace("monitor=val_loss", "monitor=val_f1")
+             for a in args("plain", project, synthetic_mnist, tmp_path / "b")]  # fmt: skip
+    proc = run_cli(*wrong, cwd=tmp_path, env=env(project))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (
+        "monitor=val_f1: the model logs no such metric in validation (it logs val_acc, val_loss)"
+        in proc.stderr
+    )
+    assert "epoch 1/" not in proc.stderr  # before any training

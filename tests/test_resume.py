@@ -262,3 +262,12 @@ def test_a_run_folder_has_one_writer_and_a_dead_holder_s_lock_is_taken_over(tmp_
     with hold(folder):
         assert f"pid {os.getpid()} " in (folder / ".lock").read_text()
     assert time.monotonic() < deadline
+
+
+def test_hydra_s_own_settings_are_not_part_of_what_makes_two_commands_the_same_run():
+    """Hydra records `hydra.*` overrides apart from the task's: a command with
+    `hydra.searchpath=...` (a config folder of one's own) must still find its run."""
+    from mnistlab.lab.run_folder import identity
+
+    given = ["model=plain", "hydra.searchpath=[file:///x/conf]", "resume=auto", "seed=1"]
+    assert identity(given) == identity(["seed=1", "model=plain"])

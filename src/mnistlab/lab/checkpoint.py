@@ -264,6 +264,17 @@ class RunRecord(Callback):
                 " written; lower model.optimizer.lr or check the data"
             )
 
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        """The metric that picks the best checkpoint, checked against what the module logged in
+        the sanity check's validation steps: a wrong name stops the run now, not after an epoch."""
+        monitor = getattr(trainer.checkpoint_callback, "monitor", None)
+        logged = sorted(trainer.callback_metrics)
+        if monitor and logged and monitor not in logged and not monitor.startswith("train"):
+            raise UserError(
+                f"monitor={monitor}: the model logs no such metric in validation (it logs"
+                f" {', '.join(logged)}); set monitor= (and mode=) to one of them"
+            )
+
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p).all()]
         if bad:  # a checkpoint that cannot be resumed from is worse than none

@@ -34,7 +34,8 @@ def read_curve(folder: Path, metric: str) -> list[float]:
 
 
 def curves(groups: dict[str, list[dict]], out: Path, metrics=tuple(CURVES)) -> list[Path]:
-    """One figure per metric (that any run logged): each group's mean over its completed runs at
+    """One figure per metric that any run logged more than once (a curve; `CURVES` gives the
+    classifier's their labels, any other metric is named as logged): each group's mean over its completed runs at
     each epoch, with the 95% confidence interval of that mean (Student t) as a band where two or
     more runs reached the epoch, cut to the values the metric can take. A completed run without
     the curve in its event files is named and left out of it. Returns the files written."""
@@ -52,8 +53,8 @@ def curves(groups: dict[str, list[dict]], out: Path, metrics=tuple(CURVES)) -> l
             without += [folder for folder, v in zip(done, values, strict=True) if not v]
             if any(values):
                 series[label] = [v for v in values if v]
-        if not series:
-            continue
+        if not series or max(len(v) for s in series.values() for v in s) < 2:
+            continue  # not a curve: one point a run (a test metric), or none
         if without:
             log.warning("%s: no events of it in %d completed run(s), left out of its figure: %s",
                         metric, len(without), ", ".join(without))  # fmt: skip

@@ -41,7 +41,7 @@ def _run(cfg: DictConfig, run: Run) -> float | None:
 
     hc = HydraConfig.get()
     distributed.quiet_file_logs()
-    distributed.pass_job_to_workers(list(hc.overrides.task), cfg.paths.output_dir)
+    distributed.pass_job_to_workers(_job_overrides(hc), cfg.paths.output_dir)
     if hc.mode == RunMode.MULTIRUN:
         return _sweep_job(cfg, run)
     as_job = os.environ.get(distributed.JOB_PROCESS_ENV) == "1"  # a sweep's job, as its own command
@@ -55,20 +55,20 @@ def _run(cfg: DictConfig, run: Run) -> float | None:
             metrics = _train(cfg, run)
     except Exception as e:
         expected = isinstance(e, UserError | Interrupted)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (expected or as_job):
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         if isinstance(e, Interrupted):
             _report_interrupted(e)
             sys.exit(e.exit_code)
         if not expected:  # as a sweep reports a failed job: one line, the traceback in train.log
-            _report_failure(e)
+            _report_failure(e, "Job" if as_job else "Run", cfg.paths.output_dir)
         else:
             log.error("%s", e)
         sys.exit(1)
     except SIGTERMException:  # Lightning's own handler, should a SIGTERM reach it first
         log.warning("Stopped by SIGTERM; resume with the same command and resume=auto")
         sys.exit(128 + signal.SIGTERM)
-    return _objective(cfg, metrics)
+    return _objective(cfg, metrics, sweep=as_job)
 
 
 _stopped_by: int | None = None  # a signal that stopped a job of this process: the sweep stops
@@ -100,7 +100,7 @@ def _sweep_job(cfg: DictConfig, run: Run) -> float:
                 distributed.several_processes(cfg.trainer)
                 and distributed.launched_world_size() == 1
             ):
-                objective = _job_as_own_command(cfg, list(hc.overrides.task), run)
+                objective = _job_as_own_command(cfg, _job_overrides(hc), run)
             else:
                 objective = _objective(cfg, _train(cfg, run))
     except Interrupted as e:
@@ -169,16 +169,36 @@ def _resume_if_requeued(argv: list[str]) -> list[str]:
     return [*argv, "resume=auto"]
 
 
-def _report_failure(e: Exception) -> str:
-    """A job's failure: one line on the console, the traceback in its train.log only."""
+def _report_failure(e: Exception, what: str = "Job", folder: str | None = None) -> str:
+    """A failure in the run's code: one line on the console naming where it was raised (the
+    innermost frame outside the installed libraries: your module's line), the traceback in the
+    run's train.log only (HYDRA_FULL_ERROR=1 shows it on the console instead)."""
+    import traceback
+
     first = (str(e).strip().splitlines() or [""])[0]
-    log.error("Job failed: %s: %s", type(e).__name__, first)
-    logging.getLogger("mnistlab.traceback").error("Job failed", exc_info=True)
-    return f"{type(e).__name__}: {first}"
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if "site-packages" not in f.filename and "/lib/python" not in f.filename]  # fmt: skip
+    where = (
+        f" ({Path(frames[-1].filename).name}:{frames[-1].lineno}, in {frames[-1].name})"
+        if frames
+        else ""
+    )
+    found = f"; the traceback is in {Path(folder) / 'train.log'}" if folder else ""
+    log.error("%s failed: %s: %s%s%s", what, type(e).__name__, first, where, found)
+    logging.getLogger("mnistlab.traceback").error("%s failed", what, exc_info=True)
+    return f"{type(e).__name__}: {first}{where}"
 
 
 class JobFailed(Exception):
     """A job run as its own command ended with an error (its message is the job's error line)."""
+
+
+def _job_overrides(hc) -> list[str]:
+    """What another process needs to compose this job's config: its task's overrides, and the
+    Hydra settings that change what is composed (`hydra.searchpath`: a config folder of one's
+    own), which Hydra records apart."""
+    composing = [o for o in hc.overrides.hydra if o.startswith("hydra.searchpath=")]
+    return [*hc.overrides.task, *composing]
 
 
 def _job_as_own_command(cfg: DictConfig, overrides: list[str], run: Run) -> float | None:
@@ -225,11 +245,16 @@ def _job_as_own_command(cfg: DictConfig, overrides: list[str], run: Run) -> floa
     raise JobFailed(error)
 
 
-def _objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
-    """The metric sweeps optimize (`optimized_metric`), returned to Hydra's sweeper."""
+def _objective(cfg: DictConfig, metrics: dict[str, float], sweep: bool = True) -> float | None:
+    """The metric sweeps optimize (`optimized_metric`), returned to Hydra's sweeper; a run
+    outside a sweep only warns when it has none (nothing reads it)."""
     name = cfg.get("optimized_metric") or "val/acc_best"
     if name not in metrics:
-        raise UserError(f"optimized_metric={name} is not a metric of this run: {sorted(metrics)}")
+        why = f"optimized_metric={name} is not a metric of this run: {sorted(metrics)}"
+        if sweep:
+            raise UserError(why)
+        log.warning("%s; a sweep of this command would fail: set optimized_metric=", why)
+        return None
     return metrics[name]
 
 

@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         (out / "report.tex").write_text(latex(table, metrics))
         drawn = []
         if args["figures"] not in ("false", "False", "0", "no"):
-            from mnistlab.lab.figures import curves
+            from mnistlab.lab.figures import CURVES, curves
 
-            drawn = curves(groups, out)
+            drawn = curves(groups, out, [*CURVES, *(m for m in metrics if m not in CURVES)])
     except UserError as e:
         return refuse("mnistlab-report", e)
     print(text, end="")

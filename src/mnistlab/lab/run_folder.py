@@ -30,8 +30,9 @@ def without_resume(overrides) -> list[str]:
 
 
 def identity(overrides: list[str]) -> list[str]:
-    """What makes two commands the same run: their overrides in any order, `resume=` aside."""
-    return sorted(without_resume(overrides))
+    """What makes two commands the same run: their overrides in any order, `resume=` and
+    `hydra.*` aside (how to run; Hydra records only the others as the task's overrides)."""
+    return sorted(o for o in without_resume(overrides) if not o.lstrip("+~").startswith("hydra."))
 
 
 def find_run(runs_dir: Path, overrides: list[str]) -> Path | None:

@@ -110,9 +110,22 @@ def validate(cfg: dict, added: Iterable[str] = (), deep: bool = False) -> None:
     errors: list[str] = []
     check = _Check(errors, {a.lstrip("+") for a in added}, deep)
     check.fields(cfg, TOP, "", unknown_ok=set(cfg) - check.added)
+    errors = _once(errors)
     if errors:
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
         raise UserError("; ".join(errors[:3]) + more)
+
+
+def _once(errors: list[str]) -> list[str]:
+    """Without the repeats an interpolation makes: `mode=maximum` is also the checkpoint
+    callback's `callbacks.model_checkpoint.mode=${mode}`; the key the user set is named once."""
+    kept, seen = [], set()
+    for error in errors:
+        key, _, rest = error.partition("=")
+        if (key.rsplit(".", 1)[-1], rest) not in seen:
+            seen.add((key.rsplit(".", 1)[-1], rest))
+            kept.append(error)
+    return kept
 
 
 def check_node(node: dict, path: str) -> None:
