@@ -121,7 +121,8 @@ def test_a_sweep_of_ddp_jobs_one_folder_each_a_failure_reported_and_the_rerun_fi
     assert "Traceback" not in proc.stderr  # in job 1's train.log instead
     rows = {r["job"]: r for r in csv.DictReader((tmp_path / "sweep" / "summary.csv").open())}
     assert (rows["0"]["status"], rows["1"]["status"]) == ("completed", "failed")
-    assert rows["1"]["error"] == "RuntimeError: injected failure in epoch 2"
+    error = rows["1"]["error"]  # and where it was raised
+    assert error.startswith("RuntimeError: injected failure in epoch 2 (runner.py:"), error
     assert "Traceback" in (tmp_path / "sweep" / "1" / "train.log").read_text()
     for job in ("0", "1"):
         folder = tmp_path / "sweep" / job

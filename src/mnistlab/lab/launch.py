@@ -61,7 +61,8 @@ def _run(cfg: DictConfig, run: Run) -> float | None:
             _report_interrupted(e)
             sys.exit(e.exit_code)
         if not expected:  # as a sweep reports a failed job: one line, the traceback in train.log
-            _report_failure(e, "Job" if as_job else "Run", cfg.paths.output_dir)
+            # a sweep's DDP job: its sweep reports it and says where its train.log is
+            _report_failure(e, *(("Job", None) if as_job else ("Run", cfg.paths.output_dir)))
         else:
             log.error("%s", e)
         sys.exit(1)
@@ -214,7 +215,7 @@ def _job_as_own_command(cfg: DictConfig, overrides: list[str], run: Run) -> floa
 
     folder = Path(cfg.paths.output_dir)
     overrides = [*without_resume(overrides), f"resume={cfg.resume}"]  # as this job resolved it
-    command = [sys.executable, "-m", run.__module__, *overrides,
+    command = [sys.executable, "-m", _module_of(run), *overrides,
                f'hydra.run.dir="{folder}"', "hydra.output_subdir=null"]  # fmt: skip
     log.info("DDP job: running it as its own command, which starts its processes")
     # A session of its own, so that a Ctrl-C reaches it once: from here, not also from the tty.
@@ -243,6 +244,17 @@ def _job_as_own_command(cfg: DictConfig, overrides: list[str], run: Run) -> floa
         raise Interrupted(code - 128, str(last) if last.is_file() else None)
     error = errors[0].removeprefix("Job failed: ") if errors else f"exit status {code}"
     raise JobFailed(error)
+
+
+def _module_of(run: Run) -> str:
+    """The module to run with `python -m` for `run`: its own, also when that module is running
+    as `__main__` (`python -m mnistlab.train`)."""
+    if run.__module__ != "__main__":
+        return run.__module__
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None:
+        raise UserError("a DDP job of a sweep needs the command started as python -m <module>")
+    return spec.name
 
 
 def _objective(cfg: DictConfig, metrics: dict[str, float], sweep: bool = True) -> float | None:
