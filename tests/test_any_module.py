@@ -181,7 +181,7 @@ def test_the_classification_tools_refuse_a_module_that_is_not_a_classifier_in_on
         Pictures().setup(trainer, build_model(cfg, checkpoint, path), "fit")
 
 
-EXACT = ["trainer.max_epochs=3", "trainer.deterministic=true", "trainer.limit_train_batches=null",
+EXACT = ["trainer.max_epochs=2", "trainer.deterministic=true", "trainer.limit_train_batches=null",
          "trainer.limit_val_batches=null", "data.batch_size=32", "resume=auto"]  # fmt: skip
 
 
@@ -199,14 +199,14 @@ def test_kill_9_then_resume_auto_ends_bitwise_equal(kind, project, synthetic_mni
              f"+callbacks.pause.marker={tmp_path / 'm'}"]  # fmt: skip
     command = args(kind, project, synthetic_mnist, tmp_path / "b", *EXACT, *pause)
     proc = start_cli(*command, cwd=tmp_path, env=env(project))
-    wait_for(tmp_path / "m", proc)  # held at step 24 of 48, in epoch 2
+    wait_for(tmp_path / "m", proc)  # held at step 24 of 32, in epoch 2
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     again = run_cli(*command, cwd=tmp_path, env=env(project))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "(epoch 1, step 16)" in again.stderr
     a, b = last(only_run(tmp_path / "a")), last(only_run(tmp_path / "b"))
-    assert a["global_step"] == b["global_step"] == 48
+    assert a["global_step"] == b["global_step"] == 32
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
     untimed = [{k: v for k, v in results(only_run(tmp_path / d))["metrics"].items()
