@@ -11,6 +11,7 @@ import pytest
 from test_sweeps import student_t_975
 
 from mnistlab.lab import report
+from mnistlab.lab.stats import describe
 
 
 def fake_run(folder, overrides, acc=None, status="completed"):
@@ -26,7 +27,7 @@ def fake_run(folder, overrides, acc=None, status="completed"):
 def test_the_95_interval_uses_student_s_quantile_to_arbitrary_precision(df):
     values = list(np.linspace(0.9, 0.95, df + 1) ** 2)
     half = student_t_975(df) * np.std(values, ddof=1) / np.sqrt(df + 1)
-    assert report.describe(values)["ci95"] == pytest.approx(half, rel=1e-12)
+    assert describe(values)["ci95"] == pytest.approx(half, rel=1e-12)
 
 
 def test_runs_are_grouped_without_the_seed_and_failures_are_counted_apart(tmp_path, capsys):
@@ -53,7 +54,8 @@ def test_runs_are_grouped_without_the_seed_and_failures_are_counted_apart(tmp_pa
         student_t_975(2) * 0.02 / 3**0.5, abs=1e-12
     )
     assert rows[1]["test/acc:ci95"] == ""  # one run: no spread to speak of
-    assert "| model.optimizer.lr=3e-4 | 1 | 2 | 0.8000 |" in capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())  # the table's cells, padding aside
+    assert "| model.optimizer.lr=3e-4 | 1 | 2 | 0.8000 |" in printed
     tex = (sweep / "report.tex").read_text()
     assert r"\toprule" in tex and r"val/acc\_best" in tex
 
@@ -67,7 +69,10 @@ def test_runs_are_grouped_without_the_seed_and_failures_are_counted_apart(tmp_pa
     [
         ([], "name the runs: sweep=<multirun folder>"),
         (["sweep=/no/such/folder"], "sweep=/no/such/folder: no such folder"),
-        (["sweep=.", "colour=red"], "colour=red: not an option of the report"),
+        (["sweep=.", "colour=red"], "colour=red: not an option (options: sweep, runs,"),
+        (["sweep=.", "metric=[a]"], "metric=[a]: not an option (did you mean metrics=?"),
+        (["sweep=.", "figures=maybe"], "figures=maybe: true or false"),
+        (["sweep=.", "metrics=["], "metrics=[: not a list"),
     ],
 )
 def test_a_wrong_report_command_is_one_line(args, message, capsys, tmp_path, monkeypatch):
@@ -179,7 +184,7 @@ def test_sweep_groups_compared_with_welch_and_named_runs_labelled(tmp_path, caps
     p = compare.welch([0.90, 0.92, 0.91], [0.95, 0.96])[2]
     assert "| metric | fast | slow |" in printed  # the names, not the overrides
     assert (
-        f"0.9550 ± {report.describe([0.95, 0.96])['ci95']:.4f} (n=2), Δ +0.0450, p={p:.3g}"
+        f"0.9550 ± {describe([0.95, 0.96])['ci95']:.4f} (n=2), Δ +0.0450, p={p:.3g}"
         in printed
     )
     assert "| model.optimizer.lr | 0.001 | 0.0003 |" in printed and "| seed |" not in printed

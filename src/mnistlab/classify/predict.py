@@ -21,8 +21,8 @@ import numpy as np
 from mnistlab.classify import probabilities
 from mnistlab.data.decode import SUFFIXES, unreadable
 from mnistlab.data.idx import read_idx
-from mnistlab.lab import UserError, refuse
-from mnistlab.lab.rebuild import locate, parse_args, run_config
+from mnistlab.lab import UserError
+from mnistlab.lab.command import RUN, command
 
 log = logging.getLogger("mnistlab.classify.predict")
 
@@ -171,58 +171,37 @@ def _table(rows: list[dict], f: io.TextIOBase) -> None:
                   file=f)  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-    own = {
-        "input": None,
-        "run": None,
-        "ckpt": None,
-        "which": "best",
-        "output": None,
-        "invert": None,
-        "prepare": None,
-        "save_prepared": None,
-        "min_confidence": "0.5",
-        "trust": None,
-    }
-    try:
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
-        if not args["input"]:
-            raise UserError("input=: name an image, a folder of images or an IDX file")
-        threshold = _threshold(args["min_confidence"])
-        for key, value in (("invert", args["invert"]), ("prepare", args["prepare"])):
-            if value is not None and value not in CHOICES[key]:
-                raise UserError(f"{key}={value}: choose {', '.join(CHOICES[key])}")
-        paths = inputs(Path(args["input"]))
-        model, datamodule, path = load(args, overrides)
-        log.info("Model: %s", path)
-        prepare = preparer(datamodule, invert=args["invert"], prepare=args["prepare"])
-        inputs_ = images(paths, prepare)
-        if args["save_prepared"]:
-            inputs_ = _saving(inputs_, Path(args["save_prepared"]))
-        start = time.perf_counter()
-        rows = list(predict(model, datamodule, inputs_, datamodule.classes))
-        seconds = time.perf_counter() - start
-        uncertain = _mark_uncertain(rows, threshold)
-        write(rows, args["output"])
-    except UserError as e:
-        return refuse("mnistlab-predict", e)
+OPTIONS = {**RUN, "input": str, "output": str, "invert": str, "prepare": str,
+           "save_prepared": str, "min_confidence": 0.5}  # fmt: skip
+
+
+@command("mnistlab-predict", USAGE, **OPTIONS)
+def main(args: dict, overrides: list[str]) -> int:
+    if not args["input"]:
+        raise UserError("input=: name an image, a folder of images or an IDX file")
+    if not 0.0 <= args["min_confidence"] <= 1.0:
+        raise UserError(f"min_confidence={args['min_confidence']}: a probability between 0 and 1")
+    for key in ("invert", "prepare"):
+        if args[key] is not None and args[key] not in CHOICES[key]:
+            raise UserError(f"{key}={args[key]}: choose {', '.join(CHOICES[key])}")
+    paths = inputs(Path(args["input"]))
+    model, datamodule, path = load(args, overrides)
+    log.info("Model: %s", path)
+    prepare = preparer(datamodule, invert=args["invert"], prepare=args["prepare"])
+    inputs_ = images(paths, prepare)
+    if args["save_prepared"]:
+        inputs_ = _saving(inputs_, Path(args["save_prepared"]))
+    start = time.perf_counter()
+    rows = list(predict(model, datamodule, inputs_, datamodule.classes))
+    seconds = time.perf_counter() - start
+    uncertain = _mark_uncertain(rows, args["min_confidence"])
+    write(rows, args["output"])
     failed = sum(1 for r in rows if r["error"])
     log.info("%d image(s) in %.2f s (%.0f images/s)%s%s", len(rows) - failed, seconds,
              (len(rows) - failed) / seconds, f"; {failed} could not be read" if failed else "",
              f"; {uncertain} uncertain (probability below min_confidence={args['min_confidence']})"
              if uncertain else "")  # fmt: skip
     return 1 if failed else 0
-
-
-def _threshold(min_confidence: str) -> float:
-    try:
-        threshold = float(min_confidence)
-    except ValueError:
-        threshold = -1.0
-    if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"min_confidence={min_confidence}: a probability between 0 and 1")
-    return threshold
 
 
 def _mark_uncertain(rows: list[dict], threshold: float) -> int:
@@ -276,19 +255,16 @@ def _saving(inputs_, folder: Path):
         yield name, pixels, error
 
 
-def load(args: dict, overrides: list[str]):
+def load(args: dict, overrides: list[str], what: str = "predict"):
     """The run's model (eval mode, CPU), data module (for preparing images and its
     normalization; no data loaded) and checkpoint file; refused unless they are a classifier's."""
     from mnistlab.classify import check
-    from mnistlab.lab.checkpoint import load as load_checkpoint
     from mnistlab.lab.config import build
-    from mnistlab.lab.rebuild import build_model
+    from mnistlab.lab.rebuild import build_model, restore
 
-    run_dir, path = locate(args["run"], args["ckpt"], args["which"])
-    checkpoint = load_checkpoint(path, require_checksum=False)
-    cfg = run_config(run_dir, checkpoint, path, overrides, "predict", args["trust"])
+    _, path, checkpoint, cfg = restore(args, overrides, what)
     model, datamodule = build_model(cfg, checkpoint, path), build(cfg, "data")
-    check(model, datamodule, f"{args.get('command', 'predict')} ({path})")
+    check(model, datamodule, f"{what} ({path})")
     return model, datamodule, path
 
 

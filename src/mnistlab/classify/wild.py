@@ -25,7 +25,8 @@ import numpy as np
 
 from mnistlab.classify import probabilities
 from mnistlab.classify.wild_set import SEED, generate
-from mnistlab.lab import UserError, refuse
+from mnistlab.lab import UserError
+from mnistlab.lab.command import RUN, command
 
 log = logging.getLogger("mnistlab.classify.wild")
 
@@ -39,56 +40,45 @@ use. Writes wild/accuracy.md and wild/errors.png into the run folder."""
 ERRORS_SHOWN = 48
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+@command("mnistlab-wild", USAGE, **RUN, data="data/wild_digits", seed=SEED)
+def main(args: dict, overrides: list[str]) -> int:
     from mnistlab.classify.predict import images, load, predict, preparer
     from mnistlab.lab.config import project_path
-    from mnistlab.lab.rebuild import parse_args
 
-    own = {"run": None, "ckpt": None, "which": "best", "data": "data/wild_digits",
-           "seed": str(SEED), "trust": None}  # fmt: skip
-    try:
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
-        if undotted := [o for o in overrides if "." not in o.partition("=")[0]]:
-            raise UserError(f"{undotted[0]}: not an option of eval-wild (see --help)")
-        try:
-            seed = int(args["seed"])
-        except ValueError:
-            raise UserError(f"seed={args['seed']}: an integer") from None
-        model, datamodule, path = load({**args, "command": "eval-wild"}, overrides)  # checked first
-        _check_digit_model(datamodule)
-        folder = project_path(args["data"])
-        if not (folder / "labels.csv").is_file():
-            log.info("Making the wild digit set in %s (seed %s): once", folder, seed)
-            log.info("%d pictures", generate(folder, seed))
-        labels = _labels(folder, seed)
-        log.info("Model: %s", path)
-        paths = [folder / row["file"] for row in labels]
-        results = {}
-        for how in ("mnist", "fit"):
-            items = list(images(paths, preparer(datamodule, prepare=how)))
-            rows = list(predict(model, datamodule, items, datamodule.classes))
-            results[how] = [r["class"] == row["label"] for r, row in zip(rows, labels, strict=True)]
-            if how == "mnist":
-                kept, calibration = rows, _calibration(model, datamodule, items, labels)
-        out, checkpoint = _out_folder(args)
-        wrong = results["mnist"].count(False)
-        text = (table(labels, results) + calibration
-                + f"\nSet: {folder} (seed {seed}); checkpoint: {checkpoint}; errors.png shows"
-                f" {min(ERRORS_SHOWN, wrong)} of the {wrong} errors with prepare=mnist.\n")  # fmt: skip
-        (out / "accuracy.md").write_text(text)
-        _error_grid(labels, kept, paths, results["mnist"], out / "errors.png")
-    except BrokenSet as e:  # a fault of the data, not of the command line
-        return refuse("mnistlab-wild", e, code=1)
-    except UserError as e:
-        return refuse("mnistlab-wild", e)
+    if undotted := [o for o in overrides if "." not in o.partition("=")[0]]:
+        raise UserError(f"{undotted[0]}: not an option of eval-wild (see --help)")
+    model, datamodule, path = load(args, overrides, "eval-wild")  # checked before the set is made
+    _check_digit_model(datamodule)
+    folder, seed = project_path(args["data"]), args["seed"]
+    if not (folder / "labels.csv").is_file():
+        log.info("Making the wild digit set in %s (seed %s): once", folder, seed)
+        log.info("%d pictures", generate(folder, seed))
+    labels = _labels(folder, seed)
+    log.info("Model: %s", path)
+    paths = [folder / row["file"] for row in labels]
+    results = {}
+    for how in ("mnist", "fit"):
+        items = list(images(paths, preparer(datamodule, prepare=how)))
+        rows = list(predict(model, datamodule, items, datamodule.classes))
+        results[how] = [r["class"] == row["label"] for r, row in zip(rows, labels, strict=True)]
+        if how == "mnist":
+            kept, calibration = rows, _calibration(model, datamodule, items, labels)
+    out, checkpoint = _out_folder(args)
+    wrong = results["mnist"].count(False)
+    text = (table(labels, results) + calibration
+            + f"\nSet: {folder} (seed {seed}); checkpoint: {checkpoint}; errors.png shows"
+            f" {min(ERRORS_SHOWN, wrong)} of the {wrong} errors with prepare=mnist.\n")  # fmt: skip
+    (out / "accuracy.md").write_text(text)
+    _error_grid(labels, kept, paths, results["mnist"], out / "errors.png")
     print(text, end="")
     log.info("Written: %s, %s", out / "accuracy.md", out / "errors.png")
     return 0
 
 
 class BrokenSet(UserError):
-    """The wild set's folder is damaged: remake it."""
+    """The wild set's folder is damaged: remake it (a fault of the data: exit 1)."""
+
+    code = 1
 
 
 def _check_digit_model(datamodule) -> None:

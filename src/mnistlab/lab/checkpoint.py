@@ -90,16 +90,16 @@ def _zip_damage(path: Path) -> str | None:
 _told: set[str] = set()
 
 
-def load(path: str | Path, map_location="cpu", require_checksum: bool = True) -> dict:
+def load(path: str | Path, map_location="cpu", require_checksum: bool = True, quiet=False) -> dict:
     """A verified checkpoint as plain data; CheckpointError (one line, naming the file) otherwise.
-    `require_checksum=False` accepts a file with no checksum beside it (one from elsewhere)."""
+    `require_checksum=False` accepts a file with no checksum beside it (one from elsewhere), and
+    says so unless `quiet` (a command that may yet refuse it says so once it has not)."""
     path = Path(path)
     problem = verify(path)
     if problem and not (problem.startswith("no checksum") and not require_checksum):
         raise CheckpointError(f"checkpoint {path} is not usable: {problem}")
-    if problem and str(path) not in _told:  # once per file, however often it is loaded
-        _told.add(str(path))
-        log.warning("%s has no .sha256 beside it: checked by the CRCs inside the file only", path)
+    if problem and not quiet:
+        say_unverified(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -120,6 +120,13 @@ def latest_intact(folder: Path) -> tuple[Path | None, list[str]]:
             return path, rejected
         rejected.append(f"{path.name} ({problem})")
     return None, rejected
+
+
+def say_unverified(path: Path) -> None:
+    """Once per file, however often it is loaded: a checkpoint with no checksum beside it."""
+    if not sidecar(path).is_file() and str(path) not in _told:
+        _told.add(str(path))
+        log.warning("%s has no .sha256 beside it: checked by the CRCs inside the file only", path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -17,8 +17,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from mnistlab.lab import UserError, refuse
-from mnistlab.lab.report import as_list, describe, override_key, selected
+from mnistlab.lab import UserError
+from mnistlab.lab.command import command
+from mnistlab.lab.report import SELECT, override_key, selected
+from mnistlab.lab.stats import describe
 
 log = logging.getLogger("mnistlab.lab.compare")
 
@@ -36,27 +38,21 @@ SKIPPED = ("hydra.", "paths.")  # where a run is, not what it is
 LABELS = ("name",)  # what a run is called: its column's title already
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-    try:
-        args, groups, metrics, out = selected(argv, USAGE, "compare", baseline=None)
-        if len(groups) < 2:
-            runs = sum(map(len, groups.values()))
-            raise UserError(
-                f"{runs} run(s) in one group: nothing to compare; name runs that differ"
-                " (or ignore=[] to keep the seed apart)"
-            )
-        labels = list(groups)
-        base = _baseline(args["baseline"], groups)
-        text = render(groups, labels, base, metrics, as_list(args["ignore"]))
-        written = args["sweep"] or args["logdir"] or args["out"]
-        if written:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "compare.md").write_text(text)
-    except UserError as e:
-        return refuse("mnistlab-compare", e)
+@command("mnistlab-compare", USAGE, overrides=False, **SELECT, baseline=str)
+def main(args: dict, _) -> int:
+    groups, metrics, out = selected(args)
+    if len(groups) < 2:
+        runs = sum(map(len, groups.values()))
+        raise UserError(
+            f"{runs} run(s) in one group: nothing to compare; name runs that differ"
+            " (or ignore=[] to keep the seed apart)"
+        )
+    base = _baseline(args["baseline"], groups)
+    text = render(groups, list(groups), base, metrics, args["ignore"])
     print(text, end="")
-    if written:
+    if args["sweep"] or args["logdir"] or args["out"]:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(text)
         log.info("Written: %s", out / "compare.md")
     return 0
 

@@ -6,9 +6,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from mnistlab.lab import UserError, quiet_lightning, refuse
+from mnistlab.lab import UserError, quiet_lightning
+from mnistlab.lab.command import RUN, command
 from mnistlab.lab.config import build
-from mnistlab.lab.rebuild import locate, parse_args, run_config
+from mnistlab.lab.rebuild import restore
 
 log = logging.getLogger("mnistlab.lab.eval")
 
@@ -51,14 +52,9 @@ def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    own = {"run": None, "ckpt": None, "which": "best", "trust": None}
-    try:
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv, own, USAGE)
-        run_dir, path = locate(args["run"], args["ckpt"], args["which"])
-        cfg = run_config(run_dir, _checkpoint(path), path, overrides, "eval", args["trust"])
-    except UserError as e:
-        return refuse("mnistlab-eval", e)
+@command("mnistlab-eval", USAGE, **RUN)
+def main(args: dict, overrides: list[str]) -> int:
+    run_dir, path, _, cfg = restore(args, overrides, "eval")
     out = Path(cfg.paths.output_dir)
     _log_to(out)
     log.info("Evaluating %s (run %s)", path, run_dir or "unknown")
@@ -74,13 +70,6 @@ def main(argv: list[str] | None = None) -> int:
                     for k, v in sorted(metrics.items())))  # fmt: skip
     log.info("Metrics: %s", out / "metrics.json")
     return 0
-
-
-def _checkpoint(path: Path) -> dict:
-    """The checkpoint, verified: its input spec (and, without a run folder, its config)."""
-    from mnistlab.lab.checkpoint import load
-
-    return load(path, require_checksum=False)
 
 
 def _log_to(folder: Path) -> None:

@@ -19,6 +19,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from mnistlab.lab import UserError
+from mnistlab.lab.command import RUN, command
+
 log = logging.getLogger("mnistlab.lab.export")
 
 USAGE = """usage: python -m mnistlab.lab.export [run=FOLDER | ckpt=FILE] [which=best|last] [trust=MODULES]
@@ -58,7 +61,6 @@ def load_exported(folder: str | Path, trust: str | None = None) -> Exported:
     torch alone; a whole LightningModule (exported when its config has no `net`) with Hydra."""
     from safetensors.torch import load_file
 
-    from mnistlab.lab import UserError
     from mnistlab.lab.signing import signed
     from mnistlab.lab.trust import check_config, check_target, trusted
 
@@ -193,7 +195,6 @@ def parity(
     """Max |output difference| from the checkpoint's model (given `prepared`, the data module's
     batch of `inputs`), per exported form. UserError if a classifier's export predicts another
     class for any input, or another model's output is not the same to 1e-4."""
-    from mnistlab.lab import UserError
 
     with torch.inference_mode():
         reference = model(prepared)
@@ -222,8 +223,6 @@ def test_batch(datamodule, n: int = 256) -> tuple[Tensor, Tensor]:
             break
         inputs.append(batch[0] if isinstance(batch, list | tuple) else batch)
     if not inputs:
-        from mnistlab.lab import UserError
-
         raise UserError(
             "the data module's test loader gives no batch: nothing to check the export on"
         )
@@ -232,22 +231,11 @@ def test_batch(datamodule, n: int = 256) -> tuple[Tensor, Tensor]:
     return x, prepared[0] if isinstance(prepared, list | tuple) else prepared
 
 
-def main(argv: list[str] | None = None) -> int:
-    from mnistlab.lab import UserError, refuse
-    from mnistlab.lab.checkpoint import load
+def _main(args: dict, overrides: list[str]) -> int:
     from mnistlab.lab.config import build
-    from mnistlab.lab.rebuild import build_model, locate, parse_args, run_config
+    from mnistlab.lab.rebuild import build_model, restore
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-    try:  # the command line, the checkpoint and its config: exit 2 as for eval and predict
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv,
-                                     {"run": None, "ckpt": None, "which": "best", "trust": None},
-                                     USAGE)  # fmt: skip
-        run_dir, path = locate(args["run"], args["ckpt"], args["which"])
-        checkpoint = load(path, require_checksum=False)
-        cfg = run_config(run_dir, checkpoint, path, overrides, "export", args["trust"])
-    except UserError as e:
-        return refuse("mnistlab-export", e)
+    _, path, checkpoint, cfg = restore(args, overrides, "export")
     try:
         datamodule = build(cfg, "data")
         datamodule.prepare_data()
@@ -259,12 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         files, exported = export(cfg, model, path, inputs, spec, prepare)
         gaps = parity(model, exported, files, inputs, prepared)
     except UserError as e:
-        return refuse("mnistlab-export", e, code=1)
+        e.code = 1  # the command line was right: the run or its data is at fault
+        raise
     for kind, file in files.items():
         print(f"{kind:12s} {file}")
     print(f"parity on {len(inputs)} test inputs, max |output difference| vs the checkpoint: "
           + ", ".join(f"{k} {v:.2e}" for k, v in gaps.items()))  # fmt: skip
     return 0
+
+
+main = command("mnistlab-export", USAGE, **RUN)(_main)
 
 
 if __name__ == "__main__":

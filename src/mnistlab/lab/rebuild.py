@@ -8,7 +8,6 @@ the command line still apply on top, group options (`trainer=cpu`) included.
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -31,22 +30,16 @@ WHICH = ("best", "last")
 BUILT = ("data", "model", "trainer")  # what a run's config must hold
 
 
-def parse_args(argv: list[str], own: dict[str, str | None], usage: str) -> tuple[dict, list[str]]:
-    """Split `key=value` arguments into this command's own keys (with defaults) and overrides
-    of the training config; `-h`/`--help` prints `usage` and exits."""
-    if any(a in ("-h", "--help") for a in argv):
-        print(usage)
-        sys.exit(0)
-    values, overrides = dict(own), []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise UserError(f"{arg}: expected key=value (see --help)")
-        if key in own:
-            values[key] = value
-        else:
-            overrides.append(arg)
-    return values, overrides
+def restore(args: dict, overrides: list[str], task: str) -> tuple:
+    """The run that a command's `command.RUN` options name: its folder (None for a lone
+    checkpoint), its checkpoint file, the checkpoint (verified), and its config for `task`."""
+    from mnistlab.lab.checkpoint import load, say_unverified
+
+    run_dir, path = locate(args["run"], args["ckpt"], args["which"])
+    checkpoint = load(path, require_checksum=False, quiet=True)
+    cfg = run_config(run_dir, checkpoint, path, overrides, task, args["trust"])
+    say_unverified(path)  # once its config is accepted: a refusal stays one line
+    return run_dir, path, checkpoint, cfg
 
 
 def locate(run: str | None, ckpt: str | None, which: str = "best") -> tuple[Path | None, Path]:

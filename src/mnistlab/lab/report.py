@@ -18,8 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
-from mnistlab.lab import UserError, refuse
-from mnistlab.lab.stats import describe
+from mnistlab.lab import UserError, tables
+from mnistlab.lab.command import command
 from mnistlab.lab.tables import latex, markdown, write_csv
 from mnistlab.lab.trust import recorded_command
 
@@ -37,23 +37,25 @@ and their 95% bands (curve_val_acc.png, .svg, .pdf; curve_val_loss...)."""
 METRICS = ["test/acc", "val/acc_best", "test/loss", "wall_s"]  # for runs that do not say theirs
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-    try:
-        args, groups, metrics, out = selected(argv, USAGE, "the report", figures="true")
-        table = summarize(groups, metrics)
-        text = markdown(table, metrics)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(text)
-        write_csv(table, metrics, out / "report.csv")
-        (out / "report.tex").write_text(latex(table, metrics))
-        drawn = []
-        if args["figures"] not in ("false", "False", "0", "no"):
-            from mnistlab.lab.figures import CURVES, curves
+# The options of report and compare: which runs, which metrics, how they are grouped.
+SELECT = {"sweep": str, "runs": list, "logdir": str, "metrics": list, "ignore": ["seed"],
+          "group_by": list, "out": str}  # fmt: skip
 
-            drawn = curves(groups, out, [*CURVES, *(m for m in metrics if m not in CURVES)])
-    except UserError as e:
-        return refuse("mnistlab-report", e)
+
+@command("mnistlab-report", USAGE, overrides=False, **SELECT, figures=True)
+def main(args: dict, _) -> int:
+    groups, metrics, out = selected(args)
+    table = summarize(groups, metrics)
+    text = markdown(table, metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(text)
+    write_csv(table, out / "report.csv")
+    (out / "report.tex").write_text(latex(table, metrics))
+    drawn = []
+    if args["figures"]:
+        from mnistlab.lab.figures import CURVES, curves
+
+        drawn = curves(groups, out, [*CURVES, *(m for m in metrics if m not in CURVES)])
     print(text, end="")
     log.info("Report: %s (and report.csv, report.tex)", out / "report.md")
     for path in drawn:
@@ -65,18 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------ runs
 
 
-def selected(argv: list[str] | None, usage: str, what: str, **own) -> tuple:
-    """The command line of the report and of compare: (its options, the runs it names grouped,
-    the metrics, the output folder). `own`: the command's other options, with their defaults."""
-    from mnistlab.lab.rebuild import parse_args
-
-    options = {"sweep": None, "runs": None, "logdir": None, "metrics": None, "ignore": "[seed]",
-               "group_by": None, "out": None, **own}  # fmt: skip
-    args, rest = parse_args(sys.argv[1:] if argv is None else argv, options, usage)
-    if rest:
-        raise UserError(f"{rest[0]}: not an option of {what} (see --help)")
+def selected(args: dict) -> tuple:
+    """The runs that `SELECT`'s options name, grouped; the metrics; the output folder."""
     runs, out = _runs(args)
-    by, metrics = as_list(args["group_by"]), as_list(args["metrics"]) or default_metrics(runs)
+    by, metrics = args["group_by"] or [], args["metrics"] or default_metrics(runs)
     keys = {override_key(o) for r in runs for o in r["overrides"]}
     if unknown := [k for k in by if k not in keys]:
         raise UserError(f"group_by: no run was started with {', '.join(unknown)}; the keys set:"
@@ -85,19 +79,13 @@ def selected(argv: list[str] | None, usage: str, what: str, **own) -> tuple:
     if args["metrics"] and known and (unknown := [m for m in metrics if m not in known]):
         raise UserError(f"metrics: no run has {', '.join(unknown)}; they have:"
                         f" {', '.join(sorted(known))}")  # fmt: skip
-    return args, group(runs, ignore=as_list(args["ignore"]), by=by), metrics, out
+    return group(runs, ignore=args["ignore"], by=by), metrics, out
 
 
 def default_metrics(runs: list[dict]) -> list[str]:
     """What the runs' configs report (`report_metrics`, kept in results.json), and time."""
     reported = [m for r in runs for m in r["reported"]]
     return [*dict.fromkeys(reported), "wall_s"] if reported else METRICS
-
-
-def as_list(value: str | None) -> list[str]:
-    if not value:
-        return []
-    return [v.strip() for v in value.strip("[]").split(",") if v.strip()]
 
 
 def _runs(args: dict) -> tuple[list[dict], Path]:
@@ -110,7 +98,7 @@ def _runs(args: dict) -> tuple[list[dict], Path]:
                          key=lambda p: int(p.name))  # fmt: skip
         out = sweep
     elif args["runs"]:
-        folders = [_folder(r, "runs") for r in as_list(args["runs"])]
+        folders = [_folder(r, "runs") for r in args["runs"]]
         for folder in folders:
             if not any((folder / f).exists() for f in (".hydra", "job.json", "results.json")):
                 raise UserError(f"runs: {folder} is not a run folder (no .hydra/, job.json or"
@@ -221,24 +209,9 @@ def _named(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
             for (label, runs), name in zip(groups.items(), shared.values(), strict=True)}  # fmt: skip
 
 
-def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> list[dict]:
-    """One row per group, the best mean of the first metric first (lowest for a loss)."""
-    rows = []
-    for label, runs in groups.items():
-        done = [r for r in runs if r["metrics"]]
-        row = {"group": label, "n": len(done), "failed": len(runs) - len(done), "stats": {}}
-        for metric in metrics:
-            values = [r["metrics"][metric] for r in done if metric in r["metrics"]]
-            row["stats"][metric] = describe(values)
-        rows.append(row)
-    first = metrics[0]
-    lower = "loss" in first or first == "wall_s"
-
-    def rank(row):
-        mean = row["stats"][first]["mean"]
-        return (mean is None, mean if lower or mean is None else -mean)
-
-    return sorted(rows, key=rank)
+def summarize(groups: dict[str, list[dict]], metrics: list[str]):
+    """The table (`mnistlab.lab.tables`), the best mean of the first metric first."""
+    return tables.ranked(tables.summarize(groups, metrics), metrics[0])
 
 
 if __name__ == "__main__":

@@ -1,69 +1,71 @@
-"""A report's table as markdown (the terminal and summary.md), CSV and LaTeX (booktabs)."""
+"""A report's table, made and written with pandas: one row per group of runs, and for each metric
+n, mean, std, the 95% confidence interval's half-width (Student t), min and max; as markdown (the
+terminal and summary.md, through tabulate), CSV and LaTeX (booktabs rules, through pandas' Styler).
+"""
 
-import csv
-from pathlib import Path
+import pandas as pd
 
-
-def _cell(stats: dict) -> str:
-    if stats["mean"] is None:
-        return "-"
-    if stats["ci95"] is None:
-        return f"{stats['mean']:.4f}"
-    return f"{stats['mean']:.4f} ± {stats['ci95']:.4f}"
+STATS = ["n", "mean", "std", "ci95", "min", "max"]
+NOTE = ("mean ± half-width of the 95% confidence interval (Student t, n - 1 d.o.f.);"
+        " std, min and max in report.csv")  # fmt: skip
 
 
-def markdown(table: list[dict], metrics: list[str]) -> str:
-    lines = ["# Results over seeds", "",
-             "mean ± half-width of the 95% confidence interval (Student t, n - 1 d.o.f.);"
-             " std, min and max in report.csv", "",
-             "| group | n | failed | " + " | ".join(metrics) + " |",
-             "|---|---|---|" + "---|" * len(metrics)]  # fmt: skip
-    for row in table:
-        cells = " | ".join(_cell(row["stats"][m]) for m in metrics)
-        lines.append(f"| {row['group']} | {row['n']} | {row['failed']} | {cells} |")
-    return "\n".join(lines) + "\n"
+def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> pd.DataFrame:
+    """Indexed by group label, in `groups`' order: `runs` (averaged: the completed ones),
+    `failed`, and a (metric, stat) column per metric and `STATS`."""
+    from scipy import stats  # its t quantile; imported when a report is made: start-up stays light
+
+    done = [{"group": label, **r["metrics"]} for label, runs in groups.items() for r in runs
+            if r["metrics"]]  # fmt: skip
+    values = pd.DataFrame(done, columns=["group", *metrics]).astype({m: float for m in metrics})
+    found = values.groupby("group", sort=False)[metrics].agg(["count", "mean", "std", "min", "max"])
+    found = found.rename(columns={"count": "n"}, level=1).reindex(list(groups))
+    for metric in metrics:
+        n = found[(metric, "n")].fillna(0)
+        found[(metric, "n")] = n.astype(int)
+        found[(metric, "ci95")] = stats.t.ppf(0.975, n - 1) * found[(metric, "std")] / n**0.5
+    table = found.reindex(columns=pd.MultiIndex.from_product([metrics, STATS]))
+    table.insert(
+        0, ("failed", ""), [sum(not r["metrics"] for r in runs) for runs in groups.values()]
+    )
+    table.insert(
+        0, ("runs", ""), [sum(bool(r["metrics"]) for r in runs) for runs in groups.values()]
+    )
+    return table.rename_axis("group")
 
 
-def write_csv(table: list[dict], metrics: list[str], path: Path) -> None:
-    fields = ["n", "mean", "std", "ci95", "min", "max"]
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["group", "runs", "failed", *(f"{m}:{k}" for m in metrics for k in fields)])
-        for row in table:
-            writer.writerow([row["group"], row["n"], row["failed"],
-                             *(row["stats"][m][k] for m in metrics for k in fields)])  # fmt: skip
+def ranked(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The best mean of `metric` first: lowest for a loss or a time; groups without it last."""
+    lower = "loss" in metric or metric == "wall_s"
+    return table.sort_values((metric, "mean"), ascending=lower, na_position="last", kind="stable")
 
 
-TEX = {
-    "\\": r"\textbackslash{}",
-    "_": r"\_",
-    "%": r"\%",
-    "&": r"\&",
-    "#": r"\#",
-    "$": r"\$",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
+def _cells(table: pd.DataFrame, metrics: list[str], pm: str, none: str) -> pd.DataFrame:
+    def cell(mean, ci):
+        if pd.isna(mean):
+            return none
+        return f"{mean:.4f}" if pd.isna(ci) else f"{mean:.4f}{pm}{ci:.4f}"
+
+    shown = table[["runs", "failed"]].droplevel(1, axis=1)
+    for m in metrics:
+        shown[m] = [cell(a, b) for a, b in zip(table[(m, "mean")], table[(m, "ci95")], strict=True)]
+    return shown
 
 
-def latex(table: list[dict], metrics: list[str]) -> str:
-    def tex(text: str) -> str:
-        return "".join(TEX.get(c, c) for c in text)
+def markdown(table: pd.DataFrame, metrics: list[str]) -> str:
+    shown = _cells(table, metrics, " ± ", "-").rename(columns={"runs": "n"})
+    return f"# Results over seeds\n\n{NOTE}\n\n{shown.to_markdown(tablefmt='github')}\n"
 
-    def cell(stats):
-        if stats["mean"] is None:
-            return "--"
-        if stats["ci95"] is None:
-            return f"{stats['mean']:.4f}"
-        return f"{stats['mean']:.4f} $\\pm$ {stats['ci95']:.4f}"
 
-    head = " & ".join(["Configuration", "$n$", *(tex(m) for m in metrics)])
-    lines = [r"\begin{tabular}{l r " + "r " * len(metrics) + "}", r"\toprule", head + r" \\",
-             r"\midrule"]  # fmt: skip
-    for row in table:
-        lines.append(" & ".join([tex(row["group"]), str(row["n"]),
-                                 *(cell(row["stats"][m]) for m in metrics)]) + r" \\")  # fmt: skip
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+def write_csv(table: pd.DataFrame, path) -> None:
+    flat = table.copy()
+    flat.columns = [c if not s else f"{c}:{s}" for c, s in flat.columns]
+    flat.to_csv(path)
+
+
+def latex(table: pd.DataFrame, metrics: list[str]) -> str:
+    shown = _cells(table, metrics, r" $\pm$ ", "--").rename(columns={"runs": "n"})
+    shown = shown.drop(columns="failed").rename_axis("Configuration").reset_index()
+    styler = shown.style.hide(axis="index").format_index(escape="latex", axis=1)
+    styler = styler.format(escape="latex", subset=["Configuration"])
+    return styler.to_latex(hrules=True, column_format="l" + "r" * (len(shown.columns) - 1))
