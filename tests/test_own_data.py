@@ -3,6 +3,8 @@ one of them unreadable, through every feature of the template by its real comman
 
 import csv
 import json
+import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -140,6 +142,7 @@ def test_a_data_override_the_network_cannot_take_is_refused_at_eval(run, capsys)
 def test_the_cache_is_reused_rebuilt_when_the_folder_changes_and_when_damaged(tmp_path, caplog):
     from mnistlab.data.image_folder import ImageFolderDataModule
 
+    caplog.set_level(logging.INFO)  # whatever an earlier test left the root logger at
     root = write_image_folder(tmp_path / "f", n_train=6, n_test=2)
 
     def setup():
@@ -168,6 +171,44 @@ def test_the_cache_is_reused_rebuilt_when_the_folder_changes_and_when_damaged(tm
     caplog.clear()
     setup()
     assert "Damaged cache" in caplog.text and "Decoding" in caplog.text
+
+
+def test_the_cache_sees_a_file_replaced_behind_its_back_and_edited_labels(tmp_path, caplog):
+    """Images of one class replaced by another's of the same byte size, their modification time
+    set back (`touch -r`): decoded anew. The labels edited in the cache's record: damaged."""
+    from mnistlab.data.image_folder import ImageFolderDataModule
+
+    caplog.set_level(logging.INFO)
+    root = tmp_path / "f"
+    for split, shade in (("train", 0), ("test", 0)):
+        for name, value in (("dark", 20), ("light", 235)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(4):  # BMP: the same size in bytes whatever the pixels
+                Image.new("L", (8, 8), value + shade + i).save(root / split / name / f"{i}.bmp")
+
+    def test_pixels():
+        dm = ImageFolderDataModule(root, image_size=8, channels=1, val_size=2)
+        dm.prepare_data()
+        dm.setup("test")
+        return dm.test_set.images.float().mean(dim=(1, 2, 3)), dm.test_set.labels
+
+    before, labels = test_pixels()
+    assert (before[labels == 0] < 100).all()
+    for i in range(4):  # the dark test images become light ones, mtime and size as they were
+        dark, light = root / "test" / "dark" / f"{i}.bmp", root / "test" / "light" / f"{i}.bmp"
+        st = dark.stat()
+        dark.write_bytes(light.read_bytes())
+        os.utime(dark, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert dark.stat().st_size == st.st_size and dark.stat().st_mtime_ns == st.st_mtime_ns
+    caplog.clear()
+    after, labels = test_pixels()
+    assert "Decoding 8 images" in caplog.text and (after[labels == 0] > 200).all()
+    (record,) = (root / ".cache").glob("test-*.json")
+    meta = json.loads(record.read_text())
+    record.write_text(json.dumps({**meta, "labels": [1 - y for y in meta["labels"]]}))
+    caplog.clear()
+    _, again = test_pixels()
+    assert "Damaged cache" in caplog.text and torch.equal(again, labels)
 
 
 BAD_INPUTS = {

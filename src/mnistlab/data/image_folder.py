@@ -1,9 +1,12 @@
 """Your own images, no code: `root/train/<class>/*`, `root/test/<class>/*` (and `root/val/<class>/*`
 if you have one; else validation is held out of train). PNG, JPEG, BMP or WebP of any size and
 mode, brought to `data.channels` x `data.image_size` once, in parallel, into a cache file beside
-the data. The cache is named by the folder's content (paths, sizes, modification times) and
-the decoding settings, so a changed folder is decoded anew; it is checksummed, written
-atomically, and memory-mapped, so a dataset larger than RAM is read through the page cache.
+the data. The cache is named by the folder's files (path, size, modification and change times,
+inode) and the decoding settings, so a changed folder is decoded anew: a file replaced by another
+of the same size whose modification time was set back (`touch -r`) still has a new change time
+(which no user can set) or inode. Its images, labels and class list are checksummed together; it
+is written atomically and memory-mapped, so a dataset larger than RAM is read through the page
+cache.
 """
 
 import hashlib
@@ -27,7 +30,7 @@ from mnistlab.lab.files import atomic_write, file_sha256
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: change time and inode in the key, labels and classes in the checksum
 CHUNK = 512  # images per task of the decoding pool
 # Forked workers start at once (as DataLoader's do on Linux); they only run PIL and numpy.
 _START = "fork" if sys.platform == "linux" else "spawn"
@@ -96,7 +99,7 @@ class ImageFolderDataModule(ImageDataModule):
     def _from_cache(self, split: str) -> Split:
         files, labels, key = self._scan(split)
         path = self.cache_dir / f"{self._prefix(split)}{key[:16]}.npy"
-        cached = _read_cache(path)
+        cached = _read_cache(path, self.classes)
         if cached is None:
             cached = self._build(split, files, labels, path)
         images, meta = cached
@@ -110,8 +113,8 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _scan(self, split: str) -> tuple[list[str], list[int], str]:
         """The image files of `split`, their labels, and the cache's name: a hash of every
-        file's path, size and modification time, the decoded shape and the decoding version
-        (scanned once per split, with one stat per file)."""
+        file's path, size, modification and change times and inode, the decoded shape and the
+        decoding version (scanned once per split, with one stat per file)."""
         if split in self._scanned:
             return self._scanned[split]
         folder = self.root / split
@@ -134,7 +137,8 @@ class ImageFolderDataModule(ImageDataModule):
                 )
             for file, path in members:
                 st = os.stat(path)
-                digest.update(f"{name}/{file}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                digest.update(f"{name}/{file}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+                              f"\0{st.st_ino}\n".encode())  # fmt: skip
                 files.append(path)
             labels += [label] * len(members)
         self._scanned[split] = files, labels, digest.hexdigest()
@@ -161,21 +165,23 @@ class ImageFolderDataModule(ImageDataModule):
         for stale in self.cache_dir.glob(f"{self._prefix(split)}*"):  # the folder as it was
             if stale.stem != path.stem:
                 stale.unlink(missing_ok=True)
-        return _read_cache(path)
+        return _read_cache(path, self.classes)
 
 
-def _read_cache(path: Path):
+def _read_cache(path: Path, classes: list[str]):
     """(memory-mapped images, metadata), or None when absent or damaged (then rebuilt)."""
     meta_path = path.with_suffix(".json")
     if not (path.is_file() and meta_path.is_file()):
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        if file_sha256(path) != meta["sha256"]:
-            raise ValueError(f"sha256 differs from {meta_path.name}'s")
+        if _checksum(file_sha256(path), meta) != meta["sha256"]:
+            raise ValueError(f"the images, labels or classes differ from {meta_path.name}'s sha256")
         images = np.load(path, mmap_mode="c")  # copy-on-write: shared pages, writable for torch
         if list(images.shape) != meta["shape"] or images.dtype != np.uint8:
             raise ValueError(f"shape {images.shape}, expected {meta['shape']}")
+        if meta["classes"] != classes or len(meta["labels"]) != len(images):
+            raise ValueError("its classes or its number of labels differ from the folder's")
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("Damaged cache %s (%s): decoding again", path, e)
         return None
@@ -188,9 +194,17 @@ def _write_cache(path: Path, images: np.ndarray, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
         np.save(f, images)
-    meta = {**meta, "sha256": file_sha256(path)}
+    meta = {**meta, "sha256": _checksum(file_sha256(path), meta)}
     with atomic_write(path.with_suffix(".json")) as f:
         f.write(json.dumps(meta).encode())
+
+
+def _checksum(images_sha256: str, meta: dict) -> str:
+    """One sha256 over the images file's and the labels, class list, skipped files and shape."""
+    record = {k: meta[k] for k in ("labels", "classes", "skipped", "shape")}
+    return hashlib.sha256(
+        f"{images_sha256} {json.dumps(record, sort_keys=True)}".encode()
+    ).hexdigest()
 
 
 # ---------------------------------------------------------------------------- decoding
