@@ -35,7 +35,6 @@ def _folder_times(root: Path) -> list[int]:
 
 
 def _check_folders(root: Path) -> list[str]:
-
     classes = class_folders(root, "train")
     for split in ("train", "test", "val"):
         if split == "val" and not (root / split).is_dir():
@@ -56,8 +55,8 @@ def _check_folders(root: Path) -> list[str]:
 
 
 def class_folders(root: Path, split: str = "train") -> list[str]:
-    """The class names of an image folder: the sub-folders of `root/split`, sorted."""
-
+    """The class names of an image folder: the sub-folders of `root/split`, sorted; names
+    with control characters refused."""
     if not root.is_dir():
         raise UserError(
             f"data.root={root}: no such folder; point it at a folder holding train/<class>/"
@@ -70,5 +69,11 @@ def class_folders(root: Path, split: str = "train") -> list[str]:
     if not classes:
         raise UserError(
             f"{folder}: no class folders in it; put each class's images in {split}/<class>/"
+        )
+    # A class name is shown in tables, CSV rows, the dashboard and exported models' files.
+    if odd := [name for name in classes if not name.isprintable()]:
+        raise UserError(
+            f"{folder}: the class folder {odd[0]!a} has a control character (a newline, a"
+            " tab...) in its name; rename it"
         )
     return classes
