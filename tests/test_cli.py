@@ -194,3 +194,26 @@ def test_resume_of_a_run_folder_from_elsewhere_refuses_a_target_outside_the_allo
         prepare([f"resume={run}"], "train")
     monkeypatch.setenv("MNISTLAB_TRUST", "builtins")  # the opt-in
     assert hostile in prepare([f"resume={run}"], "train")
+
+
+def test_two_commands_started_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
+    """The folder is made when the command line is settled (`mkdir`, which fails on one that
+    exists), not when Hydra starts: the second command gets a suffix, never the first's."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from mnistlab.lab.files import new_folder
+
+    class OneSecond(datetime):  # Hydra's ${now:}, held at one second
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 1)
+
+    monkeypatch.setattr("hydra.core.utils.datetime", OneSecond)
+    for sweep, key in (([], "hydra.run.dir"), (["-m", "seed=1,2"], "hydra.sweep.dir")):
+        argv = [*sweep, f"paths.log_dir={tmp_path}", "name=x"]
+        first, second = (prepare(argv, "train", claim=True)[-1] for _ in range(2))
+        assert first.endswith("2026-01-01_00-00-00_x") and second == f"{first}_1"
+        assert first.startswith(f"{key}=") and Path(second.split("=", 1)[1]).is_dir()
+    assert prepare([f"paths.log_dir={tmp_path}", "seed=3"], "train")[-1] == "seed=3"  # no claim
+    assert [new_folder(tmp_path / "e").name for _ in range(3)] == ["e", "e_1", "e_2"]

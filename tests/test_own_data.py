@@ -364,3 +364,14 @@ def test_a_new_dataset_class_from_the_readme_trains(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = (tmp_path / "train" / "runs").iterdir()
     assert results(run)["test/images"] == 5 * 4 and results(run)["test/acc"] > 0.5
+
+
+def test_a_class_folder_with_a_newline_in_its_name_is_refused_where_it_is_scanned(tmp_path):
+    from mnistlab.data.folders import dataset_classes
+
+    root = write_image_folder(tmp_path / "f", n_train=1, n_test=1)
+    for split in ("train", "test"):
+        (root / split / "ring").rename(root / split / "ri\nng")
+    with pytest.raises(UserError, match=r"class folder 'ri\\nng' has a control character") as e:
+        dataset_classes(root)
+    assert "\n" not in str(e.value)

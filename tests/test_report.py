@@ -2,6 +2,7 @@
 statistics, what is left out, and its one-line refusals. The slow tier runs it on a real sweep."""
 
 import csv
+import errno
 import json
 import subprocess
 import sys
@@ -183,10 +184,7 @@ def test_sweep_groups_compared_with_welch_and_named_runs_labelled(tmp_path, caps
     printed = capsys.readouterr().out
     p = compare.welch([0.90, 0.92, 0.91], [0.95, 0.96])[2]
     assert "| metric | fast | slow |" in printed  # the names, not the overrides
-    assert (
-        f"0.9550 ± {describe([0.95, 0.96])['ci95']:.4f} (n=2), Δ +0.0450, p={p:.3g}"
-        in printed
-    )
+    assert f"0.9550 ± {describe([0.95, 0.96])['ci95']:.4f} (n=2), Δ +0.0450, p={p:.3g}" in printed
     assert "| model.optimizer.lr | 0.001 | 0.0003 |" in printed and "| seed |" not in printed
     assert (sweep / "compare.md").read_text() == printed
 
@@ -284,3 +282,66 @@ def test_runs_that_are_not_runs_and_a_broken_config_are_one_line(tmp_path, capsy
     assert compare.main([f"runs=[{tmp_path / 'a'},{tmp_path / 'b'}]"]) == 2
     err = capsys.readouterr().err.strip()
     assert "config.yaml: cannot read the run's config" in err and "\n" not in err
+
+
+def test_a_full_disk_ends_report_and_compare_in_one_line_and_keeps_their_files(
+    tmp_path, monkeypatch, capsys
+):
+    from mnistlab.lab import compare
+
+    sweep = tmp_path / "sweep"
+    for n, (lr, seed) in enumerate([("1e-3", 1), ("1e-3", 2), ("3e-4", 1), ("3e-4", 2)]):
+        fake_run(sweep / str(n), [f"model.optimizer.lr={lr}", f"seed={seed}"], 0.9 + n / 100)
+        (sweep / str(n) / ".hydra").mkdir()
+        (sweep / str(n) / ".hydra" / "config.yaml").write_text(f"seed: {seed}\nlr: {lr}\n")
+    assert report.main([f"sweep={sweep}"]) == 0
+    assert compare.main([f"sweep={sweep}"]) == 0
+    written = {p: p.read_bytes() for p in sweep.iterdir() if p.is_file()}
+    assert {"report.md", "report.csv", "report.tex", "compare.md", "curve_val_acc.pdf"} - {
+        p.name for p in written
+    } == {"curve_val_acc.pdf"}  # fake runs have no curves
+    capsys.readouterr()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("mnistlab.lab.files.os.fsync", full)
+    for command, name in ((report, "report.md"), (compare, "compare.md")):
+        assert command.main([f"sweep={sweep}"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"{sweep / name}: No space left on device" in err, err
+    assert {p: p.read_bytes() for p in sweep.iterdir() if p.is_file()} == written
+
+
+def test_odd_values_in_records_are_named_and_never_averaged(tmp_path, capsys):
+    """NaN, Infinity, `true` and a string where numbers belong: each named, left out of the
+    statistics, no traceback; a run whose overrides are a string is refused naming its file."""
+    sweep = tmp_path / "sweep"
+    for n, acc in enumerate([0.9, 0.8, 0.7, 0.6]):
+        fake_run(sweep / str(n), ["model.optimizer.lr=1e-3", f"seed={n}"], acc)
+    (sweep / "1" / "results.json").write_text('{"metrics": {"test/acc": NaN, "val/acc_best": 0.8}}')
+    (sweep / "2" / "results.json").write_text('{"metrics": {"test/acc": true}}')
+    job = json.loads((sweep / "3" / "job.json").read_text())
+    (sweep / "3" / "job.json").write_text(json.dumps({**job, "wall_s": "abc"}))
+    (sweep / "3" / "results.json").write_text('{"metrics": {"test/acc": Infinity}}')
+    assert report.main([f"sweep={sweep}", "figures=false"]) == 0
+    out, err = capsys.readouterr()
+    (row,) = csv.DictReader((sweep / "report.csv").open())
+    assert (row["test/acc:n"], float(row["test/acc:mean"])) == ("1", 0.9)
+    assert (row["wall_s:n"], row["val/acc_best:n"]) == ("3", "2")
+    assert "nan" not in out.lower() and "inf" not in out.lower()
+    for named in ("1/results.json: test/acc is nan", "2/results.json: test/acc=true is not a",
+                  '3/job.json: wall_s="abc" is not a', "3/results.json: test/acc is inf"):  # fmt: skip
+        assert named in err, (named, err)
+    job = json.loads((sweep / "0" / "job.json").read_text())
+    (sweep / "0" / "job.json").write_text(json.dumps({**job, "overrides": "seed=1"}))
+    assert report.main([f"sweep={sweep}"]) == 2
+    assert "0/job.json: not a list of overrides" in capsys.readouterr().err
+
+
+def test_report_checks_its_output_folder_first(tmp_path, capsys):
+    sweep, taken = tmp_path / "sweep", tmp_path / "a_file"
+    fake_run(sweep / "0", ["seed=1"], 0.9)
+    taken.write_text("mine\n")
+    assert report.main([f"sweep={sweep}", f"out={taken}"]) == 2
+    assert "out=" in capsys.readouterr().err and taken.read_text() == "mine\n"

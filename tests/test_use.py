@@ -1,6 +1,7 @@
 """Using a trained run: eval as it was trained, predict on image files, export with parity."""
 
 import csv
+import errno
 import json
 import shutil
 import subprocess
@@ -235,9 +236,11 @@ def test_parts_of_a_restored_config_that_are_not_built_are_not_imported_either(r
 
 
 def test_a_lone_checkpoint_from_another_machine_works_here(run, synthetic_mnist, tmp_path):
-    """Its stored paths name the training machine's project; eval, predict and export use this
-    project's logs/ and create nothing under the old paths."""
+    """Its stored paths name the training machine's project: they become this project's (eval
+    would write into its logs/), and nothing is created under the old paths."""
+    from mnistlab.lab.checkpoint import load
     from mnistlab.lab.config import ROOT
+    from mnistlab.lab.rebuild import run_config
 
     there = tmp_path / "their_machine" / "project"
 
@@ -246,23 +249,19 @@ def test_a_lone_checkpoint_from_another_machine_works_here(run, synthetic_mnist,
         hp["paths"] = {k: v.replace(old, str(there)) for k, v in hp["paths"].items()}
 
     ckpt = _copied_checkpoint(run, tmp_path / "downloads", moved)
-    runs = ROOT / "logs" / "eval" / "runs"
-    before = set(runs.glob("*"))
-    try:
-        idx = synthetic_mnist.raw / "t10k-images-idx3-ubyte"
-        assert evaluation.main([f"ckpt={ckpt}"]) == 0
-        assert predict.main([f"input={idx}", f"ckpt={ckpt}"]) == 0
-        assert export.main([f"ckpt={ckpt}"]) == 0
-        (new,) = set(runs.glob("*")) - before  # eval's metrics.json, in this project
-        assert json.loads((new / "metrics.json").read_text())["checkpoint"] == str(ckpt)
-        assert (tmp_path / "downloads" / "model.safetensors").is_file()  # beside the checkpoint
-        assert not (tmp_path / "their_machine").exists()
-    finally:
-        for folder in set(runs.glob("*")) - before:
-            shutil.rmtree(folder)
+    cfg = run_config(None, load(ckpt, require_checksum=False), ckpt, [], "eval")
+    assert Path(cfg.paths.output_dir).parent == ROOT / "logs" / "eval" / "runs"
+    logs = f"paths.log_dir={tmp_path / 'logs'}"  # this test writes nothing into the checkout
+    idx = synthetic_mnist.raw / "t10k-images-idx3-ubyte"
+    assert evaluation.main([f"ckpt={ckpt}", logs]) == 0
+    assert predict.main([f"input={idx}", f"ckpt={ckpt}"]) == 0
+    assert export.main([f"ckpt={ckpt}"]) == 0
+    (new,) = (tmp_path / "logs" / "eval" / "runs").glob("*/metrics.json")
+    assert json.loads(new.read_text())["checkpoint"] == str(ckpt)
+    assert (tmp_path / "downloads" / "model.safetensors").is_file()  # beside the checkpoint
+    assert not (tmp_path / "their_machine").exists()
 
 
-@pytest.mark.slow
 def test_predict_on_a_real_decompression_bomb_stays_in_bounded_memory(run, tmp_path):
     """A 20,000 x 20,000 PNG (400 MB of pixels, 0.4 MB on disk) among broken and good files,
     through the real command: six rows, two predictions, exit 1, peak memory under 1.5 GiB."""
@@ -377,3 +376,47 @@ def test_eval_wild_names_a_bad_option_a_bad_row_and_another_seed(run, wild_set, 
     assert (
         "labels.csv line 4: not a file, a digit 0-9 and its conditions" in err and "\n" not in err
     )
+
+
+def _full_disk(monkeypatch):
+    """Every file written whole (`mnistlab.lab.files.atomic_write`) fails as on a full disk."""
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("mnistlab.lab.files.os.fsync", full)
+
+
+def test_a_full_disk_ends_eval_predict_and_export_in_one_line_and_keeps_their_files(
+    run, images, tmp_path, monkeypatch, capsys
+):
+    from mnistlab.lab import export
+
+    folder, _ = images
+    (best,) = (run / "checkpoints").glob("epoch*.ckpt")
+    kept = {p: p.read_bytes() for p in (run / "checkpoints").iterdir() if p.is_file()}
+    out = tmp_path / "rows.csv"
+    out.write_text("earlier rows\n")
+    _full_disk(monkeypatch)
+    for command, args, named in [
+        (evaluation, [f"run={run}"], "metrics.json"),
+        (predict, [f"input={folder}", f"run={run}", f"output={out}"], str(out)),
+        (export, [f"ckpt={best}"], str(run / "checkpoints")),
+    ]:
+        assert command.main(args) == 1, command
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert named in err and "No space left on device" in err, err
+    assert out.read_text() == "earlier rows\n"
+    assert {p: p.read_bytes() for p in (run / "checkpoints").iterdir() if p.is_file()} == kept
+
+
+def test_predict_checks_its_output_before_predicting(run, images, tmp_path, capsys):
+    folder, _ = images
+    for output, message in [
+        (tmp_path / "no" / "such" / "rows.csv", "no folder"),
+        (tmp_path / "rows.txt", "name a .csv or .json file"),
+        (tmp_path, "a folder"),
+    ]:
+        assert predict.main([f"input={folder}", f"run={run}", f"output={output}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and "image(s) in" not in err, err

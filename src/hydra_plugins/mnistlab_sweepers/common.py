@@ -9,6 +9,7 @@ from hydra.core.utils import JobStatus
 from omegaconf import DictConfig
 
 from mnistlab.lab import UserError, refuse, sweeps
+from mnistlab.lab.files import write_whole
 from mnistlab.lab.run_folder import hold
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,7 @@ def _over_seeds(sweep_dir: Path, folders: list[Path]) -> str:
     text = "\n" + tables.markdown(
         report.summarize(report.group(runs, ["seed"], []), metrics), metrics
     )
-    with open(sweep_dir / "summary.md", "a") as f:
-        f.write(text)
+    write_whole(sweep_dir / "summary.md", (sweep_dir / "summary.md").read_text() + text)
     return text
 
 

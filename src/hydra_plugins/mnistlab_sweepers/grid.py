@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from hydra_plugins.mnistlab_sweepers.common import finish, holding, job_dir, launch
 from mnistlab.lab import sweeps
 from mnistlab.lab.compat import basic_sweeper
+from mnistlab.lab.files import write_whole
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class GridSweeper(basic_sweeper()):  # Hydra's, for its grid expansion
         jobs = list(enumerate(o for batch in self.split_arguments(overrides, None) for o in batch))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         with holding(sweep_dir):
-            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            write_whole(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
             pending = []
             for number, job in jobs:
                 folder = job_dir(self.config, number)

@@ -36,6 +36,7 @@ from hydra_plugins.mnistlab_sweepers.common import (
     stopped_by_signal,
 )
 from mnistlab.lab import sweeps
+from mnistlab.lab.files import write_whole
 from mnistlab.lab.run_folder import identity
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class OptunaSweeper(Sweeper):
         fixed, space = self._search_space(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         with holding(sweep_dir):
-            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            write_whole(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
             self.storage = self.storage or _default_storage(sweep_dir)
             study = optuna.create_study(
                 study_name=self.study_name,
@@ -289,6 +290,6 @@ def _write_best(study, sweep_dir: Path) -> None:
     best = study.best_trial
     record = {"study": study.study_name, "trial": best.number, "value": best.value,
               "params": best.params, "trials": len(study.trials), "completed": len(complete)}  # fmt: skip
-    (sweep_dir / "best.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_whole(sweep_dir / "best.json", json.dumps(record, indent=2) + "\n")
     log.info("Best trial %d: %s = %.4f with %s", best.number, study.direction.name.lower(),
              best.value, " ".join(_as_overrides(best.params)))  # fmt: skip

@@ -22,7 +22,8 @@ from mnistlab.classify import probabilities
 from mnistlab.data.decode import SUFFIXES, unreadable
 from mnistlab.data.idx import read_idx
 from mnistlab.lab import UserError
-from mnistlab.lab.command import RUN, command
+from mnistlab.lab.command import RUN, command, writable
+from mnistlab.lab.files import atomic_write, write_whole
 
 log = logging.getLogger("mnistlab.classify.predict")
 
@@ -134,15 +135,16 @@ def predict(model, datamodule, items, classes: list[str]) -> Iterator[dict]:
 
 
 def write(rows: list[dict], output: str | None) -> None:
-    if output and output.endswith(".json"):
-        Path(output).write_text(json.dumps(rows, indent=1) + "\n")
-    elif output and output.endswith(".csv"):
-        with open(output, "w", newline="") as f:
-            _csv(rows, f)
-    elif output:
-        raise UserError(f"output={output}: name a .csv or .json file")
-    else:
+    """The rows to `output` (.csv or .json, written whole or not at all), or a table on stdout."""
+    if not output:
         _table(rows, sys.stdout)
+        return
+    if output.endswith(".json"):
+        text = json.dumps(rows, indent=1) + "\n"
+    else:
+        _csv(rows, buffer := io.StringIO(newline=""))
+        text = buffer.getvalue()
+    write_whole(Path(output), text)
 
 
 def _top(row: dict) -> str:
@@ -184,6 +186,8 @@ def main(args: dict, overrides: list[str]) -> int:
     for key in ("invert", "prepare"):
         if args[key] is not None and args[key] not in CHOICES[key]:
             raise UserError(f"{key}={args[key]}: choose {', '.join(CHOICES[key])}")
+    if args["output"]:
+        writable(Path(args["output"]), "output", (".csv", ".json"))
     paths = inputs(Path(args["input"]))
     model, datamodule, path = load(args, overrides)
     log.info("Model: %s", path)
@@ -251,7 +255,8 @@ def _saving(inputs_, folder: Path):
         if pixels is not None:
             stem = Path(name.replace("#", "_")).stem
             channels = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
-            Image.fromarray(channels).save(folder / f"{n:05d}_{stem}.png")
+            with atomic_write(folder / f"{n:05d}_{stem}.png") as f:
+                Image.fromarray(channels).save(f, format="PNG")
         yield name, pixels, error
 
 

@@ -27,6 +27,7 @@ from mnistlab.classify import probabilities
 from mnistlab.classify.wild_set import SEED, generate
 from mnistlab.lab import UserError
 from mnistlab.lab.command import RUN, command
+from mnistlab.lab.files import atomic_write, write_whole
 
 log = logging.getLogger("mnistlab.classify.wild")
 
@@ -68,7 +69,7 @@ def main(args: dict, overrides: list[str]) -> int:
     text = (table(labels, results) + calibration
             + f"\nSet: {folder} (seed {seed}); checkpoint: {checkpoint}; errors.png shows"
             f" {min(ERRORS_SHOWN, wrong)} of the {wrong} errors with prepare=mnist.\n")  # fmt: skip
-    (out / "accuracy.md").write_text(text)
+    write_whole(out / "accuracy.md", text)
     _error_grid(labels, kept, paths, results["mnist"], out / "errors.png")
     print(text, end="")
     log.info("Written: %s, %s", out / "accuracy.md", out / "errors.png")
@@ -205,7 +206,8 @@ def _error_grid(labels, rows, paths, right, out: Path) -> None:
     stack = torch.stack(pictures) if pictures else torch.zeros(0, 3, 76, 76, dtype=torch.uint8)
     captions = [f"{rows[i]['class']} ({labels[i]['label']})" for i in wrong]
     grid = labelled_grid(stack, captions, wrong=[True] * len(wrong), columns=8)
-    Image.fromarray(grid).save(out)
+    with atomic_write(out) as f:
+        Image.fromarray(grid).save(f, format="PNG")
 
 
 if __name__ == "__main__":

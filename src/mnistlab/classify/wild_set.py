@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mnistlab.lab.files import atomic_write, write_whole
+
 SEED = 0
 PER_FONT = 3  # pictures of each digit in each font
 PEN_PER_DIGIT = 60  # pen-drawn pictures of each digit
@@ -52,7 +54,8 @@ def generate(
 
     def keep(picture, digit, conditions):
         name = f"{len(rows):05d}_{digit}.png"
-        picture.save(out / name)
+        with atomic_write(out / name) as f:
+            picture.save(f, format="PNG")
         rows.append({"file": name, "label": digit, **conditions})
 
     for font_name, path in fonts:
@@ -65,11 +68,12 @@ def generate(
     for digit in range(10):
         for _ in range(pen_per_digit):
             keep(*_photographed(rng, _drawn(rng, digit), digit, "pen"))
-    with open(out / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "set.json").write_text(json.dumps({"seed": seed, "pictures": len(rows)}) + "\n")
+    write_whole(out / "set.json", json.dumps({"seed": seed, "pictures": len(rows)}) + "\n")
+    labels = io.StringIO(newline="")
+    writer = csv.DictWriter(labels, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_whole(out / "labels.csv", labels.getvalue())  # last: the set is complete once it is there
     return len(rows)
 
 

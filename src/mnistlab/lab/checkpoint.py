@@ -46,10 +46,20 @@ def save(checkpoint: dict, path: str | Path) -> None:
             # damage, so resuming takes the newest intact checkpoint.
             write_whole(sidecar(path), f"{file_sha256(Path(f.name))}  {path.name}\n".encode())
         _sync_dir(path.parent)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not _write_failed(e):
+            raise  # not the disk: something in the checkpoint that cannot be saved
+        why = e.strerror if isinstance(e, OSError) else "the write failed (is the disk full?)"
         raise CheckpointError(
-            f"cannot write checkpoint {path}: {e.strerror or e}; the previous one is kept"
+            f"cannot write checkpoint {path}: {why}; the previous one is kept"
         ) from e
+
+
+def _write_failed(e: RuntimeError) -> bool:
+    """torch.save's zip writer reports a failed write (a full disk) as a RuntimeError."""
+    return any(
+        m in str(e) for m in ("PytorchStreamWriter", "inline_container", "file write failed")
+    )
 
 
 def _sync_dir(folder: Path) -> None:

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mnistlab.lab import UserError
 from mnistlab.lab.compat import hydra_args_parser
 from mnistlab.lab.config import CONF_DIR
+from mnistlab.lab.files import new_folder
 from mnistlab.lab.resume import (
     merged,
     named_run,
@@ -41,11 +42,15 @@ def _refuse(message: str):
     raise UserError(f"{message} (see --help)")
 
 
-def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
-    """Check a command line (Hydra's flags and overrides) and return the one to give Hydra:
-    the same, or with `hydra.run.dir` set to the run that `resume=` continues. `processes`:
-    how many processes a launcher (torchrun, srun) started with this command; their run folder
-    is then fixed here, once, for all of them (mnistlab.lab.distributed)."""
+def prepare(
+    argv: list[str], config_name: str, processes: int = 1, claim: bool = False
+) -> list[str]:
+    """Check a command line (Hydra's flags and overrides) and return the one to give Hydra,
+    with `hydra.run.dir` (`hydra.sweep.dir` for -m) set to the run (sweep) that `resume=`
+    continues. `claim` (the command is about to run): else to a new folder, made here, unless
+    the command names its own. `processes`: how many processes a launcher (torchrun, srun)
+    started with this command; they all run in the folder settled here once
+    (mnistlab.lab.distributed)."""
     parser = hydra_args_parser()
     parser.error = _refuse  # one line, not argparse's usage block
     args = parser.parse_args(argv)
@@ -83,16 +88,20 @@ def prepare(argv: list[str], config_name: str, processes: int = 1) -> list[str]:
     if args.cfg:
         return argv
     hydra_cfg = configs[0].hydra
-    _creatable(Path(hydra_cfg.sweep.dir if args.multirun else hydra_cfg.run.dir))
+    key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
+    folder = Path(hydra_cfg.sweep.dir if args.multirun else hydra_cfg.run.dir)
+    _creatable(folder)
     if args.multirun:
-        sweep = sweep_to_continue(configs[0], overrides)
-        return argv if sweep is None else _with(argv, "hydra.sweep.dir", sweep)
-    run = run_to_resume(configs[0], overrides)
-    if run is None and processes > 1:
-        run = Path(configs[0].hydra.run.dir)  # its time resolved once, for every process
-    if run is None:
-        return argv
-    return _with(argv, "hydra.run.dir", run)
+        found = sweep_to_continue(configs[0], overrides)
+    else:
+        found = run_to_resume(configs[0], overrides)
+    if found is not None:
+        return _with(argv, key, found)
+    if not claim or any(o.startswith(f"{key}=") for o in overrides):
+        return argv  # a check only, or a folder of one's choosing: used as it is
+    # A new folder, made now: two commands in the same second get two (a suffix), and the
+    # processes of a DDP run (torchrun, srun) all get the one rank 0 made.
+    return _with(argv, key, new_folder(folder))
 
 
 def _creatable(folder: Path) -> None:

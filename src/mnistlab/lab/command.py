@@ -12,9 +12,11 @@ command read was at fault).
 """
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 
 from mnistlab.lab import UserError, refuse
 
@@ -43,6 +45,8 @@ def command(name: str, usage: str, overrides: bool = True, **options) -> Callabl
                 return body(args, rest) or 0
             except UserError as e:
                 return refuse(name, e, getattr(e, "code", 2))
+            except OSError as e:  # a full disk, a read-only or missing folder: what was, stays
+                return refuse(name, UserError(file_error(e)), 1)
 
         return main
 
@@ -63,6 +67,26 @@ def parse(argv: list[str], options: dict) -> tuple[dict, list[str]]:
         kind = options[key] if isinstance(options[key], type) else type(options[key])
         args[key] = _value(key, text, kind)
     return args, rest
+
+
+def file_error(e: OSError) -> str:
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}; files written before are left as they were"
+
+
+def writable(path: Path, key: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """`path` as an output the command can write, checked before any work: of one of `suffixes`
+    (when given), not a folder, in a folder that exists and takes files."""
+    path, folder = Path(path), Path(path).parent
+    if path.is_dir():
+        raise UserError(f"{key}={path}: a folder; name a file in it")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UserError(f"{key}={path}: name a {' or '.join(suffixes)} file")
+    if not folder.is_dir():
+        raise UserError(f"{key}={path}: no folder {folder}; make it first")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"{key}={path}: cannot be written here (no permission)")
+    return path
 
 
 def _unknown(arg: str, options: dict) -> str:

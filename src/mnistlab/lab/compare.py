@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mnistlab.lab import UserError
 from mnistlab.lab.command import command
+from mnistlab.lab.files import write_whole
 from mnistlab.lab.report import SELECT, override_key, selected
 from mnistlab.lab.stats import describe
 
@@ -52,7 +53,7 @@ def main(args: dict, _) -> int:
     print(text, end="")
     if args["sweep"] or args["logdir"] or args["out"]:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.md").write_text(text)
+        write_whole(out / "compare.md", text)
         log.info("Written: %s", out / "compare.md")
     return 0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from mnistlab.lab import UserError, quiet_lightning
 from mnistlab.lab.command import RUN, command
 from mnistlab.lab.config import build
+from mnistlab.lab.files import new_folder, write_whole
 from mnistlab.lab.rebuild import restore
 
 log = logging.getLogger("mnistlab.lab.eval")
@@ -55,7 +56,7 @@ def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:
 @command("mnistlab-eval", USAGE, **RUN)
 def main(args: dict, overrides: list[str]) -> int:
     run_dir, path, _, cfg = restore(args, overrides, "eval")
-    out = Path(cfg.paths.output_dir)
+    out = new_folder(Path(cfg.paths.output_dir))  # `_1` when another eval took it this second
     _log_to(out)
     log.info("Evaluating %s (run %s)", path, run_dir or "unknown")
     try:
@@ -65,7 +66,7 @@ def main(args: dict, overrides: list[str]) -> int:
         return 1
     record = {"run": str(run_dir) if run_dir else None, "checkpoint": str(path),
               "overrides": overrides, "metrics": metrics}  # fmt: skip
-    (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_whole(out / "metrics.json", json.dumps(record, indent=2) + "\n")
     print("  ".join(f"{k} {v:.0f}" if k.endswith("/images") else f"{k} {v:.4f}"
                     for k, v in sorted(metrics.items())))  # fmt: skip
     log.info("Metrics: %s", out / "metrics.json")
@@ -73,7 +74,6 @@ def main(args: dict, overrides: list[str]) -> int:
 
 
 def _log_to(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         level=logging.INFO,
         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",

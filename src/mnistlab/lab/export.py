@@ -130,7 +130,7 @@ def export(
     like `example` (a batch as the data module loads it); with the data's input spec (an
     InputSpec), uint8 images made from new pictures by `prepare` (the data module's, if it
     says). Return the files by kind, and the model read back from them."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from mnistlab.lab.files import write_whole
     from mnistlab.lab.signing import signature
@@ -139,10 +139,7 @@ def export(
     weights = {k: v.contiguous() for k, v in network.state_dict().items()}
     folder = path.parent
     files = {"safetensors": folder / "model.safetensors", "json": folder / "model.json"}
-    save_file(weights, files["safetensors"], metadata={"checkpoint": path.name})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(files["safetensors"], 0o666 & ~umask)  # safetensors writes it owner-only
+    write_whole(files["safetensors"], save(weights, metadata={"checkpoint": path.name}))
     node = dict(node)
     described = {"network": {"class": node.pop("_target_"), "arguments": node, "kind": kind},
                  "input": {"shape": list(example.shape[1:]), "dtype": str(example.dtype)[6:]}}  # fmt: skip
@@ -178,7 +175,12 @@ def _to_onnx(model: nn.Module, path: Path, example: Tensor) -> None:
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: batch},),
                                 input_names=["inputs"], output_names=["outputs"], verbose=False)  # fmt: skip
-    program.save(str(path))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:  # written whole, then renamed into place: a failed export leaves the old model.onnx
+        program.save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def onnx_logits(path: Path, images: Tensor) -> Tensor:

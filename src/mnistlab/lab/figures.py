@@ -8,6 +8,7 @@ import logging
 import math
 from pathlib import Path
 
+from mnistlab.lab.files import atomic_write
 from mnistlab.lab.stats import describe
 
 log = logging.getLogger("mnistlab.lab.report")
@@ -82,8 +83,9 @@ def curves(groups: dict[str, list[dict]], out: Path, metrics=tuple(CURVES)) -> l
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, frameon=False)
         stem = out / f"curve_{metric.replace('/', '_')}"
-        for fmt in FORMATS:
-            fig.savefig(stem.with_suffix(f".{fmt}"))
+        for fmt in FORMATS:  # written whole or not at all: a killed report leaves no half figure
+            with atomic_write(stem.with_suffix(f".{fmt}")) as f:
+                fig.savefig(f, format=fmt)
             written.append(stem.with_suffix(f".{fmt}"))
         plt.close(fig)
     return written

@@ -1,6 +1,7 @@
 """Files written whole or not at all, and their checksums. No torch: light to import."""
 
 import hashlib
+import itertools
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,14 +19,31 @@ def atomic_write(path: Path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # named by the file meant, not the temporary one
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_whole(path: Path, data: bytes) -> None:
-    """`path` holds `data`, or what it held before: never a part of it (`atomic_write`)."""
+def write_whole(path: Path, data: bytes | str) -> None:
+    """`path` holds `data` (text as UTF-8), or what it held before: never a part of it."""
     with atomic_write(path) as f:
-        f.write(data)
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def new_folder(path: Path) -> Path:
+    """`path`, made now, or `path_1`, `path_2`, ... when taken: `mkdir` fails on a folder that
+    exists, so two commands started in the same second never share one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count():
+        candidate = path.with_name(f"{path.name}_{n}") if n else path
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError  # unreachable: itertools.count() has no end
 
 
 def file_sha256(path: Path) -> str:

@@ -326,7 +326,7 @@ def _settle(argv: list[str]) -> list[str]:
 
     argv = _resume_if_requeued(argv)
     try:
-        return prepare(argv, "train", processes=launched_world_size())
+        return prepare(argv, "train", processes=launched_world_size(), claim=True)
     except NothingToDo as e:
         print(e)
         sys.exit(0)

@@ -106,7 +106,7 @@ def run_config(
     trust: str | None = None,
 ):
     """The training config of the run (its folder's, else the one stored in checkpoint `path`)
-    with `overrides` applied, resolved; its `paths.output_dir` is a new folder for this task,
+    with `overrides` applied, resolved; its `paths.output_dir` names a new folder for this task,
     `<paths.log_dir>/<task>/runs/<timestamp>` (not created here). Unless this checkout made it,
     what it will build is checked first (`mnistlab.lab.trust`)."""
     source = run_dir / ".hydra" / "config.yaml" if run_dir is not None else path
@@ -129,8 +129,10 @@ def run_config(
     _apply(cfg, overrides)
     if spec:
         check_spec(cfg, spec)
-    # It was ${hydra:runtime.output_dir}, and Hydra is not running.
-    cfg.paths.output_dir = str(_new_folder(Path(cfg.paths.log_dir) / task / "runs"))
+    # It was ${hydra:runtime.output_dir}, and Hydra is not running. Its name: a command that
+    # writes there makes it with `files.new_folder` (a suffix if another took it this second).
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    cfg.paths.output_dir = str(Path(cfg.paths.log_dir) / task / "runs" / stamp)
     try:
         plain = to_plain(cfg)  # every interpolation and resolver, once: what is checked is built
         check_config(plain, None if own else trusted(trust))  # before validating, which imports
@@ -192,14 +194,6 @@ def _one_process(cfg: DictConfig) -> None:
     trainer.profiler = None  # a training run's; eval, predict and export have nothing to profile
     if "ddp" in str(trainer.get("strategy", "")):
         trainer.strategy = "auto"
-
-
-def _new_folder(parent: Path) -> Path:
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    folder, n = parent / stamp, 1
-    while folder.exists():  # two in the same second
-        folder, n = parent / f"{stamp}_{n}", n + 1
-    return folder
 
 
 def _apply(cfg: DictConfig, overrides: list[str]) -> None:

@@ -15,12 +15,14 @@ Light on purpose: no torch, no Lightning.
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
 from mnistlab.lab import UserError, tables
 from mnistlab.lab.command import command
-from mnistlab.lab.tables import latex, markdown, write_csv
+from mnistlab.lab.files import write_whole
+from mnistlab.lab.tables import csv_text, latex, markdown
 from mnistlab.lab.trust import recorded_command
 
 log = logging.getLogger("mnistlab.lab.report")
@@ -48,9 +50,9 @@ def main(args: dict, _) -> int:
     table = summarize(groups, metrics)
     text = markdown(table, metrics)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(text)
-    write_csv(table, out / "report.csv")
-    (out / "report.tex").write_text(latex(table, metrics))
+    write_whole(out / "report.md", text)
+    write_whole(out / "report.csv", csv_text(table))
+    write_whole(out / "report.tex", latex(table, metrics))
     drawn = []
     if args["figures"]:
         from mnistlab.lab.figures import CURVES, curves
@@ -69,6 +71,8 @@ def main(args: dict, _) -> int:
 
 def selected(args: dict) -> tuple:
     """The runs that `SELECT`'s options name, grouped; the metrics; the output folder."""
+    if args["out"] and Path(args["out"]).exists() and not Path(args["out"]).is_dir():
+        raise UserError(f"out={args['out']}: a file; name a folder (made if it does not exist)")
     runs, out = _runs(args)
     by, metrics = args["group_by"] or [], args["metrics"] or default_metrics(runs)
     keys = {override_key(o) for r in runs for o in r["overrides"]}
@@ -129,10 +133,8 @@ def read_run(folder: Path) -> dict:
     cannot be read is said, and the run counted as not finished."""
     job = read_json(folder / "job.json")
     results = read_json(folder / "results.json")
-    if not isinstance(results.get("metrics", {}), dict) or not all(
-        isinstance(v, int | float) for v in results.get("metrics", {}).values()
-    ):
-        results = {}
+    measured = _measured(results.get("metrics"), folder / "results.json")
+    results = {**results, "metrics": measured} if measured is not None else {}
     if job.get("status") == "completed" and "metrics" not in results:
         log.warning("%s: unreadable or missing, though job.json says completed: counted as"
                     " not finished", folder / "results.json")  # fmt: skip
@@ -152,13 +154,29 @@ def read_run(folder: Path) -> dict:
         status = "incomplete"
     metrics = dict(results.get("metrics", {}))
     if job.get("wall_s") is not None:
-        metrics["wall_s"] = job["wall_s"]
+        metrics |= _measured({"wall_s": job["wall_s"]}, folder / "job.json") or {}
     reported = results.get("reported")
     if not (isinstance(reported, list) and all(isinstance(m, str) for m in reported)):
         reported = []
     # Only runs that completed are averaged: a failed, stopped or pruned run is counted apart.
     return {"folder": str(folder), "overrides": overrides, "status": status,
             "metrics": metrics if status == "completed" else {}, "reported": reported}  # fmt: skip
+
+
+def _measured(values, source: Path) -> dict[str, float] | None:
+    """The finite numbers of a record's metrics (None when it holds no mapping of them). A value
+    that is no number (`true`, "abc") or not finite (NaN, inf) is named and never averaged."""
+    if not isinstance(values, dict):
+        return None
+    kept = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            log.warning("%s: %s=%s is not a number: left out", source, key, json.dumps(value)[:40])
+        elif not math.isfinite(value):
+            log.warning("%s: %s is %s: left out of the statistics", source, key, value)
+        else:
+            kept[str(key)] = float(value)
+    return kept
 
 
 def read_json(path: Path) -> dict:

@@ -8,6 +8,7 @@ torch): the sweepers run in Hydra's process.
 
 import base64
 import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -92,10 +93,11 @@ def _metrics(folder: Path) -> dict:
 
 def write(sweep_dir: Path, table: list[dict], objective: str, reported=REPORTED) -> str:
     """summary.csv and summary.md in the sweep folder; returns the markdown."""
-    with open(Path(sweep_dir) / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns(list(reported)))
-        writer.writeheader()
-        writer.writerows(table)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns(list(reported)))
+    writer.writeheader()
+    writer.writerows(table)
+    write_whole(Path(sweep_dir) / "summary.csv", text.getvalue())  # continuation reads it
     counts = {
         s: sum(r["status"] == s for r in table) for s in dict.fromkeys(r["status"] for r in table)
     }
@@ -118,7 +120,7 @@ def write(sweep_dir: Path, table: list[dict], objective: str, reported=REPORTED)
             + f"{_num(r['wall_s'], 1)} | {swept} | {r['error']} |"
         )
     markdown = "\n".join(lines) + "\n"
-    (Path(sweep_dir) / "summary.md").write_text(markdown)
+    write_whole(Path(sweep_dir) / "summary.md", markdown)
     return markdown
 
 

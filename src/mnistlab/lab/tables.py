@@ -57,10 +57,10 @@ def markdown(table: pd.DataFrame, metrics: list[str]) -> str:
     return f"# Results over seeds\n\n{NOTE}\n\n{shown.to_markdown(tablefmt='github')}\n"
 
 
-def write_csv(table: pd.DataFrame, path) -> None:
+def csv_text(table: pd.DataFrame) -> str:
     flat = table.copy()
     flat.columns = [c if not s else f"{c}:{s}" for c, s in flat.columns]
-    flat.to_csv(path)
+    return flat.to_csv()
 
 
 def latex(table: pd.DataFrame, metrics: list[str]) -> str:
