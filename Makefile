@@ -87,8 +87,13 @@ export: $(EXPORT_STAMP) ## safetensors + JSON + ONNX beside a run's checkpoints 
 bench: $(STAMP) ## Time the template against plain PyTorch and the origin loop (ARGS="--quick" for ~2 min)
 	$(BIN)/python scripts/bench.py $(ARGS)
 
+# The fast tier's test files run on every core at once (pytest-xdist; a file's tests stay on one
+# worker, so its shared fixtures are made once): most of its time is processes starting up.
+# TEST_WORKERS=0 runs them in this process, one after another.
+TEST_WORKERS ?= auto
+
 test: lint ## Lint, then the fast test tier (offline)
-	$(BIN)/python -m pytest -m "not real_data and not slow and not slurm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not real_data and not slow and not slurm" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(STAMP) ## The slow tier: signals and kill -9 on real processes, sweeps, DDP, a TensorBoard server
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

@@ -53,3 +53,19 @@ def test_a_study_continues_only_under_the_command_that_started_it(tmp_path, caps
     with pytest.raises(SystemExit):
         _same_search(study, fixed, wider, "maximize", tmp_path)
     assert "another search space" in capsys.readouterr().err
+
+
+def test_a_continued_job_keeps_its_group_and_loses_its_old_error(tmp_path):
+    """A job stopped by SIGINT, then continued by the same sweep command (`resume=auto` added):
+    its new record has no error, and the report puts it in one group with its siblings."""
+    from mnistlab.lab import report
+
+    folder = tmp_path / "1"
+    folder.mkdir()
+    sweeps.record(folder, overrides=["seed=2"], status="interrupted", signal=2,
+                  error="Stopped by SIGINT")  # fmt: skip
+    sweeps.begin(folder, ["seed=2", "resume=auto"])
+    assert sweeps.read_job(folder) == {"overrides": ["seed=2"], "status": "running"}
+    runs = [{"overrides": o, "metrics": {"test/acc": 0.9}}
+            for o in (["seed=1"], ["seed=2", "resume=auto"], ["seed=3"])]  # fmt: skip
+    assert list(report.group(runs, ignore=["seed"], by=[])) == ["(all runs)"]

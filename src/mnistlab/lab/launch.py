@@ -87,8 +87,10 @@ def _sweep_job(cfg: DictConfig, run: Run) -> float:
 
     folder, hc = cfg.paths.output_dir, HydraConfig.get()
     # A job of several SLURM tasks (DDP through srun) runs here in each: rank 0 keeps its record.
-    record = sweeps.record if distributed.launched_rank() == 0 else lambda *_, **__: None
-    record(folder, overrides=list(hc.overrides.task), status="running")
+    rank_0 = distributed.launched_rank() == 0
+    record = sweeps.record if rank_0 else lambda *_, **__: None
+    if rank_0:
+        sweeps.begin(folder, list(hc.overrides.task))
     if _stopped_by:
         record(folder, status="not started")
         raise Interrupted(_stopped_by)

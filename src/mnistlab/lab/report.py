@@ -22,6 +22,7 @@ from pathlib import Path
 from mnistlab.lab import UserError, tables
 from mnistlab.lab.command import command
 from mnistlab.lab.files import write_whole
+from mnistlab.lab.run_folder import without_resume
 from mnistlab.lab.tables import csv_text, latex, markdown
 from mnistlab.lab.trust import recorded_command
 
@@ -200,8 +201,8 @@ def group(runs: list[dict], ignore: list[str], by: list[str]) -> dict[str, list[
     (`by`: only those keys), as one label per group in the order first met."""
 
     def kept(run):
-        return [o for o in run["overrides"] if override_key(o) not in ignore and not override_key(o).startswith("hydra.")
-                and (not by or override_key(o) in by)]  # fmt: skip
+        return [o for o in without_resume(run["overrides"]) if override_key(o) not in ignore
+                and not override_key(o).startswith("hydra.") and (not by or override_key(o) in by)]  # fmt: skip
 
     common = set.intersection(*(set(kept(r)) for r in runs)) if runs else set()
     groups: dict[str, list[dict]] = {}

@@ -43,6 +43,16 @@ def columns(metrics: list[str]) -> list[str]:
     return ["job", "status", "objective", *metrics, "wall_s", "overrides", "error", "folder"]
 
 
+def begin(folder: Path, overrides: list[str]) -> None:
+    """A job starts (or starts again, continued): a new record, nothing of an earlier attempt's
+    (its error, its signal) kept; its overrides without `resume=`, which is how it runs, not
+    what, so a continued job stays in its group."""
+    from mnistlab.lab.run_folder import without_resume
+
+    write_whole(Path(folder) / JOB, json.dumps({"overrides": without_resume(overrides),
+                                                "status": "running"}, indent=2) + "\n")  # fmt: skip
+
+
 def record(folder: Path, **fields) -> None:
     """Merge `fields` into the job's job.json, atomically."""
     data = read_job(folder) | fields
