@@ -69,3 +69,23 @@ def test_a_continued_job_keeps_its_group_and_loses_its_old_error(tmp_path):
     runs = [{"overrides": o, "metrics": {"test/acc": 0.9}}
             for o in (["seed=1"], ["seed=2", "resume=auto"], ["seed=3"])]  # fmt: skip
     assert list(report.group(runs, ignore=["seed"], by=[])) == ["(all runs)"]
+
+
+def test_two_sweeps_share_a_study_and_only_a_dead_sweep_s_trial_is_failed(tmp_path):
+    """A trial records its sweep's folder; another sweep of the same study leaves it running
+    while that sweep holds its folder's lock, and fails it once the sweep is gone."""
+    need_modules("optuna", install="make install-sweep")
+    import optuna
+
+    from hydra_plugins.mnistlab_sweepers.optuna_sweeper import _asked, _fail_stale_trials
+    from mnistlab.lab.run_folder import hold
+
+    study = optuna.create_study(storage=sweeps.open_storage(str(tmp_path / "o.journal")))
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    first, second = tmp_path / "first", tmp_path / "second"
+    with hold(first, "sweep"):
+        trial = _asked(study, space, first)
+        _fail_stale_trials(study, second)  # the first sweep is alive: its trial is left to it
+        assert study.trials[trial.number].state == optuna.trial.TrialState.RUNNING
+    _fail_stale_trials(study, second)  # the first sweep has ended without a word
+    assert study.trials[trial.number].state == optuna.trial.TrialState.FAIL

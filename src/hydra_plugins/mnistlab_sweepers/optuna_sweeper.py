@@ -40,6 +40,7 @@ from mnistlab.lab.files import write_whole
 from mnistlab.lab.run_folder import identity
 
 log = logging.getLogger(__name__)
+OWNER = "mnistlab_sweep"  # a trial's user attribute: the folder of the sweep that runs it
 
 
 @dataclass
@@ -104,7 +105,8 @@ class OptunaSweeper(Sweeper):
         """Ask for trials, `n_jobs` at a time, until the study has `n_trials`."""
         import optuna
 
-        _fail_stale_trials(study)
+        sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
+        _fail_stale_trials(study, sweep_dir)
         done = len(study.trials)
         # Seeded from the trials so far: a continued study must not draw its first trials again.
         seed = None if self.seed is None else self.seed + done
@@ -114,7 +116,7 @@ class OptunaSweeper(Sweeper):
         )
         while len(study.trials) < self.n_trials:
             trials = [
-                _asked(study, space)
+                _asked(study, space, sweep_dir)
                 for _ in range(min(self.n_jobs, self.n_trials - len(study.trials)))
             ]
             jobs = [(t.number, [*fixed, *_as_overrides(t.params), self._trial_env(t.number)])
@@ -207,10 +209,11 @@ def _as_overrides(params: dict) -> list[str]:
     return [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()]
 
 
-def _asked(study, space: dict):
-    """The next trial. The study's storage is read back from disk: a trial someone queued there
-    (`enqueue_trial`) comes back with its values as they are, even outside the search space, and
-    each becomes a job's override. One outside the space is failed and refused in one line."""
+def _asked(study, space: dict, sweep_dir: Path | None = None):
+    """The next trial, marked as `sweep_dir`'s (`OWNER`). The study's storage is read back from
+    disk: a trial someone queued there (`enqueue_trial`) comes back with its values as they are,
+    even outside the search space, and each becomes a job's override. One outside the space is
+    failed and refused in one line."""
     import optuna
 
     from mnistlab.lab import UserError, refuse
@@ -222,6 +225,8 @@ def _asked(study, space: dict):
     else:
         outside = {k: v for k, v in trial.params.items() if not _within(space[k], v)}
         if not outside:
+            if sweep_dir is not None:
+                trial.set_user_attr(OWNER, str(sweep_dir))
             return trial
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         why = f"trial {trial.number}, queued with {' '.join(_as_overrides(outside))},"
@@ -242,12 +247,16 @@ def _within(distribution, value) -> bool:
 def _tell(study, trial, result, folder: Path) -> None:
     import optuna
 
-    if result is None or result.status != JobStatus.COMPLETED or result.return_value is None:
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    elif sweeps.read_job(folder).get("status") == "pruned":  # its last report is its value
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    else:
-        study.tell(trial, float(result.return_value))
+    try:
+        if result is None or result.status != JobStatus.COMPLETED or result.return_value is None:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        elif sweeps.read_job(folder).get("status") == "pruned":  # its last report is its value
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, float(result.return_value))
+    except optuna.exceptions.UpdateFinishedTrialError:  # ended by another process of the study
+        log.warning("Trial %d was ended by another process sharing the study: its result is"
+                    " in %s", trial.number, folder)  # fmt: skip
 
 
 def _opened(storage: str):
@@ -271,11 +280,20 @@ def _default_storage(sweep_dir: Path) -> str:
     return f"sqlite:///{old}" if old.is_file() else str(sweep_dir / "optuna.journal")
 
 
-def _fail_stale_trials(study) -> None:
-    """Trials left running by a sweep that died are marked failed, so that they count as done."""
+def _fail_stale_trials(study, sweep_dir: Path) -> None:
+    """Trials left running by a sweep that died are marked failed, so that they count as done.
+    Two sweeps may share a study (one storage): a trial whose sweep still runs (its folder's lock
+    is held: `run_folder.held`) is that sweep's, left running, and counts towards `n_trials`."""
     import optuna
 
+    from mnistlab.lab.run_folder import held
+
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(OWNER)
+        if isinstance(owner, str) and owner != str(sweep_dir) and held(Path(owner)):
+            log.info("Trial %d runs in another sweep of this study, %s: left to it", trial.number,
+                     owner)  # fmt: skip
+            continue
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         log.warning("Trial %d was left running by an earlier sweep: marked failed", trial.number)
 

@@ -99,6 +99,23 @@ def hold(folder: Path, what: str = "run"):
         os.close(fd)  # releases the lock; the file stays (removing it would race a new holder)
 
 
+def held(folder: Path) -> bool:
+    """Whether a live process holds `folder`'s lock (`hold`); the lock file is only read."""
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
 def _remove_leftovers(folder: Path) -> None:
     """Temporary files (`.<name>.<pid>.tmp`) of a process killed while writing: no one else
     writes here while the lock is held, so every one of them is a leftover."""
