@@ -1,8 +1,11 @@
 """What both sweepers share: launching jobs by number, and the summary at the end."""
 
 import logging
+import os
+import signal
 import sys
-from contextlib import ExitStack, contextmanager
+import threading
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from hydra.core.utils import JobStatus
@@ -39,7 +42,8 @@ def launch(launcher, jobs: list[tuple[int, list[str]]], batch_size: int | None =
     results: dict = {}
     for chunk in _chunks(jobs, batch_size):
         try:
-            returns = launcher.launch([o for _, o in chunk], initial_job_idx=chunk[0][0])
+            with _passing_stops_to_jobs(launcher):
+                returns = launcher.launch([o for _, o in chunk], initial_job_idx=chunk[0][0])
         except Exception as e:  # submitit's FailedJobError: sbatch refused the job array
             if type(e).__name__ != "FailedJobError":
                 raise
@@ -48,6 +52,45 @@ def launch(launcher, jobs: list[tuple[int, list[str]]], batch_size: int | None =
         if any(stopped_by_signal(r) for r in returns):
             break
     return results
+
+
+@contextmanager
+def _passing_stops_to_jobs(launcher):
+    """Jobs in worker processes of this machine (joblib's, submitit_local's): a SIGTERM or SIGINT
+    to the sweep goes on to them as SIGTERM, and the sweep waits while each stops at a checkpoint
+    (its own `Preemption`) and records it, then writes its summary; without this the sweep would
+    exit at once and leave its workers training as orphans. A worker that had the signal already
+    (Ctrl-C reaches the whole process group) is stopping: it ignores the second one."""
+    name = type(launcher).__name__
+    if ("Joblib" not in name and "Local" not in name) or (
+        threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+
+    def stop_jobs(signum, _):
+        log.warning("%s received: the jobs stop at a checkpoint, then the sweep writes its summary",
+                    signal.Signals(signum).name)  # fmt: skip
+        for pid in _children(os.getpid()):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop_jobs) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux's /proc; none elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 # What SLURM's refusals mean, as the launcher setting to change (conf/hydra/launcher/slurm.yaml).

@@ -40,6 +40,9 @@ class Interrupted(Exception):
         self.signum, self.checkpoint, self.requeued = signum, checkpoint, requeued
         super().__init__(f"Stopped by {signal.Signals(signum).name}")
 
+    def __reduce__(self):  # pickled as it was made: a job in a worker process returns it
+        return type(self), (self.signum, self.checkpoint, self.requeued)
+
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
