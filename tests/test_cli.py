@@ -180,6 +180,9 @@ def test_the_same_sweep_command_continues_an_incomplete_sweep(tmp_path):
     assert prepare(["-m", *command], "train") == ["-m", *command, f"hydra.sweep.dir={incomplete}"]
     (incomplete / "summary.csv").write_text("job,status\n0,completed\n1,completed\n")
     assert prepare(["-m", *command], "train") == ["-m", *command]  # all done: a new sweep
+    for damaged in ("job,status\n0,comp", "", "\x00\xff"):  # cut short, empty, garbage
+        (incomplete / "summary.csv").write_text(damaged)
+        assert prepare(["-m", *command], "train")[-1] == f"hydra.sweep.dir={incomplete}"
 
 
 def test_resume_of_a_run_folder_from_elsewhere_refuses_a_target_outside_the_allow_list(

@@ -139,12 +139,21 @@ def sweep_to_continue(cfg: DictConfig, overrides: list[str]) -> Path | None:
         except (OSError, OmegaConfBaseException):
             continue
         if identity(list(recorded)) == wanted:
-            summary = sweep.parent / "summary.csv"
-            done = summary.is_file() and all(
-                row.split(",")[1] == "completed" for row in summary.read_text().splitlines()[1:]
-            )
-            return None if done else sweep.parent
+            return None if _all_completed(sweep.parent / "summary.csv") else sweep.parent
     return None
+
+
+def _all_completed(summary: Path) -> bool:
+    """Whether a sweep's summary.csv (written whole) says every job completed; one that cannot
+    be read says nothing of the kind, so the sweep is continued (its completed jobs skipped)."""
+    import csv
+
+    try:
+        with open(summary, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return False
+    return bool(rows) and all(row.get("status") == "completed" for row in rows)
 
 
 def run_to_resume(cfg: DictConfig, overrides: list[str]) -> Path | None:
