@@ -420,3 +420,16 @@ def test_predict_checks_its_output_before_predicting(run, images, tmp_path, caps
         assert predict.main([f"input={folder}", f"run={run}", f"output={output}"]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and "image(s) in" not in err, err
+
+
+def test_a_damaged_checkpoint_is_a_fault_of_the_file_exit_1(run, images, tmp_path, capsys):
+    (best,) = (run / "checkpoints").glob("epoch*.ckpt")
+    damaged = tmp_path / best.name
+    data = bytearray(best.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    folder, _ = images
+    for command, args in ((evaluation, []), (predict, [f"input={folder}"])):
+        assert command.main([f"ckpt={damaged}", *args]) == 1
+        err = capsys.readouterr().err.strip()
+        assert str(damaged) in err and "\n" not in err, err

@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError):
-    """A checkpoint that cannot be used: missing, damaged, or not plain data."""
+    """A checkpoint that cannot be used: missing, damaged, or not plain data (a fault of the
+    file, not of the command line: exit 1)."""
+
+    code = 1
 
 
 def sidecar(path: Path) -> Path:
