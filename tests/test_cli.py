@@ -220,3 +220,17 @@ def test_two_commands_started_in_the_same_second_get_two_folders(tmp_path, monke
         assert first.startswith(f"{key}=") and Path(second.split("=", 1)[1]).is_dir()
     assert prepare([f"paths.log_dir={tmp_path}", "seed=3"], "train")[-1] == "seed=3"  # no claim
     assert [new_folder(tmp_path / "e").name for _ in range(3)] == ["e", "e_1", "e_2"]
+
+
+@pytest.mark.parametrize(
+    "folder", ["/tmp/a,b/x", "/tmp/My Drive/x", "/tmp/a(1)/[x]", "/tmp/é/x", "/tmp/it's", "/q\\'x/"]
+)
+def test_a_settled_folder_reads_back_as_it_is_whatever_its_characters(folder):
+    """The folder `prepare` puts on the command line (a new run's, the one resume= continues)
+    goes through Hydra's override grammar: a comma must not make it a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mnistlab.lab.cli import _with
+
+    (line,) = _with([], "hydra.run.dir", folder)
+    assert OverridesParser.create().parse_override(line).value() == folder

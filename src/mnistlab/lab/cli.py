@@ -120,7 +120,18 @@ def _creatable(folder: Path) -> None:
 
 
 def _with(argv: list[str], key: str, value: Path) -> list[str]:
-    return [a for a in argv if not a.startswith(f"{key}=")] + [f"{key}={value}"]
+    return [a for a in argv if not a.startswith(f"{key}=")] + [f"{key}={_quoted(value)}"]
+
+
+def _quoted(value: Path) -> str:
+    """A folder as Hydra's override grammar reads it back unchanged: as it is when plain, else
+    single-quoted (a comma, a space, brackets, non-ASCII letters), with the quote and the
+    backslashes before a quote or at the end escaped."""
+    text = str(value)
+    if re.fullmatch(r"[\w./-]+", text, flags=re.ASCII):
+        return text
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m[1] * 2, text)
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 def _compose_checked(name: str, overrides: list[str], restored: bool = False) -> DictConfig:
