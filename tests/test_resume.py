@@ -15,7 +15,7 @@ from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_checkpoint import RunsCode
 
-from mnistlab.lab import UserError, checkpoint
+from mnistlab.lab import UserError, checkpoint, record
 from mnistlab.lab.dashboard import tensorboard_tag
 from mnistlab.lab.preemption import Interrupted
 from mnistlab.train import train
@@ -180,7 +180,7 @@ def test_weights_that_are_not_finite_are_never_checkpointed(tiny_cfg):
         next(model.net.parameters())[0] = float("nan")
     trainer = SimpleNamespace(global_step=3, datamodule=None, callback_metrics={})
     with pytest.raises(UserError, match=r"weights net\.layers\.0\.weight are not finite at step 3"):
-        checkpoint.RunRecord().on_save_checkpoint(trainer, model, {})
+        record.RunRecord().on_save_checkpoint(trainer, model, {})
 
 
 def test_a_checkpoint_from_before_stage_metrics_is_refused_in_one_line(tiny_cfg, tmp_path):

@@ -26,10 +26,11 @@ def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
     # and Lightning, imported after Hydra configured logging, sends its messages to the run's log.
     import lightning as L
 
-    from mnistlab.lab.checkpoint import AtomicCheckpointIO, RNGState, RunRecord
+    from mnistlab.lab.checkpoint import AtomicCheckpointIO
     from mnistlab.lab.distributed import launch_read_by_all
     from mnistlab.lab.lean import NoCudaProbe, NoProfiler, skip_empty_hooks
     from mnistlab.lab.preemption import Preemption
+    from mnistlab.lab.record import RNGState, RunRecord
     from mnistlab.lab.resume import resume_point
 
     quiet_lightning()

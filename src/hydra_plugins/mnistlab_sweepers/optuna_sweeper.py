@@ -87,10 +87,10 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         with holding(sweep_dir):
             write_whole(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
-            self.storage = self.storage or _default_storage(sweep_dir)
+            self.storage = self.storage or sweeps.default_storage(sweep_dir)
             study = optuna.create_study(
                 study_name=self.study_name,
-                storage=_opened(self.storage),
+                storage=sweeps.opened(self.storage),
                 direction=self.direction,
                 pruner=self._pruner(),
                 load_if_exists=True,
@@ -257,27 +257,6 @@ def _tell(study, trial, result, folder: Path) -> None:
     except optuna.exceptions.UpdateFinishedTrialError:  # ended by another process of the study
         log.warning("Trial %d was ended by another process sharing the study: its result is"
                     " in %s", trial.number, folder)  # fmt: skip
-
-
-def _opened(storage: str):
-    """The study's storage; a journal's folder is made. One that cannot be opened (a folder
-    that cannot be made, a database that does not answer) is one line, exit 2."""
-    from mnistlab.lab import UserError, refuse
-
-    try:
-        if "://" not in storage:
-            Path(storage).parent.mkdir(parents=True, exist_ok=True)
-        return sweeps.open_storage(storage)
-    except Exception as e:  # OSError, SQLAlchemy's errors, a missing database driver
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        sys.exit(refuse("mnistlab-train", UserError(
-            f"hydra.sweeper.storage={storage}: cannot be opened ({first})")))  # fmt: skip
-
-
-def _default_storage(sweep_dir: Path) -> str:
-    """`<sweep>/optuna.journal`; `sqlite:///<sweep>/optuna.db` for a study begun there."""
-    old = sweep_dir / "optuna.db"
-    return f"sqlite:///{old}" if old.is_file() else str(sweep_dir / "optuna.journal")
 
 
 def _fail_stale_trials(study, sweep_dir: Path) -> None:

@@ -120,10 +120,10 @@ def _creatable(folder: Path) -> None:
 
 
 def _with(argv: list[str], key: str, value: Path) -> list[str]:
-    return [a for a in argv if not a.startswith(f"{key}=")] + [f"{key}={_quoted(value)}"]
+    return [a for a in argv if not a.startswith(f"{key}=")] + [f"{key}={quoted(value)}"]
 
 
-def _quoted(value: Path) -> str:
+def quoted(value: Path) -> str:
     """A folder as Hydra's override grammar reads it back unchanged: as it is when plain, else
     single-quoted (a comma, a space, brackets, non-ASCII letters), with the quote and the
     backslashes before a quote or at the end escaped."""

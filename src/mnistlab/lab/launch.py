@@ -7,12 +7,10 @@ cores, and a DDP job of a sweep started as its own command. Under DDP, rank 0 se
 line and the other processes run the one it settled (`mnistlab.lab.distributed`).
 """
 
-import json
 import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,7 +80,7 @@ def _sweep_job(cfg: DictConfig, run: Run) -> float:
     global _stopped_by
     from hydra.core.hydra_config import HydraConfig
 
-    from mnistlab.lab import distributed, sweeps
+    from mnistlab.lab import ddp_job, distributed, sweeps
     from mnistlab.lab.preemption import Interrupted
 
     folder, hc = cfg.paths.output_dir, HydraConfig.get()
@@ -103,7 +101,8 @@ def _sweep_job(cfg: DictConfig, run: Run) -> float:
                 distributed.several_processes(cfg.trainer)
                 and distributed.launched_world_size() == 1
             ):
-                objective = _job_as_own_command(cfg, _job_overrides(hc), run)
+                metrics = ddp_job.run(cfg, _job_overrides(hc), _module_of(run))
+                objective = _objective(cfg, metrics)
             else:
                 objective = _objective(cfg, _train(cfg, run))
     except Interrupted as e:
@@ -113,7 +112,7 @@ def _sweep_job(cfg: DictConfig, run: Run) -> float:
                wall_s=time.perf_counter() - start)  # fmt: skip
         raise
     except Exception as e:
-        error = str(e) if isinstance(e, JobFailed) else _report_failure(e)
+        error = str(e) if isinstance(e, ddp_job.JobFailed) else _report_failure(e)
         record(folder, status="failed", error=error[:300],
                wall_s=time.perf_counter() - start)  # fmt: skip
         raise
@@ -192,60 +191,12 @@ def _report_failure(e: Exception, what: str = "Job", folder: str | None = None) 
     return f"{type(e).__name__}: {first}{where}"
 
 
-class JobFailed(Exception):
-    """A job run as its own command ended with an error (its message is the job's error line)."""
-
-
 def _job_overrides(hc) -> list[str]:
     """What another process needs to compose this job's config: its task's overrides, and the
     Hydra settings that change what is composed (`hydra.searchpath`: a config folder of one's
     own), which Hydra records apart."""
     composing = [o for o in hc.overrides.hydra if o.startswith("hydra.searchpath=")]
     return [*hc.overrides.task, *composing]
-
-
-def _job_as_own_command(cfg: DictConfig, overrides: list[str], run: Run) -> float | None:
-    """A DDP job of a sweep: Lightning starts a DDP run's other processes by re-running this
-    process's command line, which here is the whole sweep. So the job runs as its own command,
-    in its folder, and starts its processes as any run does; this process forwards signals to
-    it and reads its results.json."""
-    import subprocess
-
-    from mnistlab.lab.distributed import JOB_PROCESS_ENV
-    from mnistlab.lab.preemption import Interrupted
-    from mnistlab.lab.run_folder import RESULTS, without_resume
-
-    folder = Path(cfg.paths.output_dir)
-    overrides = [*without_resume(overrides), f"resume={cfg.resume}"]  # as this job resolved it
-    command = [sys.executable, "-m", _module_of(run), *overrides,
-               f'hydra.run.dir="{folder}"', "hydra.output_subdir=null"]  # fmt: skip
-    log.info("DDP job: running it as its own command, which starts its processes")
-    # A session of its own, so that a Ctrl-C reaches it once: from here, not also from the tty.
-    proc = subprocess.Popen(command, env={**os.environ, JOB_PROCESS_ENV: "1"},
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    forwarded = [signal.SIGINT, signal.SIGTERM]
-    forwarded += [signal.SIGUSR1] if "SLURM_JOB_ID" in os.environ else []
-    previous = {}
-    if threading.current_thread() is threading.main_thread():  # where handlers may be set
-        previous = {sig: signal.signal(sig, lambda signum, _: proc.send_signal(signum))
-                    for sig in forwarded}  # fmt: skip
-    errors = []  # its error lines; the first is the cause (rank 0's: the others lost their peer)
-    try:
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            if "][ERROR] - " in line:
-                errors.append(line.split("][ERROR] - ", 1)[1].strip())
-        code = proc.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if code == 0:
-        return _objective(cfg, json.loads((folder / RESULTS).read_text())["metrics"])
-    if code > 128 and code - 128 in {int(s) for s in forwarded}:
-        last = folder / "checkpoints" / "last.ckpt"
-        raise Interrupted(code - 128, str(last) if last.is_file() else None)
-    error = errors[0].removeprefix("Job failed: ") if errors else f"exit status {code}"
-    raise JobFailed(error)
 
 
 def _module_of(run: Run) -> str:

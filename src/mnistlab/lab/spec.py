@@ -1,7 +1,7 @@
 """The input spec, one owner for it: what a network of an image dataset takes (uint8 images
 (channels, height, width), scaled to [0, 1] and normalized with `mean`, `std` per channel) and
 what its outputs name. A data module that has one (`spec`: `mnistlab.data.images`) gets it
-saved in every checkpoint (`checkpoint.RunRecord`); eval, predict and export take the classes
+saved in every checkpoint (`record.RunRecord`); eval, predict and export take the classes
 and normalization from there and refuse data overrides the network cannot take."""
 
 from dataclasses import asdict, dataclass

@@ -10,6 +10,7 @@ import base64
 import csv
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +38,27 @@ def open_storage(spec: str):
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(spec))
+
+
+def default_storage(sweep_dir: Path) -> str:
+    """`<sweep>/optuna.journal`; `sqlite:///<sweep>/optuna.db` for a study begun there."""
+    old = sweep_dir / "optuna.db"
+    return f"sqlite:///{old}" if old.is_file() else str(sweep_dir / "optuna.journal")
+
+
+def opened(storage: str):
+    """The study's storage; a journal's folder is made. One that cannot be opened (a folder
+    that cannot be made, a database that does not answer) is one line, exit 2."""
+    from mnistlab.lab import UserError, refuse
+
+    try:
+        if "://" not in storage:
+            Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        return open_storage(storage)
+    except Exception as e:  # OSError, SQLAlchemy's errors, a missing database driver
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        sys.exit(refuse("mnistlab-train", UserError(
+            f"hydra.sweeper.storage={storage}: cannot be opened ({first})")))  # fmt: skip
 
 
 def columns(metrics: list[str]) -> list[str]:
