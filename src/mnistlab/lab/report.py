@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mnistlab.lab import UserError, tables
 from mnistlab.lab.command import command
-from mnistlab.lab.files import write_whole
+from mnistlab.lab.files import new_folder, write_whole
 from mnistlab.lab.run_folder import without_resume
 from mnistlab.lab.tables import csv_text, latex, markdown
 from mnistlab.lab.trust import recorded_command
@@ -50,6 +50,8 @@ def main(args: dict, _) -> int:
     groups, metrics, out = selected(args)
     table = summarize(groups, metrics)
     text = markdown(table, metrics)
+    if args["runs"] and not args["out"]:  # logs/reports/<timestamp>: a suffix if it is taken
+        out = new_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     write_whole(out / "report.md", text)
     write_whole(out / "report.csv", csv_text(table))
