@@ -89,3 +89,15 @@ def test_two_sweeps_share_a_study_and_only_a_dead_sweep_s_trial_is_failed(tmp_pa
         assert study.trials[trial.number].state == optuna.trial.TrialState.RUNNING
     _fail_stale_trials(study, second)  # the first sweep has ended without a word
     assert study.trials[trial.number].state == optuna.trial.TrialState.FAIL
+
+
+def test_a_lock_named_by_someone_else_s_record_is_only_read_never_waited_on(tmp_path):
+    """A study's trial names its sweep's folder: that folder's `.lock` may be anything."""
+    import os
+
+    from mnistlab.lab.run_folder import LOCK, held
+
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / LOCK)  # opening it to read would wait for a writer
+    (tmp_path / "dir" / LOCK).mkdir(parents=True)
+    assert not any(held(tmp_path / name) for name in ("fifo", "dir", "missing"))

@@ -55,7 +55,8 @@ def command(name: str, usage: str, overrides: bool = True, **options) -> Callabl
 
 def parse(argv: list[str], options: dict) -> tuple[dict, list[str]]:
     """This command's options (defaults filled in, values of their types) and the rest."""
-    args = {k: None if isinstance(v, type) else v for k, v in options.items()}
+    args = {k: None if isinstance(v, type) else list(v) if isinstance(v, list) else v
+            for k, v in options.items()}  # fmt: skip
     rest = []
     for arg in argv:
         key, sep, text = arg.partition("=")

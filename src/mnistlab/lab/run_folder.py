@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import sys
 import time
 from contextlib import contextmanager
@@ -100,12 +101,16 @@ def hold(folder: Path, what: str = "run"):
 
 
 def held(folder: Path) -> bool:
-    """Whether a live process holds `folder`'s lock (`hold`); the lock file is only read."""
+    """Whether a live process holds `folder`'s lock (`hold`). `folder` may come from a record
+    someone else wrote: the lock is only opened to read, never blocking, and only a regular file
+    counts."""
     try:
-        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
         return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
