@@ -234,3 +234,16 @@ def test_a_settled_folder_reads_back_as_it_is_whatever_its_characters(folder):
 
     (line,) = _with([], "hydra.run.dir", folder)
     assert OverridesParser.create().parse_override(line).value() == folder
+
+
+def test_a_full_disk_is_one_line_before_hydra_writes_the_run_s_config(tmp_path, monkeypatch):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("mnistlab.lab.cli.os.fsync", full)
+    with pytest.raises(UserError, match="No space left on device; free some space") as e:
+        prepare([f"paths.log_dir={tmp_path}"], "train", claim=True)
+    assert e.value.code == 1 and "\n" not in str(e.value)
+    assert not list((tmp_path / "train" / "runs").iterdir())  # the folder it made is gone

@@ -52,9 +52,8 @@ def save(checkpoint: dict, path: str | Path) -> None:
         if isinstance(e, RuntimeError) and not _write_failed(e):
             raise  # not the disk: something in the checkpoint that cannot be saved
         why = e.strerror if isinstance(e, OSError) else "the write failed (is the disk full?)"
-        raise CheckpointError(
-            f"cannot write checkpoint {path}: {why}; the previous one is kept"
-        ) from e
+        kept = "the previous one is kept" if path.is_file() else "none was written"
+        raise CheckpointError(f"cannot write checkpoint {path}: {why}; {kept}") from e
 
 
 def _write_failed(e: RuntimeError) -> bool:

@@ -11,6 +11,7 @@ needs it before it starts.
 import difflib
 import os
 import re
+from contextlib import suppress
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -96,12 +97,40 @@ def prepare(
     else:
         found = run_to_resume(configs[0], overrides)
     if found is not None:
-        return _with(argv, key, found)
+        return _with(argv, key, _writable(found) if claim else found)
     if not claim or any(o.startswith(f"{key}=") for o in overrides):
         return argv  # a check only, or a folder of one's choosing: used as it is
     # A new folder, made now: two commands in the same second get two (a suffix), and the
     # processes of a DDP run (torchrun, srun) all get the one rank 0 made.
-    return _with(argv, key, new_folder(folder))
+    made = new_folder(folder)
+    try:
+        return _with(argv, key, _writable(made))
+    except UserError:
+        made.rmdir()  # still empty: nothing of the command is left behind
+        raise
+
+
+PROBE = 1 << 16  # bytes: what a run writes before its first checkpoint (config, log) fits in it
+
+
+def _writable(folder: Path) -> Path:
+    """`folder`, once a file of `PROBE` bytes could be written in it: a full disk or a read-only
+    one is one line now, not Hydra's traceback when it writes the run's config."""
+    probe = folder / f".probe.{os.getpid()}.tmp"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(PROBE))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        error = UserError(f"{folder}: {e.strerror or e}; free some space, or point paths.log_dir"
+                          " at another file system")  # fmt: skip
+        error.code = 1
+        raise error from None
+    finally:
+        with suppress(OSError):
+            probe.unlink()
+    return folder
 
 
 def _creatable(folder: Path) -> None:

@@ -34,6 +34,7 @@ def command(name: str, usage: str, overrides: bool = True, **options) -> Callabl
         def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr,
                                 force=True)  # fmt: skip
+            logging.raiseExceptions = False  # a log file on a full disk: no traceback per line
             argv = sys.argv[1:] if argv is None else argv
             if any(a in ("-h", "--help") for a in argv):
                 print(usage)

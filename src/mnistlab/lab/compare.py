@@ -170,7 +170,7 @@ def render(groups: dict[str, list[dict]], labels: list[str], base: str, metrics:
     failed = {label: sum(not r["metrics"] for r in runs) for label, runs in groups.items()}
     if any(failed.values()):
         lines += ["", "Not finished (left out): "
-                  + ", ".join(f"{_short(k, groups)} {v}" for k, v in failed.items() if v)]  # fmt: skip
+                  + ", ".join(f"{_short(k, groups)}: {v} run(s)" for k, v in failed.items() if v)]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,7 @@
 import hashlib
 import itertools
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -22,7 +22,8 @@ def atomic_write(path: Path):
     except OSError as e:  # named by the file meant, not the temporary one
         raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # none there, or a read-only file system: nothing to remove
+            tmp.unlink()
 
 
 def write_whole(path: Path, data: bytes | str) -> None:

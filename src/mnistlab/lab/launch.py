@@ -38,6 +38,7 @@ def _run(cfg: DictConfig, run: Run) -> float | None:
     from mnistlab.lab.preemption import Interrupted
 
     hc = HydraConfig.get()
+    logging.raiseExceptions = False  # train.log on a disk that fills: no traceback per line
     distributed.quiet_file_logs()
     distributed.pass_job_to_workers(_job_overrides(hc), cfg.paths.output_dir)
     if hc.mode == RunMode.MULTIRUN:
@@ -284,4 +285,4 @@ def _settle(argv: list[str]) -> list[str]:
         print(e)
         sys.exit(0)
     except UserError as e:
-        sys.exit(refuse("mnistlab-train", e))
+        sys.exit(refuse("mnistlab-train", e, getattr(e, "code", 2)))

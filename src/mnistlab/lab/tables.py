@@ -41,14 +41,18 @@ def ranked(table: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _cells(table: pd.DataFrame, metrics: list[str], pm: str, none: str) -> pd.DataFrame:
-    def cell(mean, ci):
+    """mean ± CI per metric; `(n=k)` after it when fewer of the group's runs have the metric."""
+
+    def cell(mean, ci, n, runs):
         if pd.isna(mean):
             return none
-        return f"{mean:.4f}" if pd.isna(ci) else f"{mean:.4f}{pm}{ci:.4f}"
+        text = f"{mean:.4f}" if pd.isna(ci) else f"{mean:.4f}{pm}{ci:.4f}"
+        return text if n == runs else f"{text} (n={n})"
 
     shown = table[["runs", "failed"]].droplevel(1, axis=1)
     for m in metrics:
-        shown[m] = [cell(a, b) for a, b in zip(table[(m, "mean")], table[(m, "ci95")], strict=True)]
+        columns = (table[(m, "mean")], table[(m, "ci95")], table[(m, "n")], table[("runs", "")])
+        shown[m] = [cell(*values) for values in zip(*columns, strict=True)]
     return shown
 
 
