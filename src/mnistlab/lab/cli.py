@@ -142,10 +142,12 @@ def _creatable(folder: Path) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(dir=existing))
     except OSError as e:
-        raise UserError(
+        error = UserError(
             f"{folder}: cannot create a folder in {existing} ({e.strerror}); point"
             " paths.log_dir (or hydra.run.dir) at a writable folder"
-        ) from None
+        )
+        error.code = 1  # the machine, not the command line
+        raise error from None
 
 
 def _with(argv: list[str], key: str, value: Path) -> list[str]:

@@ -87,7 +87,10 @@ def writable(path: Path, key: str, suffixes: tuple[str, ...] = ()) -> Path:
     if not folder.is_dir():
         raise UserError(f"{key}={path}: no folder {folder}; make it first")
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UserError(f"{key}={path}: cannot be written here (no permission)")
+        error = UserError(f"{key}={path}: cannot be written (a read-only file system, or no"
+                          " permission)")  # fmt: skip
+        error.code = 1  # the machine, not the command line
+        raise error
     return path
 
 
