@@ -51,9 +51,22 @@ def run(synthetic_mnist, tmp_path_factory):
 
 
 def tree(*roots: Path) -> set[str]:
-    """Every path under `roots`, and the names in site-packages (where a .pth file runs code)."""
-    found = {str(p) for root in roots if root.exists() for p in root.rglob("*")}
+    """Every path under `roots`, and the names in site-packages (where a .pth file runs code).
+    In the checkout's own logs/ and data/ (a researcher's may hold thousands of files), the
+    first three levels: where a command makes its folders (`logs/<task>/runs/<stamp>`)."""
+    found = set()
+    for root in (r for r in roots if r.exists()):
+        shallow = root in (ROOT / "logs", ROOT / "data")
+        found |= {str(p) for p in (_levels(root, 3) if shallow else root.rglob("*"))}
     return found | {str(p) for d in site.getsitepackages() for p in Path(d).glob("*.pth")}
+
+
+def _levels(root: Path, depth: int) -> list[Path]:
+    found, level = [], [root]
+    for _ in range(depth):
+        level = [p for folder in level if folder.is_dir() for p in folder.iterdir()]
+        found += level
+    return found
 
 
 class Refused:
