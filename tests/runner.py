@@ -203,3 +203,72 @@ class KillAt(Callback):
     def on_test_batch_end(self, *args) -> None:
         if self.phase == "test":
             self._count()
+
+
+STOP_AT = "MNISTLAB_TEST_STOP_AT"
+
+
+class StopAt(Callback):
+    """Holds sweep job `job` at the point `$MNISTLAB_TEST_STOP_AT` names, `job:phase:n:marker`:
+    the n-th training, validation or test batch that job's process runs; there it creates
+    `marker` and waits (a minute at most) until a stop is noted, so that a test can signal or kill
+    the sweep's own process at a known point. A job numbered after it, running beside it (joblib),
+    waits the same way at its first training batch: it cannot finish first. Unset: it does
+    nothing, so the command stays the same. Named in configs as `runner.StopAt`."""
+
+    def __init__(self):
+        from hydra.core.hydra_config import HydraConfig
+
+        job, phase, n, marker = (os.environ.get(STOP_AT) or "-1:-:0:").split(":", 3)
+        self.phase, self.n, self.marker, self.seen = phase, int(n), Path(marker), 0
+        this = HydraConfig.get().job.num
+        self.later = int(job) >= 0 and this > int(job)
+        if int(job) != this:
+            self.phase = None
+
+    def _count(self, trainer, phase: str) -> None:
+        if phase != self.phase:
+            return
+        self.seen += 1
+        if self.seen == self.n:
+            self.marker.touch()
+            self._wait(trainer)
+
+    def _wait(self, trainer) -> None:
+        (preemption,) = [c for c in trainer.callbacks if type(c).__name__ == "Preemption"]
+        deadline = time.monotonic() + 60
+        while preemption.pending is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # outside training a SIGTERM raises here
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if self.later:
+            self.later = False
+            self._wait(trainer)
+        self._count(trainer, "train")
+
+    def on_validation_batch_end(self, trainer, *args) -> None:
+        self._count(trainer, "sanity" if trainer.sanity_checking else "val")
+
+    def on_test_batch_end(self, trainer, *args) -> None:
+        self._count(trainer, "test")
+
+
+class FillDisk(Callback):
+    """At the start of epoch `epoch` (0-based), the first time only (the file `marker` records
+    it): fills the file system that holds the run folder up to its last `leave` bytes (the file
+    `filler` there), so that the next checkpoint meets a really full disk. Named in configs as
+    `runner.FillDisk`."""
+
+    def __init__(self, epoch: int, marker: str, leave: int = 1 << 16):
+        self.epoch, self.marker, self.leave = epoch, Path(marker), leave
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch != self.epoch or self.marker.exists():
+            return
+        self.marker.touch()
+        filler = Path(trainer.default_root_dir) / "filler"
+        disk = os.statvfs(filler.parent)
+        free = disk.f_bavail * disk.f_frsize - self.leave
+        with filler.open("wb") as f:
+            while free > 0:
+                free -= f.write(b"\0" * min(free, 1 << 20))

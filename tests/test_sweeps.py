@@ -6,7 +6,6 @@ the sweep extras, and skip without them (fail under CI=true, where .ci/run insta
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 from conftest import need_modules
@@ -107,57 +106,12 @@ def test_optuna_3_trials_then_the_same_study_continued_to_5(synthetic_mnist, tmp
 
 
 def test_the_submitit_local_launcher_runs_a_sweep_end_to_end(synthetic_mnist, tmp_path):
-    """(joblib's: the SIGTERM test below runs its sweep to the end too.)"""
+    """(joblib's: test_sweep_kills runs its sweeps to the end too.)"""
     need_modules(*LAUNCHERS["submitit_local"], install=INSTALL)
     proc = sweep(synthetic_mnist, tmp_path, "hydra/launcher=submitit_local",
                  "model.optimizer.lr=1e-3,2e-3")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["status"] for r in summary(tmp_path / "sweep")] == ["completed", "completed"]
-
-
-def _children(pid: int) -> set[int]:
-    from hydra_plugins.mnistlab_sweepers.common import _children
-
-    return set(_children(pid))
-
-
-def test_sigterm_to_a_joblib_sweep_stops_its_workers_at_a_checkpoint_and_it_continues(
-    synthetic_mnist, tmp_path
-):
-    """Both jobs held at step 2 in their worker processes, a SIGTERM to the sweep's own process:
-    each job stops with a checkpoint, the summary records both, no worker is left running; the
-    same command then finishes both jobs from their checkpoints."""
-    import signal
-    import time
-
-    from runner import start_cli, wait_for
-
-    need_modules(*LAUNCHERS["joblib"], install=INSTALL)
-    folder = tmp_path / "sweep"
-    args = [*base_args(synthetic_mnist, tmp_path, *TINY, f"hydra.sweep.dir={folder}"),
-            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.optimizer.lr=1e-3,2e-3",
-            "+callbacks.pause._target_=runner.PauseAt", "+callbacks.pause.step=2",
-            "+callbacks.pause.marker=${paths.output_dir}/paused"]  # fmt: skip
-    proc = start_cli("-m", *args, cwd=tmp_path)
-    for job in ("0", "1"):
-        wait_for(folder / job / "paused", proc)
-    workers = _children(proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 143, err[-3000:]
-    assert [r["status"] for r in summary(folder)] == ["interrupted", "interrupted"], err[-3000:]
-    assert all((folder / job / "checkpoints" / "last.ckpt").is_file() for job in ("0", "1"))
-    deadline = time.monotonic() + 30
-    while (
-        alive := {p for p in workers if Path(f"/proc/{p}").exists()}
-    ) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive, f"workers left running: {alive}"
-    again = run_cli("-m", *args, cwd=tmp_path)  # the markers exist: no pause this time
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert [r["status"] for r in summary(folder)] == ["completed", "completed"]
-    log = (folder / "0" / "train.log").read_text()
-    assert "Resuming from" in log and "2 parallel jobs on" in log
 
 
 def test_the_same_sweep_twice_at_once_is_refused_and_a_killed_one_is_taken_over(

@@ -60,7 +60,9 @@ def _passing_stops_to_jobs(launcher):
     to the sweep goes on to them as SIGTERM, and the sweep waits while each stops at a checkpoint
     (its own `Preemption`) and records it, then writes its summary; without this the sweep would
     exit at once and leave its workers training as orphans. A worker that had the signal already
-    (Ctrl-C reaches the whole process group) is stopping: it ignores the second one."""
+    (Ctrl-C reaches the whole process group) is stopping: it ignores the second one; one that
+    has not run a job yet has nothing to stop and is left alone. Should the sweep die without a
+    word (`kill -9`), each job notices and stops the same way (`preemption.sweep_job`)."""
     name = type(launcher).__name__
     if ("Joblib" not in name and "Local" not in name) or (
         threading.current_thread() is not threading.main_thread()
@@ -72,15 +74,27 @@ def _passing_stops_to_jobs(launcher):
         log.warning("%s received: the jobs stop at a checkpoint, then the sweep writes its summary",
                     signal.Signals(signum).name)  # fmt: skip
         for pid in _children(os.getpid()):
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+            if _catches(pid, signal.SIGTERM):  # else a worker yet to run a job: it would die
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
 
     previous = {s: signal.signal(s, stop_jobs) for s in (signal.SIGTERM, signal.SIGINT)}
+    os.environ[sweeps.SWEEP_PID] = str(os.getpid())  # before the workers start: they inherit it
     try:
         yield
     finally:
+        os.environ.pop(sweeps.SWEEP_PID, None)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (Linux's /proc: SigCgt)."""
+    with suppress(OSError, StopIteration, ValueError):
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        mask = next(line for line in status if line.startswith("SigCgt:")).split()[1]
+        return bool(int(mask, 16) >> (sig - 1) & 1)
+    return False
 
 
 def _children(pid: int) -> list[int]:

@@ -71,18 +71,21 @@ def _run(cfg: DictConfig, run: Run) -> float | None:
     return _objective(cfg, metrics, sweep=as_job)
 
 
-_stopped_by: int | None = None  # a signal that stopped a job of this process: the sweep stops
-
-
 def _sweep_job(cfg: DictConfig, run: Run) -> float:
     """One job of a sweep. Its status goes to job.json in its folder (the sweep's summary reads
     it); a failure is logged with its traceback and raised for the sweeper to note, never an
-    exit that would end the other jobs."""
-    global _stopped_by
+    exit that would end the other jobs. In a worker process it stops if the sweep dies."""
+    from mnistlab.lab.preemption import sweep_job
+
+    with sweep_job():
+        return _one_job(cfg, run)
+
+
+def _one_job(cfg: DictConfig, run: Run) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from mnistlab.lab import ddp_job, distributed, sweeps
-    from mnistlab.lab.preemption import Interrupted
+    from mnistlab.lab.preemption import Interrupted, note_stop, stop_noted
 
     folder, hc = cfg.paths.output_dir, HydraConfig.get()
     # A job of several SLURM tasks (DDP through srun) runs here in each: rank 0 keeps its record.
@@ -90,9 +93,9 @@ def _sweep_job(cfg: DictConfig, run: Run) -> float:
     record = sweeps.record if rank_0 else lambda *_, **__: None
     if rank_0:
         sweeps.begin(folder, list(hc.overrides.task))
-    if _stopped_by:
+    if stop_noted():  # a job of this process was stopped by a signal: the sweep stops
         record(folder, status="not started")
-        raise Interrupted(_stopped_by)
+        raise Interrupted(stop_noted())
     _share_cores(hc.launcher)
     _continue_if_requeued(cfg)
     start = time.perf_counter()
@@ -107,7 +110,7 @@ def _sweep_job(cfg: DictConfig, run: Run) -> float:
             else:
                 objective = _objective(cfg, _train(cfg, run))
     except Interrupted as e:
-        _stopped_by = e.signum
+        note_stop(e.signum)
         _report_interrupted(e)
         record(folder, status="interrupted", signal=e.signum, error=str(e),
                wall_s=time.perf_counter() - start)  # fmt: skip

@@ -16,6 +16,11 @@ is collective), marks the loggers finished, and then lets training run on until 
 the requeued run resumes only from `ckpt_path="hpc"`. Here the processes agree on a step, stop
 at its boundary with an exact `last.ckpt` and exit 138, and `resume=auto` continues from it. As
 these handlers are installed before the Trainer starts, Lightning does not install its own.
+
+A sweep's worker process (joblib's, submitit_local's) outlives no sweep, even one killed by
+`kill -9`: it checks every half second that the sweep's process ($MNISTLAB_SWEEP_PID) still
+runs; once it does not, a job in progress stops as on SIGTERM (a checkpoint, its record), then
+the worker exits.
 """
 
 import logging
@@ -23,12 +28,16 @@ import os
 import signal
 import subprocess
 import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
 from mnistlab.lab.checkpoint import RunCheckpoint
 from mnistlab.lab.compat import log_train_step_metrics
 from mnistlab.lab.distributed import launched_rank, stop_watching_children
+from mnistlab.lab.sweeps import SWEEP_PID
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,9 @@ class Preemption(Callback):
 
     def __enter__(self):
         self._install()
+        if _watching and stop_noted():  # came to a sweep's worker before these handlers: stop
+            self.__exit__()
+            raise Interrupted(stop_noted())
         return self
 
     def __exit__(self, *exc) -> None:
@@ -173,3 +185,63 @@ def _slurm_job_id() -> str | None:
     if array_job and os.environ.get("SLURM_ARRAY_TASK_ID"):
         return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     return os.environ.get("SLURM_JOB_ID")
+
+
+_in_job = threading.Event()
+_watching: list[int] = []
+_stops: list[int] = []  # the signals that stopped a job of this process, or came between jobs
+
+
+def note_stop(signum: int, frame=None) -> None:
+    """A sweep's jobs not yet started in this process will not start (their record says so)."""
+    _stops.append(signum)
+
+
+def stop_noted() -> int | None:
+    return _stops[0] if _stops else None
+
+
+@contextmanager
+def sweep_job():
+    """Around one sweep job. In a worker process: the watch on the sweep's process (above), and
+    a stop signal between jobs is noted, not fatal: the worker's next job does not start (and a
+    worker the sweep passed SIGTERM on to while it had no job does not die, which would break
+    the launcher)."""
+    sweep = int(os.environ.get(SWEEP_PID) or 0)
+    if sweep and sweep != os.getpid() and not _watching:
+        _watching.append(sweep)
+        threading.Thread(target=_watch_sweep, args=(sweep,), daemon=True).start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, note_stop)
+    _in_job.set()
+    try:
+        yield
+    finally:
+        _in_job.clear()
+
+
+def _watch_sweep(sweep: int) -> None:
+    signalled = False
+    while _alive(sweep):
+        time.sleep(0.5)
+    while _in_job.is_set():
+        if not signalled:
+            log.warning("The sweep's process %d is gone: this job stops", sweep)
+            os.kill(os.getpid(), signal.SIGTERM)
+            signalled = True
+        time.sleep(0.2)
+    os._exit(128 + signal.SIGTERM)  # nothing will give this worker another job
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs: not gone, not a zombie (killed, not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: the signal 0 test, which a zombie passes
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True

@@ -22,6 +22,8 @@ REPORTED = ("val/acc_best", "test/acc", "test/loss")  # conf/train.yaml's report
 # An Optuna trial's job: its trial and study (mnistlab.lab.pruning's TrialReport arguments), as JSON
 # in URL-safe base64, an override's value and a variable's with nothing to quote or escape.
 TRIAL_ENV = "MNISTLAB_OPTUNA_TRIAL"
+# The sweep's own process, for the jobs it runs in worker processes (mnistlab.lab.preemption).
+SWEEP_PID = "MNISTLAB_SWEEP_PID"
 
 
 def encode_trial(arguments: dict) -> str:
