@@ -248,11 +248,21 @@ def test_unreadable_records_are_named_and_counted_apart_never_a_traceback(tmp_pa
     fake_run(sweep / "2", ["model.optimizer.lr=1e-3", "seed=3"], 0.7)
     (sweep / "1" / "results.json").write_text("[]")  # JSON, of the wrong shape
     (sweep / "2" / "results.json").write_text('{"metrics": "oops"}')
+    fake_run(sweep / "3", ["model.optimizer.lr=1e-3", "seed=4"], 0.6)
+    (sweep / "3" / "job.json").write_text('{"status": "comp')  # cut short
     assert report.main([f"sweep={sweep}", "figures=false"]) == 0
-    (row,) = csv.DictReader((sweep / "report.csv").open())
-    assert (row["runs"], row["failed"]) == ("1", "2")
-    named = [line for line in capsys.readouterr().err.splitlines() if "results.json:" in line]
-    assert len(named) == 2 and all("counted as not finished" in m for m in named), named
+    rows = {
+        r["group"]: (r["runs"], r["failed"]) for r in csv.DictReader((sweep / "report.csv").open())
+    }
+    # 3's results stand, but not its overrides: with no .hydra/overrides.yaml either, its group
+    # is unknown, and it is not averaged with the others.
+    assert rows == {"model.optimizer.lr=1e-3": ("1", "2"), "(defaults)": ("1", "0")}
+    err = capsys.readouterr().err.splitlines()
+    named = [line for line in err if "results.json:" in line]
+    assert len([m for m in named if "counted as not finished" in m]) == 2, named
+    assert len([m for m in named if "not a readable JSON object" in m]) == 1, named  # 1's
+    (damaged,) = [line for line in err if "job.json:" in line]
+    assert str(sweep / "3" / "job.json") in damaged and "read as if absent" in damaged
 
 
 @pytest.mark.parametrize(

@@ -136,9 +136,9 @@ def _labels(folder: Path, seed: int) -> list[dict]:
     if missing:
         raise BrokenSet(f"{folder}: {len(missing)} picture(s) listed in labels.csv are missing"
                         f" ({missing[0]}, ...){remake}")  # fmt: skip
-    from mnistlab.lab.report import read_json
+    from mnistlab.lab.files import read_object
 
-    made = read_json(folder / "set.json").get("seed")
+    made = read_object(folder / "set.json").get("seed")
     if made is not None and made != seed:
         raise UserError(f"seed={seed}: {folder} was made with seed {made}; name another data= for"
                         " a set with this seed")  # fmt: skip

@@ -2,9 +2,14 @@
 
 import hashlib
 import itertools
+import json
+import logging
 import os
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+_warned: set[Path] = set()
 
 
 @contextmanager
@@ -53,3 +58,22 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_object(path: Path) -> dict:
+    """A JSON object from `path` (a record: job.json, results.json); {} when there is none. One
+    that is there but is no JSON object (cut short, damaged) is named in a warning, once, and
+    read as none."""
+    path = Path(path)
+    try:
+        found = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        found = None
+    if isinstance(found, dict):
+        return found
+    if path not in _warned:
+        _warned.add(path)
+        log.warning("%s: not a readable JSON object: read as if absent", path)
+    return {}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mnistlab.lab import UserError, tables
 from mnistlab.lab.command import command
-from mnistlab.lab.files import new_folder, write_whole
+from mnistlab.lab.files import new_folder, read_object, write_whole
 from mnistlab.lab.run_folder import without_resume
 from mnistlab.lab.tables import csv_text, latex, markdown
 from mnistlab.lab.trust import recorded_command
@@ -134,8 +134,8 @@ def _folder(path: str, key: str) -> Path:
 def read_run(folder: Path) -> dict:
     """A run's overrides, status, metrics and wall time, from its own records. A record that
     cannot be read is said, and the run counted as not finished."""
-    job = read_json(folder / "job.json")
-    results = read_json(folder / "results.json")
+    job = read_object(folder / "job.json")
+    results = read_object(folder / "results.json")
     measured = _measured(results.get("metrics"), folder / "results.json")
     results = {**results, "metrics": measured} if measured is not None else {}
     if job.get("status") == "completed" and "metrics" not in results:
@@ -180,15 +180,6 @@ def _measured(values, source: Path) -> dict[str, float] | None:
         else:
             kept[str(key)] = float(value)
     return kept
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`; {} when there is none (absent, unreadable, not an object)."""
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 # ------------------------------------------------------------------ groups and statistics

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnistlab.lab.files import write_whole
+from mnistlab.lab.files import read_object, write_whole
 from mnistlab.lab.run_folder import RESULTS
 
 JOB = "job.json"
@@ -84,10 +84,7 @@ def record(folder: Path, **fields) -> None:
 
 
 def read_job(folder: Path) -> dict:
-    try:
-        return json.loads((Path(folder) / JOB).read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_object(Path(folder) / JOB)
 
 
 def completed(folder: Path) -> bool:
