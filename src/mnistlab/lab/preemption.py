@@ -230,7 +230,9 @@ def _watch_sweep(sweep: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
             signalled = True
         time.sleep(0.2)
-    os._exit(128 + signal.SIGTERM)  # nothing will give this worker another job
+    # Nothing will give this worker another job, and its job has written its record: it ends
+    # (from this thread, which may not set signal handlers, a signal is the way to do it).
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
