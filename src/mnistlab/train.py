@@ -45,7 +45,7 @@ def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
         model.save_hyperparameters(to_plain(cfg), logger=False)
         ckpt_path, resumed_step = resume_point(cfg, model, datamodule)
         loggers = _loggers(cfg, resumed_step)
-        record = RunRecord()
+        record = RunRecord(cfg.paths.output_dir)
         callbacks = [
             build(cfg, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c
         ]

@@ -20,6 +20,7 @@ from pathlib import Path
 from mnistlab.lab import UserError
 from mnistlab.lab.command import command
 from mnistlab.lab.files import write_whole
+from mnistlab.lab.provenance import commit_of
 from mnistlab.lab.report import SELECT, override_key, selected
 from mnistlab.lab.stats import describe
 
@@ -153,6 +154,12 @@ def render(groups: dict[str, list[dict]], labels: list[str], base: str, metrics:
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
     else:
         lines.append("(none: the runs were configured alike)")
+    code = [
+        ", ".join(dict.fromkeys(commit_of(r["folder"]) for r in groups[label])) for label in labels
+    ]
+    if any(c != "?" for c in code):  # run.json's commit (`+changes`: uncommitted changes, patched)
+        lines += ["", "## Code", "", "| | " + " | ".join(head) + " |", "|---|" + "---|" * len(labels),
+                  "| commit | " + " | ".join(code) + " |"]  # fmt: skip
     lines += ["", "## Metrics", ""]
     if several:
         lines += ["mean ± 95% CI half-width (n); Δ: difference of means from the baseline;"

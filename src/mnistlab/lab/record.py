@@ -1,7 +1,8 @@
 """What every run's checkpoints hold beside the weights and Lightning's own state, whatever the
 LightningModule: the global RNG states (`RNGState`), and the run's record (`RunRecord`): its epoch
-metrics, its data's input spec, and the refusal to write weights or train on a loss that is not
-finite. `mnistlab.train` puts both on every Trainer."""
+metrics, its data's input spec, where it came from (`mnistlab.lab.provenance`), and the refusal
+to write weights or train on a loss that is not finite. `mnistlab.train` puts both on every
+Trainer."""
 
 import random
 
@@ -67,8 +68,27 @@ class RunRecord(Callback):
     checkpoint of weights that are not finite. A loss that is not finite stops the run before
     its backward, while the weights are still those of the last good step."""
 
-    def __init__(self):
+    def __init__(self, folder: str | None = None):
         self.restored: dict[str, float] = {}
+        self.folder, self.provenance = folder, {}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Rank 0, when training starts: this start's entry in the run folder's run.json."""
+        if stage == "fit" and self.folder and trainer.is_global_zero:
+            from mnistlab.lab import provenance
+
+            device = trainer.strategy.root_device
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+            processes = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
+            self.provenance = provenance.start(self.folder, f"{device} {name}".strip() + processes)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self.provenance:
+            from mnistlab.lab import provenance
+            from mnistlab.lab.preemption import Interrupted
+
+            stopped = isinstance(exception, Interrupted | KeyboardInterrupt)
+            provenance.end(self.folder, "interrupted" if stopped else "failed")
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         finite = bool(torch.isfinite(loss))
@@ -103,6 +123,8 @@ class RunRecord(Callback):
         spec = getattr(trainer.datamodule, "spec", None)
         if spec is not None:
             checkpoint["input_spec"] = spec.as_dict()
+        if self.provenance:
+            checkpoint["provenance"] = self.provenance
         checkpoint["callback_metrics"] = {k: float(v) for k, v in
                                           trainer.callback_metrics.items() if v.numel() == 1}  # fmt: skip
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from mnistlab.lab import provenance
 from mnistlab.lab.files import write_whole
 
 LOCK = ".lock"  # held by the process writing into a run or sweep folder
@@ -62,8 +63,10 @@ def finished(run_dir: Path, max_epochs, max_steps) -> dict | None:
 
 
 def write_results(run_dir: Path, results: dict) -> None:
-    """Atomically, so that a run is never marked finished by half a file."""
+    """Atomically, so that a run is never marked finished by half a file; then run.json's last
+    start is marked completed."""
     write_whole(Path(run_dir) / RESULTS, (json.dumps(results, indent=2) + "\n").encode())
+    provenance.end(run_dir, "completed")
 
 
 @contextmanager
