@@ -92,3 +92,15 @@ def test_defaults_equal_the_reference_experiment():
     """`make train` with no arguments is the reference experiment."""
     default, reference = compose_train([]), compose_train(["experiment=reference"])
     assert default == reference
+
+
+def test_early_stopping_says_when_it_ends_a_run(tiny_cfg, caplog):
+    """Stopping early is logged (train.log), with the metric and why: not a silent short run."""
+    cfg = tiny_cfg("callbacks=early_stopping", "callbacks.early_stopping.patience=0",
+                   "callbacks.early_stopping.min_delta=2", "trainer.max_epochs=4")  # fmt: skip
+    with caplog.at_level("INFO"):
+        train(cfg)
+    stops = [
+        r.getMessage() for r in caplog.records if "Signaling Trainer to stop" in r.getMessage()
+    ]
+    assert len(stops) == 1 and "val/acc" in stops[0], stops
