@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 # The install stamp is re-made whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed
 ARGS ?=
+# Every command gets ARGS through scripts/make_args.py: split like quoted shell words, never
+# brace-expanded or globbed (Hydra's {a:1,b:2} and choice(1,2) reach it as typed).
+export ARGS
+WITH_ARGS = $(BIN)/python scripts/make_args.py
 comma := ,
 space := $(empty) $(empty)
 RUN ?=
@@ -67,34 +71,34 @@ $(ALL_STAMP): pyproject.toml
 install-all: $(ALL_STAMP) ## Create .venv with the dev extras and every optional one in one step (as CI does)
 
 data: $(STAMP) ## Fetch and verify MNIST into data/ without training (overrides in ARGS="...")
-	$(BIN)/python scripts/prepare_data.py $(ARGS)
+	$(WITH_ARGS) scripts/prepare_data.py
 
 train: $(STAMP) ## Train and test with the default config; Hydra overrides go in ARGS="..."
-	$(TRUSTING) $(BIN)/python -m mnistlab.train $(ARGS)
+	$(TRUSTING) $(WITH_ARGS) mnistlab.train
 
 sweep: $(SWEEP_STAMP) ## A multirun: ARGS="model.optimizer.lr=1e-3,3e-4" or ARGS="hparams_search=mnist_optuna"
-	$(BIN)/python -m mnistlab.train -m $(ARGS)
+	$(WITH_ARGS) mnistlab.train -m
 
 eval: $(STAMP) ## Test a run as it was trained: RUN=<run folder> or CKPT=<checkpoint>, overrides in ARGS
-	$(BIN)/python -m mnistlab.lab.eval $(FROM) $(ARGS)
+	$(WITH_ARGS) mnistlab.lab.eval $(FROM)
 
 predict: $(STAMP) ## Classify images or an IDX file: INPUT=<file or folder> [RUN=|CKPT=] [OUTPUT=x.csv|x.json]
-	$(BIN)/python -m mnistlab.classify.predict input=$(INPUT) $(FROM) $(if $(OUTPUT),output=$(OUTPUT)) $(ARGS)
+	$(WITH_ARGS) mnistlab.classify.predict input=$(INPUT) $(FROM) $(if $(OUTPUT),output=$(OUTPUT))
 
 eval-wild: $(STAMP) ## A run's accuracy per condition on digits typed in fonts and drawn by a pen (RUN=|CKPT=)
-	$(BIN)/python -m mnistlab.classify.wild $(FROM) $(ARGS)
+	$(WITH_ARGS) mnistlab.classify.wild $(FROM)
 
 report: $(STAMP) ## Results over seeds per config (n, mean, std, 95% CI), curve figures: SWEEP=<folder>, RUNS="a b c" or LOGDIR=
-	$(BIN)/python -m mnistlab.lab.report $(RUNS_ARG) $(ARGS)
+	$(WITH_ARGS) mnistlab.lab.report $(RUNS_ARG)
 
 compare: $(STAMP) ## Runs side by side: differing config keys, metrics, differences, t-test p (RUNS="a b" or SWEEP=)
-	$(BIN)/python -m mnistlab.lab.compare $(RUNS_ARG) $(ARGS)
+	$(WITH_ARGS) mnistlab.lab.compare $(RUNS_ARG)
 
 export: $(EXPORT_STAMP) ## safetensors + JSON + ONNX beside a run's checkpoints (RUN=|CKPT=), parity-checked
-	$(BIN)/python -m mnistlab.lab.export $(FROM) $(ARGS)
+	$(WITH_ARGS) mnistlab.lab.export $(FROM)
 
 bench: $(STAMP) ## Time the template against plain PyTorch and the origin loop (ARGS="--quick" for ~2 min)
-	$(BIN)/python scripts/bench.py $(ARGS)
+	$(WITH_ARGS) scripts/bench.py
 
 # The fast tier's test files run on every core at once (pytest-xdist; a file's tests stay on one
 # worker, so its shared fixtures are made once): most of its time is processes starting up.
