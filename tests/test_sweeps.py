@@ -6,6 +6,7 @@ the sweep extras, and skip without them (fail under CI=true, where .ci/run insta
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from conftest import need_modules
@@ -88,7 +89,19 @@ def test_optuna_3_trials_then_the_same_study_continued_to_5(synthetic_mnist, tmp
     after = {r["job"]: r["overrides"] for r in summary(tmp_path / "sweep")}
     assert sorted(after) == ["0", "1", "2", "3", "4"] and all(after[j] == before[j] for j in before)
     assert len(set(after.values())) == 5  # new trials, not the first ones drawn again
-    assert json.loads((tmp_path / "sweep" / "best.json").read_text())["trials"] == 5
+    best = json.loads((tmp_path / "sweep" / "best.json").read_text())
+    assert best["trials"] == 5 and Path(best["run_folder"]).parent == (tmp_path / "sweep")
+    assert f"(run: {best['run_folder']})" in more.stderr
+    import optuna  # each trial leads back to its run (optuna-dashboard shows these)
+
+    from mnistlab.lab import sweeps
+
+    storage = sweeps.opened(sweeps.default_storage(tmp_path / "sweep"))
+    for trial in optuna.load_study(study_name="mnist_optuna", storage=storage).trials:
+        attrs = trial.user_attrs
+        assert attrs["run_folder"] == str((tmp_path / "sweep" / str(trial.number)).resolve())
+        assert attrs["status"] == "completed" and attrs["seed"] == 12345, attrs
+        assert 0 <= attrs["test/acc"] <= 1 and attrs["val/acc_best"] == trial.value
     for row in summary(tmp_path / "sweep"):  # each job's overrides as it recorded them
         job = json.loads((tmp_path / "sweep" / row["job"] / "job.json").read_text())
         assert row["overrides"] == " ".join(job["overrides"])

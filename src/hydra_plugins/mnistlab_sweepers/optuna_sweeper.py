@@ -248,6 +248,8 @@ def _tell(study, trial, result, folder: Path) -> None:
     import optuna
 
     try:
+        for key, value in sweeps.run_attributes(folder).items():  # optuna-dashboard shows them
+            trial.set_user_attr(key, value)
         if result is None or result.status != JobStatus.COMPLETED or result.return_value is None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         elif sweeps.read_job(folder).get("status") == "pruned":  # its last report is its value
@@ -285,8 +287,11 @@ def _write_best(study, sweep_dir: Path) -> None:
         log.error("No trial of study %s completed", study.study_name)
         return
     best = study.best_trial
+    folder = best.user_attrs.get("run_folder")
     record = {"study": study.study_name, "trial": best.number, "value": best.value,
-              "params": best.params, "trials": len(study.trials), "completed": len(complete)}  # fmt: skip
+              "params": best.params, "run_folder": folder, "trials": len(study.trials),
+              "completed": len(complete)}  # fmt: skip
     write_whole(sweep_dir / "best.json", json.dumps(record, indent=2) + "\n")
-    log.info("Best trial %d: %s = %.4f with %s", best.number, study.direction.name.lower(),
-             best.value, " ".join(_as_overrides(best.params)))  # fmt: skip
+    log.info("Best trial %d: %s = %.4f with %s (run: %s)", best.number,
+             study.direction.name.lower(), best.value, " ".join(_as_overrides(best.params)),
+             folder or "not recorded")  # fmt: skip

@@ -10,9 +10,12 @@ import base64
 import csv
 import io
 import json
+import math
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from mnistlab.lab.files import read_object, write_whole
 from mnistlab.lab.run_folder import RESULTS
@@ -116,10 +119,31 @@ def rows(
 
 
 def _metrics(folder: Path) -> dict:
+    metrics = read_object(Path(folder) / RESULTS).get("metrics")
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def run_attributes(folder: Path, reported=REPORTED) -> dict:
+    """What leads from a job back to its run, as plain values (an Optuna trial's user
+    attributes, which optuna-dashboard shows): its folder, status, seed and final metrics (those
+    its results.json reports, else `reported`)."""
+    folder = Path(folder)
+    status = read_job(folder).get("status") or "not started"
+    found = {"run_folder": str(folder.resolve()), "status": status}
     try:
-        return json.loads((Path(folder) / RESULTS).read_text())["metrics"]
-    except (OSError, ValueError, KeyError):
-        return {}
+        seed = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text()).get("seed")
+    except (OSError, yaml.YAMLError, AttributeError):
+        seed = None
+    if isinstance(seed, int):
+        found["seed"] = seed
+    results = read_object(folder / RESULTS)  # the metrics the run itself reports, if it says
+    names = results.get("reported") if isinstance(results.get("reported"), list) else reported
+    metrics = results.get("metrics") if isinstance(results.get("metrics"), dict) else {}
+    for name in names:
+        value = metrics.get(name) if isinstance(name, str) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            found[name] = value
+    return found
 
 
 def write(sweep_dir: Path, table: list[dict], objective: str, reported=REPORTED) -> str:
