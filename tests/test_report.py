@@ -6,6 +6,7 @@ import errno
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,10 +236,15 @@ def test_two_named_runs_compared_through_the_command_line(synthetic_mnist, tmp_p
     proc = subprocess.run([sys.executable, "-m", "mnistlab.lab.compare", f"runs=[{runs[0]},{runs[1]}]"],
                           capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    table = proc.stdout.split("## Config keys that differ")[1].split("## Metrics")[0]
+    table = proc.stdout.split("## Config keys that differ")[1].split("## ")[0]
     keys = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
     assert keys == ["key", "data.batch_size", "model.optimizer.lr"], proc.stdout
     assert f"| key | base ({runs[0].name}) | wide ({runs[1].name}) |" in proc.stdout
+    from mnistlab.lab.provenance import commit_of  # each run's code, from its run.json
+
+    if (Path(__file__).parents[1] / ".git").exists():  # run from a git checkout, as CI does
+        assert commit_of(runs[0]) != "?"
+        assert f"| commit | {commit_of(runs[0])} | {commit_of(runs[1])} |" in proc.stdout
 
 
 def test_unreadable_records_are_named_and_counted_apart_never_a_traceback(tmp_path, capsys):
