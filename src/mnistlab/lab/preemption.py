@@ -92,13 +92,13 @@ class Preemption(Callback):
             self._previous.setdefault(sig, previous)
 
     def _handle(self, signum: int, frame) -> None:
+        if self.pending is not None and not signum == signal.SIGINT == self.pending:
+            return  # stopping already: the checkpoint, then a requeue, whose SIGTERM lands here
         if not self.armed or (signum == signal.SIGINT and self.pending == signal.SIGINT):
             # Nothing to save (starting, testing). SLURM's warning still means the time is up:
             # the job is requeued, and the requeued job starts, or tests, again.
             requeue = signum == signal.SIGUSR1 and self.slurm_job and launched_rank() == 0
             raise Interrupted(signum, requeued=bool(requeue) and self._requeue())
-        if self.pending is not None:
-            return  # already stopping
         self.pending = signum
         log.warning(
             "%s received: stopping after this batch with a checkpoint%s",
