@@ -137,6 +137,8 @@ def _results(cfg: DictConfig, trainer, metrics: dict[str, float], best: str) -> 
     return {
         "metrics": metrics,
         "reported": list(cfg.get("report_metrics") or []),  # what make report shows by default
+        # What runs are chosen by (make report orders by it, never by a test metric).
+        "optimized": {"metric": cfg.get("optimized_metric"), "mode": cfg.get("mode", "max")},
         "best_checkpoint": best,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,

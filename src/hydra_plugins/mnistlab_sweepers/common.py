@@ -183,9 +183,7 @@ def _over_seeds(sweep_dir: Path, folders: list[Path]) -> str:
     if len(seeds) < 2:
         return ""
     metrics = report.default_metrics(runs)
-    text = "\n" + tables.markdown(
-        report.summarize(report.group(runs, ["seed"], []), metrics), metrics
-    )
+    text = "\n" + tables.markdown(*report.summarize(report.group(runs, ["seed"], []), metrics))
     write_whole(sweep_dir / "summary.md", (sweep_dir / "summary.md").read_text() + text)
     return text
 

@@ -23,19 +23,24 @@ from mnistlab.lab import UserError, tables
 from mnistlab.lab.command import command
 from mnistlab.lab.files import new_folder, read_object, write_whole
 from mnistlab.lab.run_folder import without_resume
-from mnistlab.lab.tables import csv_text, latex, markdown
+from mnistlab.lab.tables import Style, csv_text, latex, markdown
 from mnistlab.lab.trust import recorded_command
 
 log = logging.getLogger("mnistlab.lab.report")
 
 USAGE = """usage: python -m mnistlab.lab.report (sweep=FOLDER | runs=[A,B,...] | logdir=FOLDER)
                                 [metrics=[test/acc,...]] [ignore=[seed,...]] [group_by=[KEY,...]]
-                                [out=FOLDER] [figures=false]
+                                [order=val|sweep] [pm=ci|std|se] [labels=FILE.yaml]
+                                [percent=false] [width=3.3] [out=FOLDER] [figures=false]
 
-Groups runs by their overrides without the seed, and prints n, mean, std, 95% CI (Student t),
-min and max of each metric per group, best group first; writes report.md, report.csv and
-report.tex (booktabs) into the sweep folder, or `out`, with the groups' mean validation curves
-and their 95% bands (curve_val_acc.png, .svg, .pdf; curve_val_loss...)."""
+Groups runs by their overrides without the seed, and prints n and mean ± spread of each metric
+per group (pm: 95% CI half-width, std or standard error), ordered by the validation metric the
+runs were chosen by (`optimized_metric`; order=sweep: as started), never by a test metric.
+Writes report.md, report.csv (every statistic) and report.tex (a booktabs table with caption and
+label) into the sweep folder, or `out`, and figures as PDF, SVG and PNG: the groups' mean
+validation curves with their bands, and the final metrics with the same intervals. labels: a
+YAML file mapping a group label or a metric to its text in tables and figures; width: the
+figures' width in inches (3.3 one column, 6.9 two)."""
 
 METRICS = ["test/acc", "val/acc_best", "test/loss", "wall_s"]  # for runs that do not say theirs
 
@@ -43,30 +48,64 @@ METRICS = ["test/acc", "val/acc_best", "test/loss", "wall_s"]  # for runs that d
 # The options of report and compare: which runs, which metrics, how they are grouped.
 SELECT = {"sweep": str, "runs": list, "logdir": str, "metrics": list, "ignore": ["seed"],
           "group_by": list, "out": str}  # fmt: skip
+SHOW = {"order": "val", "pm": "ci", "labels": str, "percent": False, "width": 3.3}
 
 
-@command("mnistlab-report", USAGE, overrides=False, **SELECT, figures=True)
+@command("mnistlab-report", USAGE, overrides=False, **SELECT, **SHOW, figures=True)
 def main(args: dict, _) -> int:
     groups, metrics, out = selected(args)
-    table = summarize(groups, metrics)
-    text = markdown(table, metrics)
+    if args["pm"] not in tables.SPREADS:
+        raise UserError(f"pm={args['pm']}: one of {', '.join(tables.SPREADS)}")
+    if args["width"] <= 0:
+        raise UserError(f"width={args['width']}: a width in inches, e.g. 3.3 or 6.9")
+    labels = read_labels(args["labels"]) if args["labels"] else {}
+    table, style = summarize(groups, metrics, args["order"], pm=args["pm"], labels=labels,
+                             percent=args["percent"])  # fmt: skip
+    metrics = tables.metrics_of(table)  # with the one rows are ordered by
+    text = markdown(table, style)
     if args["runs"] and not args["out"]:  # logs/reports/<timestamp>: a suffix if it is taken
         out = new_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     write_whole(out / "report.md", text)
     write_whole(out / "report.csv", csv_text(table))
-    write_whole(out / "report.tex", latex(table, metrics))
+    write_whole(out / "report.tex", latex(table, style, f"tab:{_tex_key(out.name)}"))
     drawn = []
     if args["figures"]:
-        from mnistlab.lab.figures import CURVES, curves
+        from mnistlab.lab.figures import CURVES, curves, finals
 
-        drawn = curves(groups, out, [*CURVES, *(m for m in metrics if m not in CURVES)])
+        shown = (
+            [*CURVES, *(m for m in metrics if m not in CURVES)] if not args["metrics"] else metrics
+        )
+        drawn = curves(groups, out, shown, style, args["width"])
+        drawn += finals(table, metrics, out, style, args["width"])
     print(text, end="")
     log.info("Report: %s (and report.csv, report.tex)", out / "report.md")
     for path in drawn:
-        if path.suffix == ".png":
-            log.info("Figure: %s (and .svg, .pdf)", path)
+        if path.suffix == ".pdf":
+            log.info("Figure: %s (and .svg, .png)", path)
     return 0
+
+
+def read_labels(path: str) -> dict[str, str]:
+    """labels=FILE: a YAML mapping of group labels and metric names to the text shown."""
+    import yaml
+
+    try:
+        labels = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"labels={path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"labels={path}: not YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str | int | float) for k, v in labels.items()
+    ):
+        raise UserError(f"labels={path}: a mapping of group labels or metric names to text,"
+                        ' e.g. "model.optimizer.lr=0.001: Adam, lr 1e-3"')  # fmt: skip
+    return {k: str(v) for k, v in labels.items()}
+
+
+def _tex_key(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-:." else "-" for c in name) or "results"
 
 
 # ------------------------------------------------------------------ runs
@@ -161,9 +200,14 @@ def read_run(folder: Path) -> dict:
     reported = results.get("reported")
     if not (isinstance(reported, list) and all(isinstance(m, str) for m in reported)):
         reported = []
+    optimized = results.get("optimized")
+    if not (isinstance(optimized, dict) and isinstance(optimized.get("metric"), str)
+            and optimized.get("mode") in ("min", "max")):  # fmt: skip
+        optimized = None
     # Only runs that completed are averaged: a failed, stopped or pruned run is counted apart.
     return {"folder": str(folder), "overrides": overrides, "status": status,
-            "metrics": metrics if status == "completed" else {}, "reported": reported}  # fmt: skip
+            "metrics": metrics if status == "completed" else {}, "reported": reported,
+            "optimized": optimized and (optimized["metric"], optimized["mode"])}  # fmt: skip
 
 
 def _measured(values, source: Path) -> dict[str, float] | None:
@@ -221,9 +265,40 @@ def _named(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
             for (label, runs), name in zip(groups.items(), shared.values(), strict=True)}  # fmt: skip
 
 
-def summarize(groups: dict[str, list[dict]], metrics: list[str]):
-    """The table (`mnistlab.lab.tables`), the best mean of the first metric first."""
-    return tables.ranked(tables.summarize(groups, metrics), metrics[0])
+def summarize(groups: dict[str, list[dict]], metrics: list[str], order: str = "val", **style):
+    """The table (`mnistlab.lab.tables`) and how it is shown (`tables.Style`, `style` its
+    fields). order=val: ordered by the validation metric the runs were chosen by, shown as a
+    column too, the best group marked; order=sweep: as started, the best still marked."""
+    if order not in ("val", "sweep"):
+        raise UserError(f"order={order}: val (by the validation metric) or sweep (as started)")
+    chosen = chosen_by(groups, metrics)
+    if chosen and chosen[0] not in metrics:
+        metrics = [chosen[0], *metrics]
+    table = tables.summarize(groups, metrics)
+    style["shorter"] = tables.shorter_keys(groups)
+    if chosen is None:
+        return table, Style(**style)
+    metric, mode = chosen
+    best = tables.ordered(table, metric, mode)
+    best = best.index[0] if best[(metric, "n")].iloc[0] else None
+    words = f"{metric}, {'higher' if mode == 'max' else 'lower'} is better"
+    if order == "val":
+        return tables.ordered(table, metric, mode), Style(best=best, order=f"by {words}", **style)
+    return table, Style(best=best, order=f"as started; best by {words}", **style)
+
+
+def chosen_by(groups: dict[str, list[dict]], metrics: list[str]) -> tuple[str, str] | None:
+    """The validation metric runs are chosen by and its mode: what their results.json says
+    (`optimized`), else the first `val/` metric shown; never a test metric (then None)."""
+    said = {r["optimized"] for runs in groups.values() for r in runs if r.get("optimized")}
+    found = {m for runs in groups.values() for r in runs for m in r["metrics"]}
+    if len(said) == 1 and (chosen := said.pop())[0] in found:
+        if not chosen[0].startswith("test/"):
+            return chosen
+        log.warning("optimized_metric=%s is a test metric: rows are not ordered by it", chosen[0])
+        return None
+    val = [m for m in metrics if m.startswith("val/")]
+    return (val[0], "min" if "loss" in val[0] else "max") if val else None
 
 
 if __name__ == "__main__":

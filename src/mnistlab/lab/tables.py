@@ -1,13 +1,57 @@
 """A report's table, made and written with pandas: one row per group of runs, and for each metric
-n, mean, std, the 95% confidence interval's half-width (Student t), min and max; as markdown (the
-terminal and summary.md, through tabulate), CSV and LaTeX (booktabs rules, through pandas' Styler).
+n, mean, std, standard error, the 95% confidence interval's half-width (Student t), min and max;
+as markdown (the terminal and summary.md, through tabulate), CSV (every statistic, unrounded) and
+LaTeX (a booktabs `table` with its caption and label, through pandas' Styler).
+
+Shown cells are `mean ± spread`, both rounded where the spread's second significant digit is
+(38.9523 -> 39, 0.00234 -> 0.0023); the spread is the CI half-width, the std or the standard
+error (`Style.pm`). A metric without a spread (one run) keeps four significant digits.
 """
+
+import math
+from dataclasses import dataclass, field
 
 import pandas as pd
 
-STATS = ["n", "mean", "std", "ci95", "min", "max"]
-NOTE = ("mean ± half-width of the 95% confidence interval (Student t, n - 1 d.o.f.);"
-        " std, min and max in report.csv")  # fmt: skip
+STATS = ["n", "mean", "std", "se", "ci95", "min", "max"]
+SPREADS = {  # pm=: the statistic after ±, and how a caption says what it is
+    "ci": ("ci95", "the half-width of the 95% confidence interval of the mean (Student's t)"),
+    "std": ("std", "the standard deviation over runs (n-1)"),
+    "se": ("se", "the standard error of the mean (std / sqrt(n))"),
+}
+STAGES = {"train": "Train", "val": "Val.", "test": "Test"}
+WORDS = {"acc": "accuracy", "acc_best": "accuracy (best)", "loss": "loss", "ece": "ECE",
+         "wall_s": "Wall time (s)"}  # fmt: skip
+
+
+@dataclass
+class Style:
+    """How a table is shown: `pm` (ci | std | se), `labels` (a group label or metric name ->
+    its text in print), `percent` (accuracies x 100), `best` (the group marked best by
+    validation) and `order` (what the rows are ordered by, for the caption)."""
+
+    pm: str = "ci"
+    labels: dict[str, str] = field(default_factory=dict)
+    percent: bool = False
+    best: str | None = None
+    order: str = "in the order the runs were started"
+
+    def label(self, group: str, short: bool = True) -> str:
+        """A group's text: the label map's, else (`short`) each override by its last key part
+        where that names one key alone (`model.optimizer.lr=0.001` -> `lr=0.001`)."""
+        if group in self.labels or not short:
+            return self.labels.get(group, group)
+        return " ".join(self.shorter.get(o.partition("=")[0], o.partition("=")[0])
+                        + o.partition("=")[1] + o.partition("=")[2] for o in group.split(" "))  # fmt: skip
+
+    shorter: dict[str, str] = field(default_factory=dict)
+
+
+def shorter_keys(groups) -> dict[str, str]:
+    """Override keys -> their last part, for the keys whose last part no other key has."""
+    keys = {o.partition("=")[0] for g in groups for o in g.split(" ") if "=" in o}
+    last = [k.rpartition(".")[2] for k in keys]
+    return {k: k.rpartition(".")[2] for k in keys if last.count(k.rpartition(".")[2]) == 1}
 
 
 def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> pd.DataFrame:
@@ -23,7 +67,8 @@ def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> pd.DataFrame
     for metric in metrics:
         n = found[(metric, "n")].fillna(0)
         found[(metric, "n")] = n.astype(int)
-        found[(metric, "ci95")] = stats.t.ppf(0.975, n - 1) * found[(metric, "std")] / n**0.5
+        found[(metric, "se")] = found[(metric, "std")] / n**0.5
+        found[(metric, "ci95")] = stats.t.ppf(0.975, n - 1) * found[(metric, "se")]
     table = found.reindex(columns=pd.MultiIndex.from_product([metrics, STATS]))
     table.insert(
         0, ("failed", ""), [sum(not r["metrics"] for r in runs) for runs in groups.values()]
@@ -34,31 +79,74 @@ def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> pd.DataFrame
     return table.rename_axis("group")
 
 
-def ranked(table: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The best mean of `metric` first: lowest for a loss or a time; groups without it last."""
-    lower = "loss" in metric or metric == "wall_s"
-    return table.sort_values((metric, "mean"), ascending=lower, na_position="last", kind="stable")
+def ordered(table: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """The best mean of `metric` first (`mode`: max or min); groups without it last."""
+    return table.sort_values((metric, "mean"), ascending=mode == "min", na_position="last",
+                             kind="stable")  # fmt: skip
 
 
-def _cells(table: pd.DataFrame, metrics: list[str], pm: str, none: str) -> pd.DataFrame:
-    """mean ± CI per metric; `(n=k)` after it when fewer of the group's runs have the metric."""
+def rounded(mean: float, spread: float | None) -> tuple[str, str | None]:
+    """`mean` and `spread` as text, to the second significant digit of the spread."""
+    if spread is None or pd.isna(spread) or spread <= 0 or not math.isfinite(spread):
+        digits = max(0, 3 - math.floor(math.log10(abs(mean)))) if mean else 4
+        return f"{mean:.{digits}f}", None
+    digits = max(0, 1 - math.floor(math.log10(spread)))
+    return f"{mean:.{digits}f}", f"{spread:.{digits}f}"
 
-    def cell(mean, ci, n, runs):
+
+def in_percent(metric: str, style: Style) -> bool:
+    return style.percent and "acc" in metric.rpartition("/")[2]
+
+
+def column(metric: str, style: Style) -> str:
+    """A metric's column title: the label map's, else words (`test/acc` -> Test accuracy)."""
+    if metric in style.labels:
+        return style.labels[metric]
+    stage, _, name = metric.rpartition("/")
+    text = " ".join(p for p in (STAGES.get(stage, stage), WORDS.get(name, name.replace("_", " ")))
+                    if p)  # fmt: skip
+    text = text[:1].upper() + text[1:]
+    return f"{text} (%)" if in_percent(metric, style) else text
+
+
+def metrics_of(table: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(m for m, _ in table.columns if m not in ("runs", "failed")))
+
+
+def _cells(table: pd.DataFrame, style: Style, pm: str, none: str):
+    """mean ± spread per metric; `(n=k)` after it when fewer of the group's runs have the metric."""
+    spread = SPREADS[style.pm][0]
+
+    def cell(metric, mean, half, n, runs):
         if pd.isna(mean):
             return none
-        text = f"{mean:.4f}" if pd.isna(ci) else f"{mean:.4f}{pm}{ci:.4f}"
+        scale = 100.0 if in_percent(metric, style) else 1.0
+        mean_text, half_text = rounded(mean * scale, None if pd.isna(half) else half * scale)
+        text = mean_text if half_text is None else f"{mean_text}{pm}{half_text}"
         return text if n == runs else f"{text} (n={n})"
 
     shown = table[["runs", "failed"]].droplevel(1, axis=1)
-    for m in metrics:
-        columns = (table[(m, "mean")], table[(m, "ci95")], table[(m, "n")], table[("runs", "")])
-        shown[m] = [cell(*values) for values in zip(*columns, strict=True)]
+    for m in metrics_of(table):
+        columns = (table[(m, "mean")], table[(m, spread)], table[(m, "n")], table[("runs", "")])
+        shown[m] = [cell(m, *values) for values in zip(*columns, strict=True)]
     return shown
 
 
-def markdown(table: pd.DataFrame, metrics: list[str]) -> str:
-    shown = _cells(table, metrics, " ± ", "-").rename(columns={"runs": "n"})
-    return f"# Results over seeds\n\n{NOTE}\n\n{shown.to_markdown(tablefmt='github')}\n"
+def note(style: Style) -> str:
+    what = SPREADS[style.pm][1]
+    best = "; the best by validation is marked" if style.best is not None else ""
+    return f"mean ± {what}; rows {style.order}{best}. Every statistic, unrounded, in report.csv"
+
+
+def markdown(table: pd.DataFrame, style: Style | None = None) -> str:
+    style = style or Style()
+    shown = _cells(table, style, " ± ", "-").rename(columns={"runs": "n"})
+    shown.index = [style.label(g, short=False) + (" (best val.)" if g == style.best else "")
+                   for g in shown.index]  # fmt: skip
+    shown = shown.rename_axis("group").rename(
+        columns={m: f"{m} (%)" for m in metrics_of(table) if in_percent(m, style)}
+    )
+    return f"# Results over seeds\n\n{note(style)}\n\n{shown.to_markdown(tablefmt='github')}\n"
 
 
 def csv_text(table: pd.DataFrame) -> str:
@@ -67,9 +155,40 @@ def csv_text(table: pd.DataFrame) -> str:
     return flat.to_csv()
 
 
-def latex(table: pd.DataFrame, metrics: list[str]) -> str:
-    shown = _cells(table, metrics, r" $\pm$ ", "--").rename(columns={"runs": "n"})
-    shown = shown.drop(columns="failed").rename_axis("Configuration").reset_index()
-    styler = shown.style.hide(axis="index").format_index(escape="latex", axis=1)
-    styler = styler.format(escape="latex", subset=["Configuration"])
-    return styler.to_latex(hrules=True, column_format="l" + "r" * (len(shown.columns) - 1))
+def latex(table: pd.DataFrame, style: Style, label: str) -> str:
+    """A `table` float for `\\usepackage{booktabs}`: caption (n, what ± is, the order), label."""
+    shown = _cells(table, style, r" $\pm$ ", "--").drop(columns="failed")
+    shown.columns = ["n", *(tex_text(column(m, style)) for m in metrics_of(table))]
+    shown.insert(0, "Configuration", [tex_text(style.label(g)) for g in table.index])
+    styler = shown.style.hide(axis="index")
+    if style.best is not None and style.best in table.index:
+        row = list(table.index).index(style.best)
+        styler = styler.set_properties(subset=pd.IndexSlice[shown.index[row], :],
+                                       **{"font-weight": "bold"})  # fmt: skip
+    runs = sorted({int(n) for n in table[("runs", "")]})
+    n_text = f"$n = {runs[0]}$" if len(runs) == 1 else f"$n = {runs[0]}$--${runs[-1]}$"
+    failed = int(table[("failed", "")].sum())
+    caption = (f"Mean $\\pm$ {_tex(SPREADS[style.pm][1])}, over {n_text} completed runs per"
+               f" configuration{f' ({failed} failed or stopped runs left out)' if failed else ''}."
+               f" Rows {_tex(style.order)}"
+               f"{'; the best by validation in bold' if style.best is not None else ''}.")  # fmt: skip
+    return "% \\usepackage{booktabs} in the preamble\n" + styler.to_latex(
+        hrules=True, column_format="l" + "r" * (len(shown.columns) - 1), environment="table",
+        position="t", position_float="centering", caption=caption, label=label,
+        convert_css=True,
+    )  # fmt: skip
+
+
+def _tex(text: str) -> str:
+    return tex_text(text.replace("sqrt(n)", r"$\sqrt{n}$"))
+
+
+def tex_text(text: str) -> str:
+    """`text` for LaTeX: its special characters escaped, except in `$...$` (math, as written)."""
+    special = {c: f"\\{c}" for c in "&%#_{}"} | {"$": r"\$", "~": r"\textasciitilde{}",
+                                                  "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}  # fmt: skip
+    parts = text.split("$")
+    if len(parts) % 2 == 0:  # an odd number of $: no math, every $ a dollar
+        return "".join(special.get(c, c) for c in text)
+    return "$".join(p if i % 2 else "".join(special.get(c, c) for c in p)
+                    for i, p in enumerate(parts))  # fmt: skip
