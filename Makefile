@@ -121,9 +121,8 @@ lint: $(STAMP) ## ruff check and ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-tensorboard: $(STAMP) ## TensorBoard on LOGDIR (default logs/), bound to 127.0.0.1:PORT (default 6006)
-	@echo "TensorBoard on $(LOGDIR): http://127.0.0.1:$(PORT)/"
-	$(BIN)/tensorboard --logdir $(LOGDIR) --host 127.0.0.1 --port $(PORT)
+tensorboard: $(STAMP) ## TensorBoard on LOGDIR (default logs/), bound to 127.0.0.1:PORT (default 6006); PIN="val/acc val/loss" tops its first screen
+	@$(BIN)/python scripts/serve_tensorboard.py "$(LOGDIR)" "$(PORT)" $(PIN)
 
 clean-logs: ## Delete every run under logs/
 	find logs -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +

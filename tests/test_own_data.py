@@ -118,11 +118,11 @@ def test_the_dashboard_draws_colour_images_and_a_5_by_5_matrix(run):
     assert picture.size[1] in (4 * (CELL + line), 4 * (CELL + 2 * line)), picture.size
     pixels = np.asarray(picture)
     assert (np.abs(pixels[..., 0].astype(int) - pixels[..., 2]) > 30).any()  # in colour
-    (matrix,) = events.Images("~test/confusion_matrix")[-1:]
+    (matrix,) = events.Images("test/confusion_matrix")[-1:]
     drawn = Image.open(__import__("io").BytesIO(matrix.encoded_image_string))
     expected = confusion_image(torch.zeros(5, 5, dtype=torch.long), sorted(SHAPES))
     assert drawn.size == (expected.shape[1], expected.shape[0])
-    (table,) = events.Tensors("~test/confusion_matrix/text_summary")[-1:]
+    (table,) = events.Tensors("test/confusion_matrix/text_summary")[-1:]
     lines = table.tensor_proto.string_val[0].decode().splitlines()
     assert lines[0].strip("| ").split(" | ")[1:] == sorted(SHAPES)
     counts = [[int(v) for v in line.strip("| ").split(" | ")[1:]] for line in lines[2:]]

@@ -44,7 +44,7 @@ def test_grid_2x2_one_complete_folder_per_job_and_a_summary(synthetic_mnist, tmp
         assert (folder / "checkpoints" / "last.ckpt").is_file()
         assert (folder / "results.json").is_file() and (folder / ".hydra/config.yaml").is_file()
         events = EventAccumulator(str(folder)).Reload()
-        assert {"~test/acc", "val/acc_best"} <= set(events.Tags()["scalars"])
+        assert {"test/acc", "val/acc_best"} <= set(events.Tags()["scalars"])
         hparams = events.summary_metadata  # the HParams tab's record of the job: its columns
         assert any(m.plugin_data.plugin_name == "hparams" for m in hparams.values()), hparams
     assert "| job | status | objective |" in proc.stdout

@@ -1,5 +1,6 @@
 """The real entry point: in process on tiny synthetic data, and as a command line in a subprocess."""
 
+import json
 import os
 from pathlib import Path
 from typing import ClassVar
@@ -13,7 +14,6 @@ from runner import cli_args, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnistlab.lab.config import ROOT
-from mnistlab.lab.dashboard import tensorboard_tag
 from mnistlab.nets import ConvNet
 from mnistlab.train import train
 
@@ -73,10 +73,16 @@ def test_command_line_run_leaves_a_complete_run_folder(synthetic_mnist, tmp_path
     events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert tags >= {tensorboard_tag(t) for t in SCALARS}, tags
+    assert tags >= set(SCALARS), tags
     assert "epoch" not in tags and not any(t.startswith("hp/") for t in tags)  # no one-point charts
     assert len(events.Scalars("val/acc")) == 2 and len(events.Scalars("train/loss")) == 6
     assert "hp_metric" not in tags
+    from tbparse import SummaryReader  # what other tools read: the metric names as logged
+
+    found = SummaryReader(str(run_dir)).scalars
+    results = json.loads((run_dir / "results.json").read_text())["metrics"]
+    (value,) = found[found.tag == "test/acc"].value
+    assert value == pytest.approx(results["test/acc"], rel=1e-6)
     assert not (tmp_path / "lightning_logs").exists() and not (ROOT / "lightning_logs").exists()
 
 
@@ -128,7 +134,7 @@ def test_optional_histograms_and_graph_are_written(tiny_cfg, tmp_path):
     train(tiny_cfg("callbacks.dashboard.histograms=true", "callbacks.dashboard.graph=true"))
     events = EventAccumulator(str(tmp_path / "run"), size_guidance={"histograms": 0}).Reload()
     histograms = set(events.Tags()["histograms"])
-    assert {"~weights/net.layers.0.weight", "~grads/net.layers.0.weight"} <= histograms
+    assert {"weights/net.layers.0.weight", "grads/net.layers.0.weight"} <= histograms
     assert events.Tags()["graph"]
 
 
@@ -312,12 +318,18 @@ def test_hparams_columns_are_the_experiment_and_every_key_set_on_the_command_lin
     assert hparams(compose_train())["experiment"] == "none"
 
 
-def test_tensorboard_opens_on_the_curves():
-    from mnistlab.lab.dashboard import tensorboard_tag
+def test_make_tensorboard_pins_the_validation_curves(capsys):
+    """The URL make tensorboard prints opens Time Series with val/acc and val/loss pinned at
+    the top: TensorBoard's own pinned cards, named in its `pinnedCards` query parameter."""
+    import importlib.util
+    import json
+    import urllib.parse
 
-    shown = [tensorboard_tag(t) for t in ("train/loss", "val/acc", "test/acc", "lr-Adam",
-                                          "perf/epoch_time_s", "grads/w")]  # fmt: skip
-    assert shown == ["train/loss", "val/acc", "~test/acc", "~lr-Adam", "~perf/epoch_time_s",
-                     "~grads/w"]  # fmt: skip
-    groups = sorted({t.split("/")[0] for t in shown})  # TensorBoard's order of groups
-    assert groups[:2] == ["train", "val"]
+    spec = importlib.util.spec_from_file_location("serve", ROOT / "scripts/serve_tensorboard.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    url = launcher.url("127.0.0.1", 6006, ["val/acc", "val/loss"])
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    assert json.loads(query["pinnedCards"][0]) == [
+        {"plugin": "scalars", "tag": "val/acc"}, {"plugin": "scalars", "tag": "val/loss"}]  # fmt: skip
+    assert url.endswith("#timeseries")

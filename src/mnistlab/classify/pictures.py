@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mnistlab.classify import check, probabilities
-from mnistlab.lab.dashboard import tensorboard_tag, tensorboard_writer
+from mnistlab.lab.dashboard import tensorboard_writer
 
 CELL = 84  # pixels per image in a grid: 4 columns are drawn unscaled in TensorBoard's card
 COLUMNS = 4
@@ -51,7 +51,7 @@ class Pictures(Callback):
         names, predicted, labels = datamodule.classes, predicted.cpu(), labels.cpu()
         captions = [f"{names[p]} ({names[t]})" for p, t in zip(predicted, labels, strict=True)]
         grid = labelled_grid(images, captions, wrong=(predicted != labels).tolist())
-        writer.add_image(tensorboard_tag("val/predictions"), grid, trainer.global_step,
+        writer.add_image("val/predictions", grid, trainer.global_step,
                          dataformats="HWC")  # fmt: skip
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
@@ -87,13 +87,13 @@ class Pictures(Callback):
         if writer is None or not trainer.is_global_zero:
             return
         classes, step = list(trainer.datamodule.classes), trainer.global_step
-        tag = tensorboard_tag("test/confusion_matrix")
+        tag = "test/confusion_matrix"
         writer.add_image(tag, confusion_image(matrix, classes), step, dataformats="HWC")
         writer.add_text(tag, confusion_table(matrix, classes), step)
         shape = trainer.datamodule.spec.shape
         pixels = torch.stack([e[1] for e in errors]) if errors else torch.zeros(0, *shape)
         grid = labelled_grid(pixels, [e[2] for e in errors], wrong=[True] * len(errors))
-        writer.add_image(tensorboard_tag("test/most_confident_errors"), grid, step,
+        writer.add_image("test/most_confident_errors", grid, step,
                          dataformats="HWC")  # fmt: skip
         writer.flush()
 

@@ -4,8 +4,9 @@
 - `run/config` (the composed config as YAML) and `run/git` (the commit of the code);
 - optional: weight and gradient histograms (`histograms`), the model graph (`graph`, traced
   with the module's `example_input_array`, or one input of the data module's input spec).
-`TensorBoard` is the logger, arranged so that TensorBoard's first screen shows the curves (see
-`tensorboard_tag`), and `hparams` the HParams tab's columns. A classifier's pictures are
+`TensorBoard` is the logger: every chart is named as the metric is (`test/acc`, as results.json
+and tools such as tbparse know it); `make tensorboard` (scripts/tensorboard.py) pins the
+validation curves at the top of the first screen. `hparams` gives the HParams tab's columns. A classifier's pictures are
 `mnistlab.classify.pictures`; any module may draw its own through `tensorboard_writer`.
 """
 
@@ -21,19 +22,9 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from mnistlab.lab.config import ROOT
 
-CURVES = ("train", "val")  # the tag groups TensorBoard opens first
-
-
-def tensorboard_tag(name: str) -> str:
-    """Where a logged value goes in TensorBoard. Its Time Series page groups the charts by the
-    text before the first `/`, sorts the groups by name and opens only the first two, collapsing
-    the rest. Those two are the curves, `train` and `val`; every other group (`test`, one point
-    each, `perf`, the learning rate, your own) gets a leading `~`, which sorts after them."""
-    return name if name.partition("/")[0] in CURVES else f"~{name}"
-
 
 class TensorBoard(TensorBoardLogger):
-    """Lightning's TensorBoard logger with the charts named by `tensorboard_tag`, no `epoch`
+    """Lightning's TensorBoard logger with no `epoch`
     staircase (Lightning adds one to every log call; the step is the x axis), and an HParams
     record without one-point copies of the metrics. Arguments as TensorBoardLogger's.
 
@@ -45,7 +36,7 @@ class TensorBoard(TensorBoardLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        shown = {tensorboard_tag(k): v for k, v in metrics.items() if k != "epoch"}
+        shown = {k: v for k, v in metrics.items() if k != "epoch"}
         if shown:
             super().log_metrics(shown, step)
 
@@ -59,7 +50,7 @@ class TensorBoard(TensorBoardLogger):
         plain = {
             k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in params.items()
         }
-        _, start, end = summaries(plain, {tensorboard_tag(k): v for k, v in metrics.items()})
+        _, start, end = summaries(plain, metrics)
         from mnistlab.lab.compat import event_file_writer
 
         writer = event_file_writer(self.experiment)
@@ -151,7 +142,7 @@ class Dashboard(Callback):
         writer = tensorboard_writer(trainer)
         if self.histograms and writer is not None:
             for name, p in pl_module.named_parameters():
-                writer.add_histogram(tensorboard_tag(f"weights/{name}"), p, trainer.global_step)
+                writer.add_histogram(f"weights/{name}", p, trainer.global_step)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         """The gradients of the epoch's last step (they are cleared after each step)."""
@@ -160,7 +151,7 @@ class Dashboard(Callback):
             return
         for name, p in pl_module.named_parameters():
             if p.grad is not None:
-                writer.add_histogram(tensorboard_tag(f"grads/{name}"), p.grad, trainer.global_step)
+                writer.add_histogram(f"grads/{name}", p.grad, trainer.global_step)
 
 
 def _git_description() -> str:
