@@ -82,13 +82,25 @@ def test_eval_reproduces_the_test_accuracy_exactly(run, capsys):
     assert record["metrics"]["test/acc"] == results(run)["test/acc"]
 
 
-def test_predict_names_the_classes(run, folder, tmp_path):
+def test_predict_names_the_classes(run, folder, tmp_path, capsys):
+    """A folder of class sub-folders is labelled: predict prints its accuracy, the scores per
+    class and the confusion matrix, from the same rows it writes."""
     out = tmp_path / "preds.csv"
     assert predict.main([f"input={folder / 'test'}", f"run={run}", f"output={out}"]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == N_TEST
     truth = [Path(r["file"]).parent.name for r in rows]
-    assert sum(r["class"] == t for r, t in zip(rows, truth, strict=True)) >= 0.9 * N_TEST
+    right = sum(r["class"] == t for r, t in zip(rows, truth, strict=True))
+    assert right >= 0.9 * N_TEST
+    printed = capsys.readouterr().out
+    assert f"Labelled by folder: accuracy {right / N_TEST:.4f} ({right} of {N_TEST})" in printed
+    assert "confusion matrix (true rows, predicted columns)" in printed
+    assert all(f"| {name}" in printed for name in SHAPES)
+    # The run's own test, per class, in results.json: every test image counted once.
+    per_class = json.loads((run / "results.json").read_text())["per_class"]
+    assert sorted(per_class) == sorted(SHAPES)
+    assert sum(row["support"] for row in per_class.values()) == N_TEST
+    assert all(0 <= row["f1"] <= 1 for row in per_class.values())
     assert all(name.split(":")[0] in SHAPES for r in rows for name in r["top"].split())
 
 

@@ -30,10 +30,34 @@ def paper_sweep(root):
             results = {"metrics": {"val/acc_best": val + seed / 1000, "test/acc": test + seed / 500,
                                    "test/loss": 46.2029 + 38.9523 * (seed - 2)},
                        "reported": ["val/acc_best", "test/acc", "test/loss"],
-                       "optimized": {"metric": "val/acc_best", "mode": "max"}}  # fmt: skip
+                       "optimized": {"metric": "val/acc_best", "mode": "max"},
+                       "per_class": {c: {"precision": 0.9, "recall": 0.8 + seed / 100,
+                                         "f1": f1 + seed / 100, "support": 50}
+                                     for c, f1 in (("cat", 0.7), ("dog", 0.9))}}  # fmt: skip
             (folder / "results.json").write_text(json.dumps(results))
             n += 1
     return sweep
+
+
+def test_scores_per_class_agree_with_scikit_learn():
+    import torch
+
+    from mnistlab.classify.scores import per_class
+
+    truth = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])  # class 3 is never predicted
+    guess = torch.tensor([0, 1, 0, 1, 2, 2, 2, 0, 2, 0])
+    matrix = torch.zeros(4, 4, dtype=torch.long)
+    for t, g in zip(truth, guess, strict=True):
+        matrix[t, g] += 1
+    table = per_class(matrix, ["a", "b", "c", "d"])
+    expected = {"precision": [2 / 4, 1 / 2, 3 / 4, 0], "recall": [2 / 3, 1 / 2, 3 / 4, 0],
+                "f1": [4 / 7, 1 / 2, 3 / 4, 0], "support": [3, 2, 4, 1]}  # fmt: skip
+    for column, values in expected.items():
+        assert table[column].tolist() == pytest.approx(values, abs=1e-12), column
+    sklearn = pytest.importorskip("sklearn.metrics", reason="scikit-learn: make install-digits")
+    p, _, f, _ = sklearn.precision_recall_fscore_support(truth, guess, zero_division=0)
+    assert table.f1.tolist() == pytest.approx(f.tolist(), abs=1e-12)
+    assert table.precision.tolist() == pytest.approx(p.tolist(), abs=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +85,9 @@ def test_report_tex_is_a_table_a_paper_takes(tmp_path, capsys):
     assert body[1].startswith("lr=3e-4 & 3 &") and r"\bfseries" not in body[1]
     assert r"Test acc. (\%)" in tex and "Val. accuracy (best) (\\%)" in tex
     assert "46 $\\pm$ 39" in body[0]  # rounded by its spread, not 46.2029 +- 38.9523
+    per_class = (sweep / "report_per_class.md").read_text()
+    assert "| cat     | 0.720 ± 0.010" in per_class, per_class  # F1's std over the 3 seeds
+    assert "cat/f1:ci95" in (sweep / "report_per_class.csv").read_text()
     printed = capsys.readouterr().out
     assert printed.index("Adam, $10^{-3}$ (best val.)") < printed.index("model.optimizer.lr=3e-4")
 

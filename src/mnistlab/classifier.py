@@ -7,8 +7,9 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, Metric
-from torchmetrics.classification import MulticlassCalibrationError
+from torchmetrics.classification import MulticlassCalibrationError, MulticlassConfusionMatrix
 
+from mnistlab.classify import scores
 from mnistlab.classify.calibration import BINS, TemperatureFit
 from mnistlab.lab import UserError
 
@@ -65,6 +66,9 @@ class Classifier(LightningModule):
         self.test_ece, self.test_ece_uncalibrated = (
             MulticlassCalibrationError(num_classes, n_bins=BINS, validate_args=False) for _ in "ab"
         )
+        # Per-class precision, recall, F1 and support of the test (`extra_results`).
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
+        self.test_per_class: dict[str, dict] = {}
 
     def __setattr__(self, name: str, value) -> None:
         # Lightning records the running hook's name on the module around every hook call, some
@@ -93,6 +97,7 @@ class Classifier(LightningModule):
         elif stage == "test":
             self.test_ece.update(self.probabilities(logits), y)
             self.test_ece_uncalibrated.update(logits.softmax(dim=1), y)
+            self.test_confusion.update(logits.detach(), y)
         return losses.mean(), logits
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -137,6 +142,16 @@ class Classifier(LightningModule):
                          "test/ece_uncalibrated": self.test_ece_uncalibrated.compute().float()})  # fmt: skip
         self.test_ece.reset()
         self.test_ece_uncalibrated.reset()
+        matrix = self.test_confusion.compute()  # summed over processes by torchmetrics
+        self.test_confusion.reset()
+        names = getattr(self.trainer.datamodule, "classes", None) or range(len(matrix))
+        table = scores.per_class(matrix, [str(n) for n in names])
+        self.log_global({"test/f1_macro": torch.tensor(table.f1.mean(), dtype=torch.float32)})
+        self.test_per_class = scores.as_record(table)
+
+    def extra_results(self) -> dict:
+        """Kept in results.json beside the metrics: the last test's scores per class."""
+        return {"per_class": self.test_per_class} if self.test_per_class else {}
 
     def log_global(self, values: dict, prog_bar: bool = False) -> None:
         """Log epoch values that are the same in every process (torchmetrics synced them). Under

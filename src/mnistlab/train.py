@@ -82,7 +82,9 @@ def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
     reported = list(cfg.get("report_metrics") or [])
     _log_results(trainer, hparams, {k: metrics[k] for k in reported if k in metrics})
     if trainer.is_global_zero:
-        write_results(cfg.paths.output_dir, _results(cfg, trainer, metrics, best))
+        # A module's own plain-data results (`extra_results()`, e.g. scores per class) beside.
+        extra = model.extra_results() if hasattr(model, "extra_results") else {}
+        write_results(cfg.paths.output_dir, {**extra, **_results(cfg, trainer, metrics, best)})
         _summarize(metrics, reported, best, cfg.paths.output_dir)
     return metrics
 

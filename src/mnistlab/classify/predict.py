@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistlab.classify import probabilities
+from mnistlab.classify import probabilities, scores
 from mnistlab.data.decode import SUFFIXES, unreadable
 from mnistlab.data.idx import read_idx
 from mnistlab.lab import UserError
@@ -43,7 +43,9 @@ writes CSV or JSON by the output's extension. Each picture is first brought to t
 (its data module's prepare_image; for MNIST, as MNIST made its digits: the ink found on any
 background, cropped, fitted into 20x20, centred by its centre of mass in 28x28). MNIST-style data
 only: `prepare=fit` fits the whole picture instead; `invert=true|false` forces the polarity.
-`save_prepared`: PNGs of what the model saw. Probabilities are calibrated (the temperature
+`save_prepared`: PNGs of what the model saw. A folder of class sub-folders named as the run's
+classes (input/<class>/<image>) is labelled: accuracy, per-class precision, recall and F1 and
+the confusion matrix are printed after the predictions. Probabilities are calibrated (the temperature
 fitted on the validation split, stored in the checkpoint); a row below `min_confidence` (0.5) is
 marked uncertain. Exit status 1 if any input could not be read.
 trust=: as for eval (another's run builds only what belongs where it stands, unless told)."""
@@ -200,6 +202,9 @@ def main(args: dict, overrides: list[str]) -> int:
     seconds = time.perf_counter() - start
     uncertain = _mark_uncertain(rows, args["min_confidence"])
     write(rows, args["output"])
+    labels = scores.folder_labels(Path(args["input"]), paths, datamodule.classes)
+    if labels is not None:
+        print(scores.labelled_summary(rows, labels, datamodule.classes), end="")
     failed = sum(1 for r in rows if r["error"])
     log.info("%d image(s) in %.2f s (%.0f images/s)%s%s", len(rows) - failed, seconds,
              (len(rows) - failed) / seconds, f"; {failed} could not be read" if failed else "",

@@ -58,7 +58,7 @@ def main(args: dict, _) -> int:
         raise UserError(f"pm={args['pm']}: one of {', '.join(tables.SPREADS)}")
     if args["width"] <= 0:
         raise UserError(f"width={args['width']}: a width in inches, e.g. 3.3 or 6.9")
-    labels = read_labels(args["labels"]) if args["labels"] else {}
+    labels = tables.read_labels(args["labels"]) if args["labels"] else {}
     table, style = summarize(groups, metrics, args["order"], pm=args["pm"], labels=labels,
                              percent=args["percent"])  # fmt: skip
     metrics = tables.metrics_of(table)  # with the one rows are ordered by
@@ -69,6 +69,9 @@ def main(args: dict, _) -> int:
     write_whole(out / "report.md", text)
     write_whole(out / "report.csv", csv_text(table))
     write_whole(out / "report.tex", latex(table, style, f"tab:{_tex_key(out.name)}"))
+    if classes := tables.per_class(groups, style):
+        write_whole(out / "report_per_class.md", classes[0])
+        write_whole(out / "report_per_class.csv", classes[1])
     drawn = []
     if args["figures"]:
         from mnistlab.lab.figures import CURVES, curves, finals
@@ -79,29 +82,12 @@ def main(args: dict, _) -> int:
         drawn = curves(groups, out, shown, style, args["width"])
         drawn += finals(table, metrics, out, style, args["width"])
     print(text, end="")
-    log.info("Report: %s (and report.csv, report.tex)", out / "report.md")
+    log.info("Report: %s (and report.csv, report.tex%s)", out / "report.md",
+             ", report_per_class.md and .csv" if classes else "")  # fmt: skip
     for path in drawn:
         if path.suffix == ".pdf":
             log.info("Figure: %s (and .svg, .png)", path)
     return 0
-
-
-def read_labels(path: str) -> dict[str, str]:
-    """labels=FILE: a YAML mapping of group labels and metric names to the text shown."""
-    import yaml
-
-    try:
-        labels = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise UserError(f"labels={path}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"labels={path}: not YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(labels, dict) or not all(
-        isinstance(k, str) and isinstance(v, str | int | float) for k, v in labels.items()
-    ):
-        raise UserError(f"labels={path}: a mapping of group labels or metric names to text,"
-                        ' e.g. "model.optimizer.lr=0.001: Adam, lr 1e-3"')  # fmt: skip
-    return {k: str(v) for k, v in labels.items()}
 
 
 def _tex_key(name: str) -> str:
@@ -200,6 +186,9 @@ def read_run(folder: Path) -> dict:
     reported = results.get("reported")
     if not (isinstance(reported, list) and all(isinstance(m, str) for m in reported)):
         reported = []
+    per_class = results.get("per_class")
+    if not (isinstance(per_class, dict) and all(isinstance(v, dict) for v in per_class.values())):
+        per_class = {}
     optimized = results.get("optimized")
     if not (isinstance(optimized, dict) and isinstance(optimized.get("metric"), str)
             and optimized.get("mode") in ("min", "max")):  # fmt: skip
@@ -207,7 +196,8 @@ def read_run(folder: Path) -> dict:
     # Only runs that completed are averaged: a failed, stopped or pruned run is counted apart.
     return {"folder": str(folder), "overrides": overrides, "status": status,
             "metrics": metrics if status == "completed" else {}, "reported": reported,
-            "optimized": optimized and (optimized["metric"], optimized["mode"])}  # fmt: skip
+            "optimized": optimized and (optimized["metric"], optimized["mode"]),
+            "per_class": per_class if status == "completed" else {}}  # fmt: skip
 
 
 def _measured(values, source: Path) -> dict[str, float] | None:

@@ -10,6 +10,7 @@ error (`Style.pm`). A metric without a spread (one run) keeps four significant d
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -90,6 +91,7 @@ def rounded(mean: float, spread: float | None) -> tuple[str, str | None]:
     if spread is None or pd.isna(spread) or spread <= 0 or not math.isfinite(spread):
         digits = max(0, 3 - math.floor(math.log10(abs(mean)))) if mean else 4
         return f"{mean:.{digits}f}", None
+    spread = float(f"{spread:.2g}")  # two significant digits, then as many decimals as they need
     digits = max(0, 1 - math.floor(math.log10(spread)))
     return f"{mean:.{digits}f}", f"{spread:.{digits}f}"
 
@@ -146,7 +148,7 @@ def markdown(table: pd.DataFrame, style: Style | None = None) -> str:
     shown = shown.rename_axis("group").rename(
         columns={m: f"{m} (%)" for m in metrics_of(table) if in_percent(m, style)}
     )
-    return f"# Results over seeds\n\n{note(style)}\n\n{shown.to_markdown(tablefmt='github')}\n"
+    return f"# Results over seeds\n\n{note(style)}\n\n{shown.to_markdown(tablefmt='github', disable_numparse=True)}\n"
 
 
 def csv_text(table: pd.DataFrame) -> str:
@@ -192,3 +194,56 @@ def tex_text(text: str) -> str:
         return "".join(special.get(c, c) for c in text)
     return "$".join(p if i % 2 else "".join(special.get(c, c) for c in p)
                     for i, p in enumerate(parts))  # fmt: skip
+
+
+def read_labels(path: str) -> dict[str, str]:
+    """labels=FILE: a YAML mapping of group labels and metric names to the text shown."""
+    import yaml
+
+    from mnistlab.lab import UserError
+
+    try:
+        labels = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"labels={path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"labels={path}: not YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str | int | float) for k, v in labels.items()
+    ):
+        raise UserError(f"labels={path}: a mapping of group labels or metric names to text,"
+                        ' e.g. "model.optimizer.lr=0.001: Adam, lr 1e-3"')  # fmt: skip
+    return {k: str(v) for k, v in labels.items()}
+
+
+def per_class(groups: dict[str, list[dict]], style: Style) -> tuple[str, str] | None:
+    """The runs' scores per class (results.json `per_class`) over seeds: markdown with a row per
+    class and each group's F1 (mean ± spread), and CSV with every statistic of precision,
+    recall and F1; None when no run has them. A value that is no number is left out."""
+    scored = {label: [{**r, "metrics": {f"{c}/{k}": float(v) for c, row in r["per_class"].items()
+                                        for k, v in row.items() if k in ("precision", "recall", "f1")
+                                        and isinstance(v, int | float) and not isinstance(v, bool)}}
+                      for r in runs if r.get("per_class")] for label, runs in groups.items()}  # fmt: skip
+    scored = {label: runs for label, runs in scored.items() if runs}
+    if not scored:
+        return None
+    metrics = list(dict.fromkeys(m for runs in scored.values() for r in runs for m in r["metrics"]))
+    table = summarize(scored, metrics)
+    classes = list(dict.fromkeys(m.rpartition("/")[0] for m in metrics))
+    spread = SPREADS[style.pm][0]
+    shown = pd.DataFrame(index=pd.Index(classes, name="class"))
+    for group in table.index:
+        cells = []
+        for name in classes:
+            mean, half = (
+                table.loc[group, (f"{name}/f1", "mean")],
+                table.loc[group, (f"{name}/f1", spread)],
+            )
+            text = "-" if pd.isna(mean) else rounded(mean, None if pd.isna(half) else half)
+            cells.append(text if isinstance(text, str) else " ± ".join(t for t in text if t))
+        shown[style.label(group, short=False)] = cells
+    note_text = f"F1 per class: {note(style).split(';')[0]}"
+    return (
+        f"# Per class over seeds\n\n{note_text}\n\n{shown.to_markdown(tablefmt='github', disable_numparse=True)}\n",
+        csv_text(table),
+    )

@@ -1,0 +1,73 @@
+"""Per-class scores from a confusion matrix (true rows, predicted columns): precision, recall,
+F1 and support for each class, with pandas. The classifier keeps them in results.json
+(`per_class`) after its test, `make report` averages them over seeds, and predict prints them
+for a folder of labelled images.
+"""
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+log = logging.getLogger("mnistlab.classify.predict")
+
+COLUMNS = ["precision", "recall", "f1", "support"]
+
+
+def per_class(matrix: torch.Tensor, classes: list[str]) -> pd.DataFrame:
+    """One row per class. A class never predicted has precision 0 (no true positives); F1 is
+    0 where precision and recall are both 0 (scikit-learn's `zero_division=0`)."""
+    counts = pd.DataFrame(matrix.cpu().double().numpy(), index=classes, columns=classes)
+    hits = pd.Series(matrix.diagonal().cpu().double().numpy(), index=classes)
+    predicted, support = counts.sum(axis=0), counts.sum(axis=1)
+    precision = (hits / predicted).fillna(0.0)
+    recall = (hits / support).fillna(0.0)
+    f1 = (2 * precision * recall / (precision + recall)).fillna(0.0)
+    table = pd.DataFrame({"precision": precision, "recall": recall, "f1": f1,
+                          "support": support.astype(int)})  # fmt: skip
+    return table.rename_axis("class")
+
+
+def as_record(table: pd.DataFrame) -> dict[str, dict]:
+    """Plain data for results.json: {class: {precision, recall, f1, support}}."""
+    return {str(name): {k: (int(v) if k == "support" else float(v)) for k, v in row.items()}
+            for name, row in table.iterrows()}  # fmt: skip
+
+
+def text(matrix: torch.Tensor, classes: list[str]) -> str:
+    """Accuracy, the per-class table and macro F1, and the confusion matrix, for a terminal."""
+    table = per_class(matrix, classes)
+    total = int(matrix.sum())
+    accuracy = float(matrix.diagonal().sum()) / total if total else float("nan")
+    counts = pd.DataFrame(matrix.cpu().long().numpy(), index=classes, columns=classes)
+    return (f"accuracy {accuracy:.4f} ({int(matrix.diagonal().sum())} of {total}), macro F1"
+            f" {table.f1.mean():.4f}\n\n{table.to_markdown(floatfmt='.4f')}\n\n"
+            f"confusion matrix (true rows, predicted columns):\n"
+            f"{counts.rename_axis('true').to_markdown()}\n")  # fmt: skip
+
+
+def folder_labels(root: Path, paths: list[Path], classes: list[str]) -> list[str] | None:
+    """Each image's class when `root` is a labelled folder (`root/<class>/<image>`, every
+    sub-folder named as one of the run's classes), else None (said when it nearly is)."""
+    if not root.is_dir():
+        return None
+    parts = [p.relative_to(root).parts for p in paths]
+    folders = {p[0] for p in parts if len(p) > 1}
+    if not folders:
+        return None
+    if unknown := sorted(folders - set(classes)) or [p for p in parts if len(p) != 2]:
+        log.info("Not a labelled folder (root/<class>/<image> with the run's classes %s): %s;"
+                 " no accuracy", ", ".join(classes[:10]), ", ".join(map(str, unknown[:3])))  # fmt: skip
+        return None
+    return [p[0] for p in parts]
+
+
+def labelled_summary(rows: list[dict], labels: list[str], classes: list[str]) -> str:
+    """Accuracy, per-class scores and the confusion matrix of the rows that could be read."""
+    index = {name: i for i, name in enumerate(classes)}
+    matrix = torch.zeros(len(classes), len(classes), dtype=torch.long)
+    for row, label in zip(rows, labels, strict=True):
+        if row["class"] is not None:
+            matrix[index[label], index[row["class"]]] += 1
+    return "\nLabelled by folder: " + text(matrix, classes)
