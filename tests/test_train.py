@@ -76,6 +76,13 @@ def test_command_line_run_leaves_a_complete_run_folder(synthetic_mnist, tmp_path
     assert tags >= set(SCALARS), tags
     assert "epoch" not in tags and not any(t.startswith("hp/") for t in tags)  # no one-point charts
     assert len(events.Scalars("val/acc")) == 2 and len(events.Scalars("train/loss")) == 6
+    # The epoch lines show each epoch's mean loss (not the last step's value, then stale).
+    means = [e.value for e in events.Scalars("train/loss_epoch")]
+    lines = [line for line in (run_dir / "train.log").read_text().splitlines()
+             if " epoch 1/2 " in f" {line} " or " epoch 2/2 " in f" {line} "]  # fmt: skip
+    assert len(lines) == 2 == len(means), lines
+    for line, mean in zip(lines, means, strict=True):
+        assert f"train/loss_epoch {mean:.4f}" in line and "train/loss " not in line, line
     assert "hp_metric" not in tags
     from tbparse import SummaryReader  # what other tools read: the metric names as logged
 
