@@ -27,10 +27,11 @@ TRUSTING = $(if $(TRUST),MNISTLAB_TRUST=$(TRUST))
 EXPORT_STAMP := $(VENV)/.export-installed
 SWEEP_STAMP := $(VENV)/.sweep-installed
 DIGITS_STAMP := $(VENV)/.digits-installed
+LOGGERS_STAMP := $(VENV)/.loggers-installed
 PORT ?= 6006
 LOGDIR ?= logs
 
-.PHONY: help install install-export install-sweep install-digits install-all data train sweep eval predict eval-wild report compare export bench test test-slow test-slurm test-all lint tensorboard clean-logs slurm-up slurm-down
+.PHONY: help install install-export install-sweep install-digits install-loggers install-all data train sweep eval predict eval-wild report compare export bench test test-slow test-slurm test-all lint tensorboard clean-logs slurm-up slurm-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -61,12 +62,18 @@ $(DIGITS_STAMP): $(STAMP)
 
 install-digits: $(DIGITS_STAMP) ## Also install scikit-learn, whose wheel holds the 8x8 digits of data=digits
 
+$(LOGGERS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev,loggers]"
+	@touch $(LOGGERS_STAMP)
+
+install-loggers: $(LOGGERS_STAMP) ## Also install the experiment trackers of logger=mlflow|wandb|comet (all offline)
+
 ALL_STAMP := $(VENV)/.all-installed
 $(ALL_STAMP): pyproject.toml
 	@echo "Setting up $(VENV) with every extra (a few minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --progress-bar off -e ".[dev,export,sweep,digits]"
-	@touch $(STAMP) $(EXPORT_STAMP) $(SWEEP_STAMP) $(DIGITS_STAMP) $(ALL_STAMP)
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev,export,sweep,digits,loggers]"
+	@touch $(STAMP) $(EXPORT_STAMP) $(SWEEP_STAMP) $(DIGITS_STAMP) $(LOGGERS_STAMP) $(ALL_STAMP)
 
 install-all: $(ALL_STAMP) ## Create .venv with the dev extras and every optional one in one step (as CI does)
 

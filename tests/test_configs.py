@@ -16,6 +16,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+TRACKERS = {"mlflow": ["mlflow"], "wandb": ["wandb"], "comet": ["comet_ml"], "many": ["mlflow"]}
 COMPONENT_GROUPS = ["data", "model", "model/net", "trainer", "callbacks", "logger"]
 GROUP_OPTIONS = [(g, o) for g in COMPONENT_GROUPS for o in options(g)]
 
@@ -27,8 +28,12 @@ def test_every_group_has_options():
 @pytest.mark.parametrize(
     ("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS]
 )
-def test_group_option_composes_and_instantiates(group, option, tmp_path, image_folder):
-    overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
+def test_group_option_composes_and_instantiates(group, option, tmp_path, image_folder,
+                                               monkeypatch):  # fmt: skip
+    overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}"]
+    if group == "logger" and option in TRACKERS:  # the loggers extra: make install-loggers
+        need_modules(*TRACKERS[option], install="make install-loggers")
+        monkeypatch.setenv("COMET_START_ONLINE", "false")  # as logger=comet's command sets it
     if option == "image_folder":
         overrides.append(f"data.root={image_folder}")
     if option == "fashion_mnist":

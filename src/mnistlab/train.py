@@ -158,6 +158,18 @@ def _log_results(trainer, hparams: dict, metrics: dict[str, float]) -> None:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hparams, metrics)
         logger.finalize("success")
+        _close(logger)
+
+
+def _close(logger) -> None:
+    """End a tracker's run, which Lightning's `finalize` leaves open for W&B and Comet: the
+    next job of a sequential sweep would otherwise log into this one's run."""
+    from lightning.pytorch.loggers import CometLogger, WandbLogger
+
+    if isinstance(logger, WandbLogger):  # a no-op stand-in off rank 0
+        logger.experiment.finish()
+    elif isinstance(logger, CometLogger):
+        logger.experiment.end()
 
 
 def _summarize(metrics: dict[str, float], reported: list[str], best: str, output_dir: str) -> None:
