@@ -7,7 +7,6 @@ for a folder of labelled images.
 import logging
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 log = logging.getLogger("mnistlab.classify.predict")
@@ -15,9 +14,11 @@ log = logging.getLogger("mnistlab.classify.predict")
 COLUMNS = ["precision", "recall", "f1", "support"]
 
 
-def per_class(matrix: torch.Tensor, classes: list[str]) -> pd.DataFrame:
-    """One row per class. A class never predicted has precision 0 (no true positives); F1 is
+def per_class(matrix: torch.Tensor, classes: list[str]):
+    """A DataFrame, one row per class. A class never predicted has precision 0 (no true positives); F1 is
     0 where precision and recall are both 0 (scikit-learn's `zero_division=0`)."""
+    import pandas as pd  # when a test ends or predict has labels: start-up stays light
+
     counts = pd.DataFrame(matrix.cpu().double().numpy(), index=classes, columns=classes)
     hits = pd.Series(matrix.diagonal().cpu().double().numpy(), index=classes)
     predicted, support = counts.sum(axis=0), counts.sum(axis=1)
@@ -29,7 +30,7 @@ def per_class(matrix: torch.Tensor, classes: list[str]) -> pd.DataFrame:
     return table.rename_axis("class")
 
 
-def as_record(table: pd.DataFrame) -> dict[str, dict]:
+def as_record(table) -> dict[str, dict]:
     """Plain data for results.json: {class: {precision, recall, f1, support}}."""
     return {str(name): {k: (int(v) if k == "support" else float(v)) for k, v in row.items()}
             for name, row in table.iterrows()}  # fmt: skip
@@ -37,6 +38,8 @@ def as_record(table: pd.DataFrame) -> dict[str, dict]:
 
 def text(matrix: torch.Tensor, classes: list[str]) -> str:
     """Accuracy, the per-class table and macro F1, and the confusion matrix, for a terminal."""
+    import pandas as pd
+
     table = per_class(matrix, classes)
     total = int(matrix.sum())
     accuracy = float(matrix.diagonal().sum()) / total if total else float("nan")
