@@ -76,7 +76,7 @@ def test_report_tex_is_a_table_a_paper_takes(tmp_path, capsys):
     labels.write_text("model.optimizer.lr=1e-3: 'Adam, $10^{-3}$'\ntest/acc: Test acc. (%)\n")
     assert report.main([f"sweep={sweep}", f"labels={labels}", "percent=true", "pm=std"]) == 0
     tex = (sweep / "report.tex").read_text()
-    for part in (r"\begin{table}", r"\caption{", r"\label{tab:sweep}", r"\toprule", r"\midrule",
+    for part in (r"\begin{table*}", r"\caption{", r"\label{tab:sweep}", r"\toprule", r"\midrule",
                  r"\bottomrule", "standard deviation", r"$n = 3$"):  # fmt: skip
         assert part in tex, part
     body = tex[tex.index(r"\midrule") : tex.index(r"\bottomrule")].strip().splitlines()[1:]

@@ -22,6 +22,7 @@ SPREADS = {  # pm=: the statistic after ±, and how a caption says what it is
 }
 STAGES = {"train": "Train", "val": "Val.", "test": "Test"}
 WORDS = {"acc": "accuracy", "acc_best": "accuracy (best)", "loss": "loss", "ece": "ECE",
+         "loss_epoch": "loss (epoch mean)", "f1_macro": "F1 (macro)",
          "wall_s": "Wall time (s)"}  # fmt: skip
 
 
@@ -174,8 +175,10 @@ def latex(table: pd.DataFrame, style: Style, label: str) -> str:
                f" configuration{f' ({failed} failed or stopped runs left out)' if failed else ''}."
                f" Rows {_tex(style.order)}"
                f"{'; the best by validation in bold' if style.best is not None else ''}.")  # fmt: skip
+    wide = len(metrics_of(table)) > 2  # wider than a column of a two-column paper: both columns
     return "% \\usepackage{booktabs} in the preamble\n" + styler.to_latex(
-        hrules=True, column_format="l" + "r" * (len(shown.columns) - 1), environment="table",
+        hrules=True, column_format="l" + "r" * (len(shown.columns) - 1),
+        environment="table*" if wide else "table",
         position="t", position_float="centering", caption=caption, label=label,
         convert_css=True,
     )  # fmt: skip
