@@ -245,12 +245,13 @@ def test_a_two_experiment_sweep_is_told_apart_in_the_hparams_tab(synthetic_mnist
         request = {"experimentName": "", "allowedStatuses": statuses, "colParams": [],
                    "startIndex": 0, "sliceSize": 100}  # fmt: skip
         groups = post(url, "/data/plugin/hparams/session_groups", request)["sessionGroups"]
-    rows = {g["sessions"][0]["name"]: g for g in groups}
-    assert sorted(rows) == ["0", "1"], rows.keys()
+    rows = {g["sessions"][0]["name"]: g for g in groups}  # a run: <job>/<what the sweep varies>
+    assert sorted(rows) == ["0/experiment=reference", "1/experiment=two_conv"], rows.keys()
     assert {name: g["hparams"]["experiment"] for name, g in rows.items()} == {
-        "0": "reference", "1": "two_conv"}  # fmt: skip
-    assert rows["1"]["hparams"]["channels"] == "[16, 32]"  # what the experiment changed
+        "0/experiment=reference": "reference", "1/experiment=two_conv": "two_conv"}  # fmt: skip
+    assert rows["1/experiment=two_conv"]["hparams"]["channels"] == "[16, 32]"  # the experiment's
     for name, group in rows.items():
-        results = json.loads((tmp_path / "sweep" / name / "results.json").read_text())["metrics"]
+        job = tmp_path / "sweep" / name.split("/")[0]
+        results = json.loads((job / "results.json").read_text())["metrics"]
         shown = {v["name"]["tag"]: v["value"] for v in group["metricValues"]}
         assert np.float32(shown["test/acc"]) == np.float32(results["test/acc"])

@@ -127,7 +127,7 @@ def test_a_sweep_of_ddp_jobs_one_folder_each_a_failure_reported_and_the_rerun_fi
     for job in ("0", "1"):
         folder = tmp_path / "sweep" / job
         assert [p.name for p in folder.glob("*.log")] == ["train.log"]
-        writers = {p.name.split(".")[-2] for p in folder.glob("events.out.tfevents.*")}
+        writers = {p.name.split(".")[-2] for p in folder.rglob("events.out.tfevents.*")}
         assert len(writers) == 1, writers
     assert sorted(p.parent.name for p in tmp_path.rglob(".hydra")) == ["0", "1"]
     results = json.loads((tmp_path / "sweep" / "0" / "results.json").read_text())

@@ -39,11 +39,19 @@ def test_grid_2x2_one_complete_folder_per_job_and_a_summary(synthetic_mnist, tmp
     assert {r["status"] for r in rows} == {"completed"}
     objectives = [float(r["objective"]) for r in rows]
     assert objectives == sorted(objectives, reverse=True)  # best first
-    for job in range(4):
+    labels = [
+        "lr=0.001,batch_size=32",
+        "lr=0.001,batch_size=64",
+        "lr=0.002,batch_size=32",
+        "lr=0.002,batch_size=64",
+    ]  # fmt: skip (as Hydra writes each job's values)
+    for job, label in enumerate(labels):
         folder = tmp_path / "sweep" / str(job)
         assert (folder / "checkpoints" / "last.ckpt").is_file()
         assert (folder / "results.json").is_file() and (folder / ".hydra/config.yaml").is_file()
-        events = EventAccumulator(str(folder)).Reload()
+        # TensorBoard names a run by its folder: the job's events are in <job>/<what it varies>/
+        assert [p.parent.name for p in folder.glob("*/events.out.tfevents.*")] == [label]
+        events = EventAccumulator(str(folder / label)).Reload()
         assert {"test/acc", "val/acc_best"} <= set(events.Tags()["scalars"])
         hparams = events.summary_metadata  # the HParams tab's record of the job: its columns
         assert any(m.plugin_data.plugin_name == "hparams" for m in hparams.values()), hparams

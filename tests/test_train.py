@@ -133,7 +133,8 @@ def test_multirun_gives_each_job_a_complete_folder(synthetic_mnist, tmp_path):
             OmegaConf.load(sweep_dir / job / ".hydra" / "config.yaml").data.batch_size == batch_size
         )
         assert (sweep_dir / job / "checkpoints" / "last.ckpt").is_file()
-        assert list((sweep_dir / job).glob("events.out.tfevents.*"))
+        label = f"batch_size={batch_size}"  # TensorBoard's run: <job>/<what the sweep varies>
+        assert list((sweep_dir / job / label).glob("events.out.tfevents.*"))
         assert (sweep_dir / job / "train.log").is_file()
 
 

@@ -124,8 +124,23 @@ def _loggers(cfg: DictConfig, resumed_step: int | None) -> list:
         extra = {}
         if resumed_step is not None and _is_tensorboard(node._target_):
             extra["purge_step"] = resumed_step
+        if _is_tensorboard(node._target_) and not node.get("version") and (label := _job_label()):
+            extra["version"] = label  # TensorBoard names the run by its folder: <job>/<label>
         loggers.append(build(cfg, f"logger.{name}", **extra))
     return loggers
+
+
+def _job_label() -> str:
+    """A sweep job's values of the keys its sweep varies (`mnistlab.lab.sweeps.job_label`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return ""
+    from mnistlab.lab.sweeps import job_label
+
+    hc = HydraConfig.get()
+    return job_label(Path(hc.sweep.dir), list(hc.overrides.task))
 
 
 def _is_tensorboard(target: str) -> bool:

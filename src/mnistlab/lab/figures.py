@@ -36,6 +36,10 @@ def read_curve(folder: Path, metric: str) -> list[float]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its per-file chatter
+    if not any(Path(folder).glob("events.out.tfevents.*")):  # a sweep job's: <job>/<its label>/
+        folder = next(
+            (p.parent for p in sorted(Path(folder).glob("*/events.out.tfevents.*"))), folder
+        )
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
     if metric not in events.Tags().get("scalars", []):
         return []

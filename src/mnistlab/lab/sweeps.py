@@ -70,6 +70,45 @@ def columns(metrics: list[str]) -> list[str]:
     return ["job", "status", "objective", *metrics, "wall_s", "overrides", "error", "folder"]
 
 
+def job_label(sweep_dir: Path, overrides: list[str]) -> str:
+    """A sweep job's name among its sweep's: its values of the keys the sweep varies
+    (`lr=0.001,seed=1`, a key by its last part where that is unambiguous); "" for none. The
+    keys are read, as data, from the multirun.yaml Hydra writes in the sweep's folder before its
+    first job: its command line's sweep overrides (`seed=1,2,3`) and its sweeper's search space
+    (`hydra.sweeper.params`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    record = read_yaml(Path(sweep_dir) / "multirun.yaml")
+    hydra = record.get("hydra") if isinstance(record, dict) else None
+    hydra = hydra if isinstance(hydra, dict) else {}
+    task = (hydra.get("overrides") or {}).get("task") or []
+    params = (hydra.get("sweeper") or {}).get("params") or {}
+    varied = {str(k) for k in params} if isinstance(params, dict) else set()
+    parser = OverridesParser.create()
+    for text in task if isinstance(task, list) else []:
+        try:
+            override = parser.parse_override(str(text))
+        except HydraException:  # a line that is not an override names no key
+            continue
+        if override.is_sweep_override():
+            varied.add(override.key_or_group)
+    keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
+    last = [k.rpartition(".")[2] for k in keys if k in varied]
+    return ",".join(
+        f"{k.rpartition('.')[2] if last.count(k.rpartition('.')[2]) == 1 else k}={o.partition('=')[2]}"
+        for k, o in zip(keys, overrides, strict=True) if k in varied
+    )  # fmt: skip
+
+
+def read_yaml(path: Path):
+    """A YAML file as plain data (None when it is missing or unreadable): never built."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+
+
 def begin(folder: Path, overrides: list[str]) -> None:
     """A job starts (or starts again, continued): a new record, nothing of an earlier attempt's
     (its error, its signal) kept; its overrides without `resume=`, which is how it runs, not
