@@ -109,3 +109,11 @@ def test_early_stopping_says_when_it_ends_a_run(tiny_cfg, caplog):
         r.getMessage() for r in caplog.records if "Signaling Trainer to stop" in r.getMessage()
     ]
     assert len(stops) == 1 and "val/acc" in stops[0], stops
+
+
+@pytest.mark.parametrize(("monitor", "name"), [("val/acc", "val_acc"), ("val/loss", "val_loss")])
+def test_the_best_checkpoint_s_name_follows_the_monitored_metric(monitor, name):
+    cfg = compose_train([f"monitor={monitor}", "mode=min" if "loss" in monitor else "mode=max"])
+    node = cfg.callbacks.model_checkpoint
+    assert node.monitor == monitor
+    assert node.filename == f"epoch{{epoch:03d}}-{name}{{{monitor}:.4f}}"
