@@ -66,18 +66,17 @@ def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> pd.DataFrame
     values = pd.DataFrame(done, columns=["group", *metrics]).astype({m: float for m in metrics})
     found = values.groupby("group", sort=False)[metrics].agg(["count", "mean", "std", "min", "max"])
     found = found.rename(columns={"count": "n"}, level=1).reindex(list(groups))
-    for metric in metrics:
-        n = found[(metric, "n")].fillna(0)
-        found[(metric, "n")] = n.astype(int)
-        found[(metric, "se")] = found[(metric, "std")] / n**0.5
-        found[(metric, "ci95")] = stats.t.ppf(0.975, n - 1) * found[(metric, "se")]
-    table = found.reindex(columns=pd.MultiIndex.from_product([metrics, STATS]))
-    table.insert(
-        0, ("failed", ""), [sum(not r["metrics"] for r in runs) for runs in groups.values()]
-    )
-    table.insert(
-        0, ("runs", ""), [sum(bool(r["metrics"]) for r in runs) for runs in groups.values()]
-    )
+    n = found.xs("n", axis=1, level=1).fillna(0).astype(int)
+    se = found.xs("std", axis=1, level=1) / n**0.5
+    derived = {"n": n, "se": se, "ci95": se * stats.t.ppf(0.975, n - 1)}
+    parts = [found.xs(s, axis=1, level=1, drop_level=False) for s in ("mean", "std", "min", "max")]
+    parts += [frame.set_axis(pd.MultiIndex.from_product([frame.columns, [name]]), axis=1)
+              for name, frame in derived.items()]  # fmt: skip
+    table = pd.concat(parts, axis=1).reindex(columns=pd.MultiIndex.from_product([metrics, STATS]))
+    counts = pd.DataFrame({("runs", ""): [sum(bool(r["metrics"]) for r in runs) for runs in groups.values()],
+                           ("failed", ""): [sum(not r["metrics"] for r in runs) for runs in groups.values()]},
+                          index=table.index)  # fmt: skip
+    table = pd.concat([counts, table], axis=1)
     return table.rename_axis("group")
 
 
