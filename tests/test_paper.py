@@ -148,3 +148,23 @@ def test_a_wrong_paper_option_is_one_line(tmp_path, capsys, args, message):
     assert report.main([f"sweep={sweep}", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_labels_name_groups_as_a_researcher_writes_them(tmp_path, capsys):
+    """A short key and another spelling of the number name the group; a label that names
+    nothing is said; a malformed per_class is named and its run counted apart (n=k)."""
+    sweep = paper_sweep(tmp_path)
+    results = json.loads((sweep / "0" / "results.json").read_text())
+    (sweep / "0" / "results.json").write_text(json.dumps({**results, "per_class": [1, 2]}))
+    labels = tmp_path / "labels.yaml"
+    labels.write_text("lr=0.001: Adam fast\nlr=0.5: nothing\n")
+    assert report.main([f"sweep={sweep}", f"labels={labels}", "width=6.9"]) == 0
+    captured = capsys.readouterr()
+    assert "Adam fast (best val.)" in captured.out
+    assert "labels: 'lr=0.5' names no group" in captured.err
+    assert "0/results.json: per_class is not" in captured.err
+    per_class = (sweep / "report_per_class.md").read_text()
+    assert "(n=2)" in per_class  # lr=3e-4's three runs, one without scores per class
+    assert (sweep / "curve_val_acc.tex").read_text().startswith(r"\begin{figure*}")  # two columns
+    assert report.main([f"sweep={sweep}", "metrics=[test/acc]"]) == 0
+    assert not list(sweep.glob("curve_*"))  # no figure of the earlier report is left behind

@@ -146,7 +146,8 @@ class Classifier(LightningModule):
         self.test_confusion.reset()
         names = getattr(self.trainer.datamodule, "classes", None) or range(len(matrix))
         table = scores.per_class(matrix, [str(n) for n in names])
-        self.log_global({"test/f1_macro": torch.tensor(table.f1.mean(), dtype=torch.float32)})
+        f1 = scores.macro_f1(table, matrix)
+        self.log_global({"test/f1_macro": torch.tensor(f1, dtype=torch.float32)})
         self.test_per_class = scores.as_record(table)
 
     def extra_results(self) -> dict:

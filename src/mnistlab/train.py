@@ -85,7 +85,7 @@ def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
         # A module's own plain-data results (`extra_results()`, e.g. scores per class) beside.
         extra = model.extra_results() if hasattr(model, "extra_results") else {}
         write_results(cfg.paths.output_dir, {**extra, **_results(cfg, trainer, metrics, best)})
-        _summarize(metrics, reported, best, cfg.paths.output_dir)
+        _summarize(metrics, reported, best, cfg.paths.output_dir, _tensorboard_in(trainer))
     return metrics
 
 
@@ -187,11 +187,20 @@ def _close(logger) -> None:
         logger.experiment.end()
 
 
-def _summarize(metrics: dict[str, float], reported: list[str], best: str, output_dir: str) -> None:
+def _tensorboard_in(trainer) -> bool:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
+
+
+def _summarize(metrics: dict[str, float], reported: list[str], best: str, output_dir: str,
+               tensorboard: bool) -> None:  # fmt: skip
     shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in reported if k in metrics)
     log.info("Done: %s", shown)
     log.info("Best checkpoint: %s", best or "(none saved)")
     log.info("Run folder: %s", output_dir)
+    if not tensorboard:  # logger=csv, mlflow, ...: no events to show
+        return
     # Its parent: TensorBoard's HParams tab has no metric values for a run that is the logdir.
     log.info(
         "TensorBoard: make tensorboard  (or: tensorboard --logdir %s)", Path(output_dir).parent

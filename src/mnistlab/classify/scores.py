@@ -30,6 +30,12 @@ def per_class(matrix: torch.Tensor, classes: list[str]):
     return table.rename_axis("class")
 
 
+def macro_f1(table, matrix: torch.Tensor) -> float:
+    """The mean F1 of the classes in the truth or the predictions (scikit-learn's macro F1)."""
+    present = (matrix.sum(dim=1) > 0) | (matrix.sum(dim=0) > 0)
+    return float(table.f1[present.cpu().numpy()].mean())
+
+
 def as_record(table) -> dict[str, dict]:
     """Plain data for results.json: {class: {precision, recall, f1, support}}."""
     return {str(name): {k: (int(v) if k == "support" else float(v)) for k, v in row.items()}
@@ -41,11 +47,15 @@ def text(matrix: torch.Tensor, classes: list[str]) -> str:
     import pandas as pd
 
     table = per_class(matrix, classes)
+    counts = pd.DataFrame(matrix.cpu().long().numpy(), index=classes, columns=classes)
     total = int(matrix.sum())
     accuracy = float(matrix.diagonal().sum()) / total if total else float("nan")
     counts = pd.DataFrame(matrix.cpu().long().numpy(), index=classes, columns=classes)
+    present = table[(table.support > 0) | (counts.sum(axis=0) > 0)]
+    shown = table.astype({"support": str})  # counts as integers, the scores to 4 places
     return (f"accuracy {accuracy:.4f} ({int(matrix.diagonal().sum())} of {total}), macro F1"
-            f" {table.f1.mean():.4f}\n\n{table.to_markdown(floatfmt='.4f')}\n\n"
+            f" {macro_f1(table, matrix):.4f} over the {len(present)} classes present\n\n"
+            f"{shown.to_markdown(floatfmt='.4f')}\n\n"
             f"confusion matrix (true rows, predicted columns):\n"
             f"{counts.rename_axis('true').to_markdown()}\n")  # fmt: skip
 
@@ -60,8 +70,9 @@ def folder_labels(root: Path, paths: list[Path], classes: list[str]) -> list[str
     if not folders:
         return None
     if unknown := sorted(folders - set(classes)) or [p for p in parts if len(p) != 2]:
-        log.info("Not a labelled folder (root/<class>/<image> with the run's classes %s): %s;"
-                 " no accuracy", ", ".join(classes[:10]), ", ".join(map(str, unknown[:3])))  # fmt: skip
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        log.info("Not a labelled folder (root/<class>/<image> with the run's classes %s): %s%s;"
+                 " no accuracy", ", ".join(classes[:10]), ", ".join(map(str, unknown[:3])), more)  # fmt: skip
         return None
     return [p[0] for p in parts]
 

@@ -69,7 +69,7 @@ def curves(groups: dict[str, list[dict]], out: Path, metrics=tuple(CURVES), styl
         if without:
             log.warning("%s: no events of it in %d completed run(s), left out of its figure: %s",
                         metric, len(without), ", ".join(without))  # fmt: skip
-        what, (low, high) = CURVES.get(metric, (metric, (-math.inf, math.inf)))
+        what, (low, high) = CURVES.get(metric, (column(metric, Style()), (-math.inf, math.inf)))
         scale = 100.0 if in_percent(metric, style) else 1.0
         fig, ax = _figure(width)
         for (label, values), (marker, line) in zip(series.items(), _styles(), strict=False):
@@ -138,7 +138,7 @@ def _figure(width: float, panels: int = 1, rows: int = 0):
 
     plt.rcParams.update(TEXT)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # its font subsetting, at INFO
-    height = width * 0.68 if not rows else panels * (0.45 + 0.2 * rows)
+    height = min(width * 0.68, 2.6) if not rows else panels * (0.45 + 0.2 * rows)
     fig, axes = plt.subplots(panels, 1, figsize=(width, height), layout="constrained",
                              squeeze=False)  # fmt: skip
     return (fig, axes[0][0]) if not rows else (fig, list(axes[:, 0]))
@@ -160,7 +160,18 @@ def _save(fig, stem: Path, caption: str) -> list[Path]:
             fig.savefig(f, format=fmt, dpi=300)
         written.append(stem.with_suffix(f".{fmt}"))
     plt.close(fig)
-    write_whole(stem.with_suffix(".tex"), "\\begin{figure}[t]\n  \\centering\n"
+    wide = fig.get_figwidth() > 3.5  # wider than one column of a two-column paper: both
+    env = "figure*" if wide else "figure"
+    write_whole(stem.with_suffix(".tex"), f"\\begin{{{env}}}[t]\n  \\centering\n"
                 f"  \\includegraphics{{{stem.name}.pdf}}\n  \\caption{{{tex_text(caption)}}}\n"
-                f"  \\label{{fig:{stem.name.replace('_', '-')}}}\n\\end{{figure}}\n")  # fmt: skip
+                f"  \\label{{fig:{stem.name.replace('_', '-')}}}\n\\end{{{env}}}\n")  # fmt: skip
     return written
+
+
+def remove_stale(out: Path, drawn: list[Path]) -> None:
+    """A figure an earlier report drew in `out` and this one did not (other metrics= or no
+    curves): its files go, so that `\\input{curve_x.tex}` never brings back an old figure."""
+    kept = {p.stem for p in drawn}
+    for path in [*out.glob("curve_*"), *out.glob("final_metrics.*")]:
+        if path.stem not in kept and path.suffix in (".pdf", ".svg", ".png", ".tex"):
+            path.unlink(missing_ok=True)

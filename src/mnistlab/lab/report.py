@@ -74,13 +74,13 @@ def main(args: dict, _) -> int:
         write_whole(out / "report_per_class.csv", classes[1])
     drawn = []
     if args["figures"]:
-        from mnistlab.lab.figures import CURVES, curves, finals
+        from mnistlab.lab.figures import CURVES, curves, finals, remove_stale
 
-        shown = (
-            [*CURVES, *(m for m in metrics if m not in CURVES)] if not args["metrics"] else metrics
-        )
+        given = args["metrics"]  # these alone; else the curves and every metric of the table
+        shown = given or [*CURVES, *(m for m in metrics if m not in CURVES)]
         drawn = curves(groups, out, shown, style, args["width"])
-        drawn += finals(table, metrics, out, style, args["width"])
+        drawn += finals(table, given or metrics, out, style, args["width"])
+        remove_stale(out, drawn)
     print(text, end="")
     log.info("Report: %s (and report.csv, report.tex%s)", out / "report.md",
              ", report_per_class.md and .csv" if classes else "")  # fmt: skip
@@ -186,9 +186,7 @@ def read_run(folder: Path) -> dict:
     reported = results.get("reported")
     if not (isinstance(reported, list) and all(isinstance(m, str) for m in reported)):
         reported = []
-    per_class = results.get("per_class")
-    if not (isinstance(per_class, dict) and all(isinstance(v, dict) for v in per_class.values())):
-        per_class = {}
+    per_class = tables.checked_per_class(results.get("per_class", {}), folder / "results.json")
     optimized = results.get("optimized")
     if not (isinstance(optimized, dict) and isinstance(optimized.get("metric"), str)
             and optimized.get("mode") in ("min", "max")):  # fmt: skip
@@ -266,12 +264,15 @@ def summarize(groups: dict[str, list[dict]], metrics: list[str], order: str = "v
         metrics = [chosen[0], *metrics]
     table = tables.summarize(groups, metrics)
     style["shorter"] = tables.shorter_keys(groups)
+    style["labels"] = tables.resolve_labels(style.get("labels") or {}, groups, metrics,
+                                            style["shorter"])  # fmt: skip
     if chosen is None:
         return table, Style(**style)
     metric, mode = chosen
     best = tables.ordered(table, metric, mode)
     best = best.index[0] if best[(metric, "n")].iloc[0] else None
-    words = f"{metric}, {'higher' if mode == 'max' else 'lower'} is better"
+    shown = tables.column(metric, Style(labels=style["labels"]))
+    words = f"{shown} ({metric}), {'higher' if mode == 'max' else 'lower'} is better"
     if order == "val":
         return tables.ordered(table, metric, mode), Style(best=best, order=f"by {words}", **style)
     return table, Style(best=best, order=f"as started; best by {words}", **style)

@@ -8,12 +8,15 @@ Shown cells are `mean ± spread`, both rounded where the spread's second signifi
 error (`Style.pm`). A metric without a spread (one run) keeps four significant digits.
 """
 
+import logging
 import math
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+log = logging.getLogger("mnistlab.lab.report")
 STATS = ["n", "mean", "std", "se", "ci95", "min", "max"]
 SPREADS = {  # pm=: the statistic after ±, and how a caption says what it is
     "ci": ("ci95", "the half-width of the 95% confidence interval of the mean (Student's t)"),
@@ -47,6 +50,34 @@ class Style:
                         + o.partition("=")[1] + o.partition("=")[2] for o in group.split(" "))  # fmt: skip
 
     shorter: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_labels(given: dict[str, str], groups, metrics, shorter: dict[str, str]) -> dict:
+    """labels= entries by the group or metric they name: a group as its overrides were written
+    in any order, a key by its short name, a number in any spelling (`lr=1e-3` names the group
+    `model.optimizer.lr=0.001`). An entry that names nothing is said and left unused."""
+
+    def canonical(text: str) -> tuple:
+        parts = []
+        for part in str(text).split():
+            key, eq, value = part.partition("=")
+            key = next((full for full, short in shorter.items() if short == key), key)
+            with suppress(ValueError):
+                value = repr(float(value))
+            parts.append(f"{key}{eq}{value}")
+        return tuple(sorted(parts))
+
+    found = {canonical(g): g for g in groups}
+    resolved = {}
+    for key, text in given.items():
+        if key in groups or key in metrics:
+            resolved[key] = text
+        elif (group := found.get(canonical(key))) is not None:
+            resolved[group] = text
+        else:
+            log.warning("labels: %r names no group (%s) and no metric: left unused", key,
+                        "; ".join(list(groups)[:4]) + ("; ..." if len(groups) > 4 else ""))  # fmt: skip
+    return resolved
 
 
 def shorter_keys(groups) -> dict[str, str]:
@@ -218,6 +249,18 @@ def read_labels(path: str) -> dict[str, str]:
     return {k: str(v) for k, v in labels.items()}
 
 
+def checked_per_class(value, source: Path) -> dict:
+    """A results.json's `per_class` if it is {class: {name: number}}, else {} (said, naming it)."""
+    if isinstance(value, dict) and all(
+        isinstance(row, dict) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                      and math.isfinite(v) for v in row.values())
+        for row in value.values()):  # fmt: skip
+        return value
+    log.warning("%s: per_class is not {class: {precision: x, recall: x, f1: x, support: n}}: the"
+                " run is left out of the scores per class", source)  # fmt: skip
+    return {}
+
+
 def per_class(groups: dict[str, list[dict]], style: Style) -> tuple[str, str] | None:
     """The runs' scores per class (results.json `per_class`) over seeds: markdown with a row per
     class and each group's F1 (mean ± spread), and CSV with every statistic of precision,
@@ -234,15 +277,14 @@ def per_class(groups: dict[str, list[dict]], style: Style) -> tuple[str, str] | 
     classes = list(dict.fromkeys(m.rpartition("/")[0] for m in metrics))
     spread = SPREADS[style.pm][0]
     shown = pd.DataFrame(index=pd.Index(classes, name="class"))
+    completed = {label: sum(bool(r["metrics"]) for r in runs) for label, runs in groups.items()}
     for group in table.index:
         cells = []
         for name in classes:
-            mean, half = (
-                table.loc[group, (f"{name}/f1", "mean")],
-                table.loc[group, (f"{name}/f1", spread)],
-            )
+            mean, half, n = (table.loc[group, (f"{name}/f1", s)] for s in ("mean", spread, "n"))
             text = "-" if pd.isna(mean) else rounded(mean, None if pd.isna(half) else half)
-            cells.append(text if isinstance(text, str) else " ± ".join(t for t in text if t))
+            text = text if isinstance(text, str) else " ± ".join(t for t in text if t)
+            cells.append(text if n == completed[group] or text == "-" else f"{text} (n={n})")
         shown[style.label(group, short=False)] = cells
     note_text = f"F1 per class: {note(style).split(';')[0]}"
     return (
