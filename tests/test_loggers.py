@@ -38,6 +38,7 @@ def _logged_hparams_are_there(params: dict) -> None:
     assert {k: str(params.get(k)) for k in HPARAMS} == {k: str(v) for k, v in HPARAMS.items()}
 
 
+@pytest.mark.slow  # a training run with three loggers: the fast tier stays near 3 minutes
 def test_mlflow_store_holds_the_runs_params_and_test_acc_beside_tensorboard_and_csv(tiny_cfg):
     need_modules("mlflow", install=INSTALL)
     import mlflow
@@ -84,6 +85,7 @@ def _wandb_records(path: Path):
             pending = b""
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_in_the_run_folder_holds_the_config_and_test_acc(tiny_cfg, monkeypatch):
     need_modules("wandb", install=INSTALL)
     import wandb
