@@ -264,7 +264,8 @@ def test_a_lone_checkpoint_from_another_machine_works_here(run, synthetic_mnist,
 
 def test_predict_on_a_real_decompression_bomb_stays_in_bounded_memory(run, tmp_path):
     """A 20,000 x 20,000 PNG (400 MB of pixels, 0.4 MB on disk) among broken and good files,
-    through the real command: six rows, two predictions, exit 1, peak memory under 1.5 GiB."""
+    through the real command: six rows, two predictions, exit 1, peak memory under 1,152 MiB
+    (about 800 MiB here; decoding the bomb would add 400)."""
     folder = tmp_path / "mixed"
     folder.mkdir()
     stroke = np.zeros((28, 28), np.uint8)
@@ -275,11 +276,14 @@ def test_predict_on_a_real_decompression_bomb_stays_in_bounded_memory(run, tmp_p
     (folder / "d_truncated.png").write_bytes((folder / "a_good.png").read_bytes()[:40])
     (folder / "e_empty.png").write_bytes(b"")
     (folder / "f-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03\0\0")
-    measured = (  # the command, reporting its own peak memory as it ends
-        "import resource, runpy, sys\n"
+    # The command, reporting its own peak memory as it ends: VmHWM, its memory's high-water
+    # mark since it started. (getrusage's ru_maxrss also counts what the forking test process
+    # held: 1.6 GiB in a busy pytest worker, whatever predict does.)
+    measured = (
+        "import runpy, sys\n"
         "try:\n    runpy.run_module('mnistlab.classify.predict', run_name='__main__')\n"
-        "finally:\n    print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
-        " file=sys.stderr)\n"
+        "finally:\n    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+        "    print('peak', hwm[0].split()[1], file=sys.stderr)\n"
     )
     proc = subprocess.run([sys.executable, "-c", measured, f"input={folder}", f"run={run}"],
                           cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -288,7 +292,7 @@ def test_predict_on_a_real_decompression_bomb_stays_in_bounded_memory(run, tmp_p
     assert proc.returncode == 1 and len(rows) == 6, proc.stderr[-2000:]
     assert sum(" - " not in r for r in rows) == 2 and "decompression bomb" in rows[2]
     print(f"predict peak RSS: {peak_mib:.0f} MiB")
-    assert peak_mib < 1536
+    assert peak_mib < 1152
 
 
 @pytest.fixture(scope="module")
