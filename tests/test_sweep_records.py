@@ -101,3 +101,21 @@ def test_a_lock_named_by_someone_else_s_record_is_only_read_never_waited_on(tmp_
     os.mkfifo(tmp_path / "fifo" / LOCK)  # opening it to read would wait for a writer
     (tmp_path / "dir" / LOCK).mkdir(parents=True)
     assert not any(held(tmp_path / name) for name in ("fifo", "dir", "missing"))
+
+
+def test_a_job_is_named_by_the_values_its_sweep_varies(tmp_path):
+    """TensorBoard's run name for a sweep job: the swept keys of its overrides (a command-line
+    list or range, and the sweeper's search space), short keys, one folder name; a missing or
+    broken multirun.yaml names nothing."""
+    import yaml
+
+    record = {"hydra": {"overrides": {"task": ["model.optimizer.lr=1e-3,3e-4", "data.root=/a,/b",
+                                                "seed=range(1,3)", "trainer.max_epochs=2"]},
+                        "sweeper": {"params": {"model.net.hidden": "choice(64, 128)"}}}}  # fmt: skip
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(record))
+    job = ["model.optimizer.lr=0.001", "data.root=/a", "seed=1", "trainer.max_epochs=2",
+           "model.net.hidden=64"]  # fmt: skip
+    assert sweeps.job_label(tmp_path, job) == "lr=0.001,root=-a,seed=1,hidden=64"
+    (tmp_path / "multirun.yaml").write_text("hydra: [unclosed\n")
+    assert sweeps.job_label(tmp_path, job) == ""
+    assert sweeps.job_label(tmp_path / "nowhere", job) == ""

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,8 @@ def columns(metrics: list[str]) -> list[str]:
 
 def job_label(sweep_dir: Path, overrides: list[str]) -> str:
     """A sweep job's name among its sweep's: its values of the keys the sweep varies
-    (`lr=0.001,seed=1`, a key by its last part where that is unambiguous); "" for none. The
+    (`lr=0.001,seed=1`, a key by its last part where that is unambiguous; as one folder name,
+    characters but letters, digits and `.=,+-` made `-`); "" for none. The
     keys are read, as data, from the multirun.yaml Hydra writes in the sweep's folder before its
     first job: its command line's sweep overrides (`seed=1,2,3`) and its sweeper's search space
     (`hydra.sweeper.params`)."""
@@ -95,10 +97,11 @@ def job_label(sweep_dir: Path, overrides: list[str]) -> str:
             varied.add(override.key_or_group)
     keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
     last = [k.rpartition(".")[2] for k in keys if k in varied]
-    return ",".join(
+    label = ",".join(
         f"{k.rpartition('.')[2] if last.count(k.rpartition('.')[2]) == 1 else k}={o.partition('=')[2]}"
         for k, o in zip(keys, overrides, strict=True) if k in varied
     )  # fmt: skip
+    return re.sub(r"[^\w.=,+-]", "-", label)[:120]  # one folder's name: no `/`, no spaces
 
 
 def read_yaml(path: Path):
