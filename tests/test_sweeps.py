@@ -50,7 +50,7 @@ def test_grid_2x2_one_complete_folder_per_job_and_a_summary(synthetic_mnist, tmp
         assert (folder / "checkpoints" / "last.ckpt").is_file()
         assert (folder / "results.json").is_file() and (folder / ".hydra/config.yaml").is_file()
         # TensorBoard names a run by its folder: the job's events are in <job>/<what it varies>/
-        assert [p.parent.name for p in folder.glob("*/events.out.tfevents.*")] == [label]
+        assert {p.parent.name for p in folder.glob("*/events.out.tfevents.*")} == {label}
         events = EventAccumulator(str(folder / label)).Reload()
         assert {"test/acc", "val/acc_best"} <= set(events.Tags()["scalars"])
         hparams = events.summary_metadata  # the HParams tab's record of the job: its columns
@@ -258,7 +258,8 @@ def test_a_report_over_seeds_agrees_with_numpy_and_leaves_out_a_failed_run(synth
         "# Results over seeds" in summary_md
         and "| model.optimizer.lr=0.002 | 2 | 1 |" in summary_md
     )
-    assert (tmp_path / "sweep" / "report.tex").read_text().startswith(r"\begin{tabular}")
+    tex = (tmp_path / "sweep" / "report.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"\toprule" in tex and r"\caption{" in tex
     # The figures: a valid PNG (its pixels are checked in test_report) and its SVG and PDF.
     from PIL import Image
 
