@@ -297,16 +297,17 @@ def test_predict_on_a_real_decompression_bomb_stays_in_bounded_memory(run, tmp_p
 
 @pytest.fixture(scope="module")
 def wild_set(tmp_path_factory):
-    """A small digits-in-the-wild set: one font, one typed and two pen-drawn pictures a digit."""
+    """A small digits-in-the-wild set: a regular font of the dev split and a bold one of the
+    held-out split, one typed and two pen-drawn pictures a digit, and the bold and heavy part."""
     from mnistlab.classify.wild_set import generate
 
     base = tmp_path_factory.mktemp("wild")
     fonts, folder = base / "fonts", base / "set"
     fonts.mkdir()
-    dejavu = sorted(Path("/usr/share/fonts").rglob("DejaVuSans.ttf"))
-    if dejavu:
-        shutil.copy(dejavu[0], fonts)  # else: Pillow's own font alone
-    generate(folder, seed=5, fonts_dir=fonts, per_font=1, pen_per_digit=2)
+    for name in ("DejaVuSans.ttf", "LiberationSans-Bold.ttf"):
+        for found in sorted(Path("/usr/share/fonts").rglob(name))[:1]:
+            shutil.copy(found, fonts)  # else: Pillow's own font alone
+    generate(folder, seed=5, fonts_dir=fonts, per_font=1, pen_per_digit=2, heavy_per_font=1)
     return folder
 
 
@@ -315,7 +316,8 @@ def test_the_wild_set_is_seeded_labelled_and_described(wild_set, tmp_path):
     from mnistlab.classify.wild_set import generate
 
     again = tmp_path / "again"
-    generate(again, seed=5, fonts_dir=wild_set.parent / "fonts", per_font=1, pen_per_digit=2)
+    generate(again, seed=5, fonts_dir=wild_set.parent / "fonts", per_font=1, pen_per_digit=2,
+             heavy_per_font=1)  # fmt: skip
     assert (again / "labels.csv").read_bytes() == (wild_set / "labels.csv").read_bytes()
     rows = list(csv.DictReader((wild_set / "labels.csv").open()))
     assert all(
@@ -324,6 +326,38 @@ def test_the_wild_set_is_seeded_labelled_and_described(wild_set, tmp_path):
     assert sorted({int(r["label"]) for r in rows}) == list(range(10))
     assert {r["source"] for r in rows} >= {"pen", "font:pillow-default"}
     assert set(rows[0]) == {"file", "label", *CONDITIONS}
+    fonts = {p.stem for p in (wild_set.parent / "fonts").iterdir()}
+    if fonts == {"DejaVuSans", "LiberationSans-Bold"}:  # the machine has both
+        heavy = [r for r in rows if r["source"].startswith("heavy:")]
+        assert {(r["source"], r["weight"], r["split"]) for r in heavy} == {
+            ("heavy:DejaVuSans", "heavy", "dev"),
+            ("heavy:LiberationSans-Bold", "bold", "held-out"),
+            ("heavy:LiberationSans-Bold", "heavy", "held-out"),
+        }
+        assert {r["weight"] for r in rows if r["source"] == "font:LiberationSans-Bold"} == {"bold"}
+
+
+def test_heavy_type_nearly_closes_the_holes_and_a_family_is_held_out_by_its_name():
+    """Thickened type keeps 15-45% of its hole's radius (a 0 still a 0, barely); a family's
+    split follows its name (width aside), whatever the machine."""
+    import random
+
+    from PIL import ImageFont
+
+    from mnistlab.classify.wild_set import _counter, _heavier, _typed, family, held_out
+
+    dejavu = sorted(Path("/usr/share/fonts").rglob("DejaVuSans.ttf"))
+    font = ImageFont.truetype(str(dejavu[0]), 120) if dejavu else ImageFont.load_default(120)
+    zero = _typed("0", font)
+    radius = _counter(zero)
+    assert radius > 10
+    for seed in range(6):
+        left = _counter(_heavier(zero, radius, random.Random(seed)))
+        assert 0.1 * radius <= left <= 0.5 * radius, (seed, left, radius)
+    assert family("LiberationSansNarrow-BoldItalic") == family("LiberationSans") == "LiberationSans"
+    assert held_out("LiberationSans-Bold") == held_out("LiberationSansNarrow-Regular")
+    assert {held_out(f) for f in ("DejaVuSans", "LiberationSans", "NimbusSans", "P052")} == {
+        True, False}  # fmt: skip
 
 
 @pytest.mark.slow  # two preparations of the set and a predict run: the fast tier stays near 3 min

@@ -1,11 +1,16 @@
 """The wild set of eval-wild: digits typed in fonts and drawn by a pen, each photographed under a
-mix of conditions (colour, size, rotation, blur, noise, JPEG), with their labels."""
+mix of conditions (colour, size, rotation, blur, noise, JPEG), with their labels; and apart from
+them, bold and heavy type: fonts' own bold and black weights, and strokes thickened until the
+holes of 0, 4, 6, 8 and 9 nearly close, some at tiny sizes. A font family whose name's CRC-32 is
+odd is held out (`split`): nothing chosen for training looks at it."""
 
 import csv
 import io
 import json
 import math
 import random
+import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +20,11 @@ from mnistlab.lab.files import atomic_write, write_whole
 SEED = 0
 PER_FONT = 3  # pictures of each digit in each font
 PEN_PER_DIGIT = 60  # pen-drawn pictures of each digit
+HEAVY_PER_FONT = 2  # bold and heavy pictures of each digit in each font (the `heavy:` part)
+# A font's weight by its name: black before bold ("ExtraBold" is black, "SemiBold" bold).
+BLACK = re.compile(r"black|heavy|extrabold|ultrabold|ultra", re.I)
+BOLD = re.compile(r"bold|demi|bd|semibold", re.I)
+NOT_TEXT = ("D050000L", "Dingbats")  # symbol fonts: their "digits" are pictures
 
 # Each digit as pen strokes through points of a unit box (x right, y down); ("arc", cx, cy, rx,
 # ry, from, to) in degrees, clockwise on screen (y down).
@@ -41,14 +51,17 @@ def generate(
     fonts_dir: Path = Path("/usr/share/fonts"),
     per_font: int = PER_FONT,
     pen_per_digit: int = PEN_PER_DIGIT,
+    heavy_per_font: int = HEAVY_PER_FONT,
 ) -> int:
     """Write the set into `out` (PNGs and labels.csv); returns how many pictures. The same seed
     and fonts give the same set."""
     from PIL import ImageFont
 
     rng = random.Random(seed)
-    fonts = [(f.stem, f) for f in sorted(fonts_dir.rglob("*.ttf"))]
+    fonts = [(f.stem, f) for f in sorted(fonts_dir.rglob("*.ttf")) if _has_digits(f)]
     fonts.append(("pillow-default", None))  # the font Pillow itself ships
+    heavy = [(f.stem, f) for f in sorted([*fonts_dir.rglob("*.ttf"), *fonts_dir.rglob("*.otf")])
+             if _has_digits(f)]  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     rows = []
 
@@ -64,10 +77,23 @@ def generate(
                 size = rng.randint(48, 160)
                 font = ImageFont.truetype(str(path), size) if path else ImageFont.load_default(size)
                 ink = _typed(str(digit), font)
-                keep(*_photographed(rng, ink, digit, f"font:{font_name}"))
+                keep(*_photographed(rng, ink, digit, f"font:{font_name}", _weight(font_name)))
     for digit in range(10):
         for _ in range(pen_per_digit):
-            keep(*_photographed(rng, _drawn(rng, digit), digit, "pen"))
+            keep(*_photographed(rng, _drawn(rng, digit), digit, "pen", "pen"))
+    for font_name, path in heavy:
+        weight = _weight(font_name)
+        for digit in range(10):
+            for k in range(heavy_per_font * (2 if weight != "regular" else 1)):
+                font = ImageFont.truetype(str(path), rng.randint(48, 160))
+                ink, as_is = _typed(str(digit), font), weight != "regular" and k % 2 == 0
+                if not as_is:  # every other one of a bold font, each of a regular one
+                    ink = _heavier(ink, _counter(_typed("0", font)), rng)
+                # A bold face tiny, where its strokes fill the glyph (a thickened one would be
+                # a blot: nobody could read it)
+                tiny = as_is and rng.random() < 0.5
+                keep(*_photographed(rng, ink, digit, f"heavy:{font_name}",
+                                    weight if as_is else "heavy", tiny=tiny))  # fmt: skip
     write_whole(out / "set.json", json.dumps({"seed": seed, "pictures": len(rows)}) + "\n")
     labels = io.StringIO(newline="")
     writer = csv.DictWriter(labels, fieldnames=list(rows[0]))
@@ -75,6 +101,70 @@ def generate(
     writer.writerows(rows)
     write_whole(out / "labels.csv", labels.getvalue())  # last: the set is complete once it is there
     return len(rows)
+
+
+def _has_digits(path: Path) -> bool:
+    """A text font with a glyph for each digit: ten different pictures (a font without them
+    draws one empty box for all ten)."""
+    from PIL import ImageFont
+
+    if path.stem.startswith(NOT_TEXT):
+        return False
+    font = ImageFont.truetype(str(path), 32)
+    return len({bytes(np.asarray(font.getmask(str(d)))) for d in range(10)}) == 10
+
+
+def family(font_name: str) -> str:
+    """A font's family, its width aside: `LiberationSansNarrow-Bold` is `LiberationSans`."""
+    return re.sub(r"(Condensed|Narrow|Cond)$", "", font_name.split("-")[0])
+
+
+def held_out(font_name: str) -> bool:
+    """Whether the font's family is in the held-out part: its name's CRC-32 is odd. A rule of
+    the name alone, so that it holds on any machine, and nobody chose which."""
+    return zlib.crc32(family(font_name).encode()) % 2 == 1
+
+
+def _weight(font_name: str) -> str:
+    style = font_name.partition("-")[2] or font_name
+    return "black" if BLACK.search(style) else "bold" if BOLD.search(style) else "regular"
+
+
+def _face(font_name: str) -> str:
+    """The kind of face, by the names type foundries use."""
+    name = font_name.lower()
+    for face, words in (("condensed", ("condensed", "narrow")), ("mono", ("mono",)),
+                        ("serif", ("serif", "roman", "c059", "p052", "bookman", "z003"))):  # fmt: skip
+        if any(w in name for w in words):
+            return face
+    return "sans"
+
+
+def _counter(ink: np.ndarray) -> float:
+    """The radius of the smallest hole (counter) in a glyph's ink, in pixels (an 8's upper one);
+    specks of a pixel or two left by anti-aliasing are not holes."""
+    from scipy import ndimage
+
+    mask = ink > 0.5
+    holes, count = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
+    if not count:
+        return 0.0
+    radii = ndimage.maximum(ndimage.distance_transform_edt(holes > 0), holes, range(1, count + 1))
+    return min((r for r in np.atleast_1d(radii) if r >= 2), default=0.0)
+
+
+def _heavier(ink: np.ndarray, zero_counter: float, rng: random.Random) -> np.ndarray:
+    """The glyph's strokes grown until its holes nearly close: by 55-85% of the radius of its
+    smallest hole (the font's 0's, when smaller or when the digit has none), so that 15-45% of
+    every hole is left open. Edges stay anti-aliased."""
+    from scipy import ndimage
+
+    own = _counter(ink)
+    radius = rng.uniform(0.55, 0.85) * (min(own, zero_counter) if own else zero_counter)
+    pad = math.ceil(radius) + 2
+    padded = np.pad(ink, pad)
+    distance = ndimage.distance_transform_edt(padded < 0.5)  # from the ink, outside it
+    return np.maximum(padded, np.clip(radius + 0.5 - distance, 0.0, 1.0)).astype(np.float32)
 
 
 def _typed(text: str, font) -> np.ndarray:
@@ -122,8 +212,10 @@ def _arc(part) -> list[tuple[float, float]]:
             for t in np.linspace(start, end, steps)]  # fmt: skip
 
 
-def _photographed(rng: random.Random, ink: np.ndarray, digit: int, source: str):
-    """The ink on a canvas as a camera or scanner would give it; (picture, digit, conditions)."""
+def _photographed(rng: random.Random, ink: np.ndarray, digit: int, source: str, weight: str,
+                  tiny: bool = False):  # fmt: skip
+    """The ink on a canvas as a camera or scanner would give it; (picture, digit, conditions).
+    `tiny`: the digit 12-20 px high, where a stroke is a large part of it."""
     from PIL import Image, ImageFilter
 
     side = rng.randint(120, 480)
@@ -137,6 +229,8 @@ def _photographed(rng: random.Random, ink: np.ndarray, digit: int, source: str):
         ground = tuple(rng.randint(140, 255) for _ in range(3))
         colour = tuple(rng.randint(0, 110) for _ in range(3))
     share = rng.uniform(0.15, 0.7)  # the digit's height over the canvas's shorter side
+    if tiny:  # still legible: milder blur, noise and JPEG than a larger digit can take
+        share = rng.randint(12, 20) / min(canvas_w, canvas_h)
     height = max(8, round(share * min(canvas_w, canvas_h)))
     width = max(2, round(ink.shape[1] * height / ink.shape[0]))
     mask = Image.fromarray((ink * 255).astype(np.uint8)).resize((width, height), Image.LANCZOS)
@@ -146,21 +240,30 @@ def _photographed(rng: random.Random, ink: np.ndarray, digit: int, source: str):
     y = rng.randint(0, max(0, canvas_h - mask.height))
     picture = Image.new("RGB", (canvas_w, canvas_h), ground)
     picture.paste(Image.new("RGB", mask.size, colour), (x, y), mask)
-    blur = rng.choice([0.0, 0.0, rng.uniform(0.5, 2.0)])
+    blur = rng.choice([0.0, 0.0, rng.uniform(0.5, 1.0 if tiny else 2.0)])
     if blur:
         picture = picture.filter(ImageFilter.GaussianBlur(blur * height / 60))
-    noise = rng.choice([0, 0, 8, 16])
+    noise = rng.choice([0, 0, 8] if tiny else [0, 0, 8, 16])
     if noise:
         pixels = np.asarray(picture, dtype=np.float32)
         pixels += np.random.default_rng(rng.randrange(2**32)).normal(0, noise, pixels.shape)
         picture = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    quality = rng.randint(25, 90)
+    quality = rng.randint(60 if tiny else 25, 90)
     jpeg = io.BytesIO()
     picture.save(jpeg, "JPEG", quality=quality)
     conditions = {
         "source": source,
+        "weight": weight,
+        "face": "pen" if source == "pen" else _face(source.partition(":")[2]),
+        "split": "held-out" if source != "pen" and held_out(source.partition(":")[2]) else "dev",
         "colour": scheme,
-        "size": "small" if share < 0.3 else "medium" if share < 0.5 else "large",
+        "size": "tiny"
+        if tiny
+        else "small"
+        if share < 0.3
+        else "medium"
+        if share < 0.5
+        else "large",
         "rotation": "< 5 deg" if abs(angle) < 5 else "5-10 deg" if abs(angle) < 10 else "10-15 deg",
         "blur": "yes" if blur else "no",
         "noise": "yes" if noise else "no",
