@@ -84,3 +84,37 @@ def test_a_bad_augmentation_is_one_line_naming_the_key(given, message):
     with pytest.raises(UserError) as error:
         DigitAugment(**given)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_thicken_reaches_the_heavy_end_and_1_is_the_old_single_filter():
+    """`thicken=2` grows a 4 px stroke by up to 2 px a side (8 px: the holes of a 0, 6, 8, 9
+    nearly close); `thicken=1` is one 3x3 max filter blended, as before the option."""
+    x = digits(64)
+    plain = dict(rotate=0, scale=(1, 1), shear=0, shift=0, stroke=1, blur=0, noise=0)
+    widths = {}
+    for thicken in (1.0, 2.0):
+        y = DigitAugment(**plain, thicken=thicken)(x.clone(), batch_generator(x.device, 0, 0, 0))
+        widths[thicken] = (y[:, 0, 14] > 0.5).sum(1).float()  # stroke width along row 14
+    assert widths[1.0].max() <= 6 and widths[2.0].max() == 8
+    g = batch_generator(x.device, 0, 0, 0)  # the draws, in the augmentation's order
+    pick, amount = torch.rand(64, generator=g), torch.rand(64, generator=g)
+    y = DigitAugment(**plain, thicken=1.0)(x.clone(), batch_generator(x.device, 0, 0, 0))
+    k = (pick < 0.5).nonzero().flatten()  # the thickened ones
+    one_filter = torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1)
+    expected = torch.lerp(x[k], one_filter[k], (0.3 + 0.7 * amount[k]).view(-1, 1, 1, 1))
+    assert len(k) > 10 and torch.allclose(y[k], expected)
+
+
+def test_serif_gives_some_1s_a_foot_or_a_flag_and_leaves_other_digits_alone():
+    x, labels = digits(64), torch.tensor([1, 7] * 32)
+    plain = dict(rotate=0, scale=(1, 1), shear=0, shift=0, stroke=0, blur=0, noise=0)
+    y = DigitAugment(**plain, serif=1.0)(x.clone(), batch_generator(x.device, 0, 0, 0), labels)
+    assert torch.equal(y[labels == 7], x[labels == 7])
+    changed = (y != x).flatten(1).any(1)
+    assert changed[labels == 1].float().mean() >= 0.75  # a foot, a flag or both (1 in 16: neither)
+    footed = (y[:, 0, 18:22] > 0.5).sum((1, 2)) > (x[:, 0, 18:22] > 0.5).sum((1, 2))
+    assert footed[labels == 1].any() and not footed[labels == 7].any()
+    # the same draw without labels, or with serif=0: no serifs (and the old stream of draws)
+    assert torch.equal(
+        DigitAugment(**plain, serif=1.0)(x.clone(), batch_generator(x.device, 0, 0, 0)), x
+    )

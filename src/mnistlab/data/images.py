@@ -8,6 +8,7 @@ resume state, in-order DDP shards that count every image once, the input spec (c
 classes, mean, std) that the networks, eval, predict, export and the dashboard read.
 """
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -85,6 +86,10 @@ class ImageDataModule(LightningDataModule):
             if values is not None and len(values) not in (1, channels):
                 raise UserError(f"data.{name} has {len(values)} values for {channels} channels")
         self.augment, self.batch_augment = augment, batch_augment
+        # A label-aware one (DigitAugment's serifs on the 1s) is given the labels too.
+        self._augment_by_label = batch_augment is not None and "labels" in (
+            inspect.signature(batch_augment).parameters
+        )
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.train_set = self.val_set = self.test_set = None
         self.sampler: EpochSampler | None = None
@@ -269,8 +274,9 @@ class ImageDataModule(LightningDataModule):
             draw = batch_generator(
                 images.device, self.seed, trainer.global_step, trainer.global_rank
             )
+            given = {"labels": labels} if self._augment_by_label else {}
             return self.normalize(
-                self.batch_augment(images.to(torch.float32).div(255), draw)
+                self.batch_augment(images.to(torch.float32).div(255), draw, **given)
             ), labels
         return self.to_input(images), labels
 
