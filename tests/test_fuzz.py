@@ -43,6 +43,7 @@ arguments = st.one_of(
 )  # fmt: skip
 
 
+@pytest.mark.slow  # 12-27 s of training or fuzzing: the fast tier stays near 3 minutes
 @settings(FUZZ, max_examples=300)
 @given(st.lists(arguments, max_size=4))
 def test_a_command_line_runs_or_is_refused_in_one_line(tmp_path_factory, argv):

@@ -251,6 +251,7 @@ def test_bad_folders_end_in_one_line_naming_the_path_and_leave_nothing(case, tmp
     assert not (root / ".cache").exists() or case != "no root"
 
 
+@pytest.mark.slow  # 12-27 s of training or fuzzing: the fast tier stays near 3 minutes
 def test_an_undecodable_file_with_on_bad_image_fail_is_listed(tmp_path):
     root = write_image_folder(tmp_path / "f", n_train=2, n_test=2)
     (root / "train" / "blob" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 nothing")
@@ -347,6 +348,7 @@ def test_a_sweep_of_2_jobs_summarizes_both(folder, tmp_path):
     assert all(0.2 < float(r["test/acc"]) <= 1 for r in rows)
 
 
+@pytest.mark.slow  # 12-27 s of training or fuzzing: the fast tier stays near 3 minutes
 def test_a_new_dataset_class_from_the_readme_trains(tmp_path):
     """The README's example of a dataset of your own, code and config as written there (the
     module on PYTHONPATH instead of in src/mnistlab/data/), through the real command line."""

@@ -155,6 +155,7 @@ def test_the_training_loss_is_the_batch_mean_of_cross_entropy(tiny_cfg):
     assert torch.allclose(model._step((x, y), "train")[0], expected)
 
 
+@pytest.mark.slow  # 12-27 s of training or fuzzing: the fast tier stays near 3 minutes
 def test_label_smoothing_and_class_weights_are_set_from_the_command_line(synthetic_mnist, tmp_path):
     """The loss is a config node: smoothing and per-class weights need no code, reach the
     criterion, and a weight list of the wrong length is one line naming the key."""

@@ -355,6 +355,7 @@ def test_report_and_compare_take_a_sweep_folder_as_data(tmp_path, capsys):
 # ------------------------------------------------------------------ what keeps working
 
 
+@pytest.mark.slow  # 12-27 s of training or fuzzing: the fast tier stays near 3 minutes
 def test_one_s_own_run_with_a_network_of_one_s_own_needs_no_trust(
     synthetic_mnist, tmp_path, monkeypatch, capsys
 ):
@@ -395,6 +396,7 @@ def test_one_s_own_run_with_a_network_of_one_s_own_needs_no_trust(
     assert prepare(more, "train")[-1] == f"hydra.run.dir={run_dir}"
 
 
+@pytest.mark.slow  # 12-27 s of training or fuzzing: the fast tier stays near 3 minutes
 def test_a_foreign_copy_of_a_run_resumes_as_the_run_would(run, synthetic_mnist, tmp_path):
     """Unsigned (from another machine), with the shipped targets only: resume= trains on."""
     folder = tmp_path / "copied"

@@ -262,6 +262,7 @@ def test_a_lone_checkpoint_from_another_machine_works_here(run, synthetic_mnist,
     assert not (tmp_path / "their_machine").exists()
 
 
+@pytest.mark.slow  # 12-27 s of training or fuzzing: the fast tier stays near 3 minutes
 def test_predict_on_a_real_decompression_bomb_stays_in_bounded_memory(run, tmp_path):
     """A 20,000 x 20,000 PNG (400 MB of pixels, 0.4 MB on disk) among broken and good files,
     through the real command: six rows, two predictions, exit 1, peak memory under 1,152 MiB
