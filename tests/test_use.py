@@ -415,6 +415,18 @@ def test_eval_wild_names_a_bad_option_a_bad_row_and_another_seed(run, wild_set, 
     assert (
         "labels.csv line 4: not a file, a digit 0-9 and its conditions" in err and "\n" not in err
     )
+    older = tmp_path / "older"  # a set made before the bold and heavy part: named, remade
+    shutil.copytree(wild_set, older)
+    lines = (older / "labels.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    keep = [k for k, name in enumerate(header) if name not in ("weight", "face", "split")]
+    (older / "labels.csv").write_text(
+        "\n".join(",".join(line.split(",")[k] for k in keep) for line in lines) + "\n"
+    )
+    assert wild.main([f"run={run}", f"data={older}", "seed=5"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "not a wild-set label file of this version (no face, split, weight)" in err, err
+    assert "delete the folder to remake it" in err and "\n" not in err
 
 
 def _full_disk(monkeypatch):

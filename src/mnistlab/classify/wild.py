@@ -130,7 +130,8 @@ def _labels(folder: Path, seed: int) -> list[dict]:
         raise BrokenSet(f"{path}: cannot read it ({e}){remake}") from None
     columns = {"file", "label", *CONDITIONS}
     if not rows or not columns <= set(rows[0]):
-        raise BrokenSet(f"{path}: not a wild-set label file ({', '.join(sorted(columns))}){remake}")
+        lacking = ", ".join(sorted(columns - set(rows[0] if rows else ())))
+        raise BrokenSet(f"{path}: not a wild-set label file of this version (no {lacking}){remake}")
     for n, row in enumerate(rows, start=2):
         if row["label"] not in [str(d) for d in range(10)] or None in row.values():
             raise BrokenSet(f"{path} line {n}: not a file, a digit 0-9 and its conditions{remake}")
