@@ -212,6 +212,11 @@ def _arc(part) -> list[tuple[float, float]]:
             for t in np.linspace(start, end, steps)]  # fmt: skip
 
 
+def _size(share: float) -> str:
+    """The digit's size by its share of the canvas's shorter side."""
+    return "small" if share < 0.3 else "medium" if share < 0.5 else "large"
+
+
 def _photographed(rng: random.Random, ink: np.ndarray, digit: int, source: str, weight: str,
                   tiny: bool = False):  # fmt: skip
     """The ink on a canvas as a camera or scanner would give it; (picture, digit, conditions).
@@ -257,13 +262,7 @@ def _photographed(rng: random.Random, ink: np.ndarray, digit: int, source: str, 
         "face": "pen" if source == "pen" else _face(source.partition(":")[2]),
         "split": "held-out" if source != "pen" and held_out(source.partition(":")[2]) else "dev",
         "colour": scheme,
-        "size": "tiny"
-        if tiny
-        else "small"
-        if share < 0.3
-        else "medium"
-        if share < 0.5
-        else "large",
+        "size": "tiny" if tiny else _size(share),
         "rotation": "< 5 deg" if abs(angle) < 5 else "5-10 deg" if abs(angle) < 10 else "10-15 deg",
         "blur": "yes" if blur else "no",
         "noise": "yes" if noise else "no",
