@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train, need_modules
+from conftest import compose_train, missing, need_modules
 from hydra.utils import instantiate
 from PIL import Image
 from runner import cli_env, trained
@@ -359,6 +359,34 @@ def test_heavy_type_nearly_closes_the_holes_and_a_family_is_held_out_by_its_name
     assert held_out("LiberationSans-Bold") == held_out("LiberationSansNarrow-Regular")
     assert {held_out(f) for f in ("DejaVuSans", "LiberationSans", "NimbusSans", "P052")} == {
         True, False}  # fmt: skip
+
+
+def test_heavy_type_keeps_its_apertures_open():
+    """A 3, 5, 6 or 9 grown heavy keeps the gaps between its strokes: no new hole (a 6 whose
+    tail meets its loop is a blot, not a black 6), while its strokes still grow."""
+    import random
+
+    from PIL import ImageFont
+    from scipy import ndimage
+
+    from mnistlab.classify.wild_set import _counter, _heavier, _typed
+
+    def holes(ink):
+        mask = ink > 0.5
+        labels, _ = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
+        return int((np.bincount(labels.ravel())[1:] >= 6).sum())
+
+    dejavu = sorted(Path("/usr/share/fonts").rglob("DejaVuSans.ttf"))
+    if not dejavu:
+        missing("DejaVuSans.ttf is not under /usr/share/fonts (apt-get install fonts-dejavu-core)")
+    font = ImageFont.truetype(str(dejavu[0]), 120)
+    zero = _counter(_typed("0", font))
+    for digit in "3569":
+        ink = _typed(digit, font)
+        for seed in range(4):
+            heavy = _heavier(ink, zero, random.Random(seed))
+            assert holes(heavy) == holes(ink), (digit, seed)
+            assert (heavy > 0.5).sum() > 1.3 * (ink > 0.5).sum(), (digit, seed)
 
 
 @pytest.mark.slow  # two preparations of the set and a predict run: the fast tier stays near 3 min

@@ -7,8 +7,9 @@ The set (`generate`, seeded, written on first use to `data/wild_digits/`: PNGs a
 - `font`: each digit typed in every TrueType font on the machine and in Pillow's own font;
 - `pen`: each digit drawn as a pen path through a hand-made skeleton of it, every control point
   jittered, slanted, at a random stroke width, as handwriting is;
-- `heavy`: bold type, and type thickened until its holes nearly close, some of it tiny, in every
-  font (OpenType too); reported apart, per weight, face and size, on held-out fonts alone;
+- `heavy`: bold type, and type thickened until its holes nearly close (its apertures kept open),
+  some of it tiny, in every font (OpenType too); reported apart, per weight, face and size, on
+  held-out fonts alone;
 then photographed badly: a canvas of 120-480 px with margins, dark on light, light on dark or
 colour on colour, the digit at 15-70% of the canvas, rotated up to 15 degrees, blurred, with
 noise, JPEG-compressed at quality 25-90. Each picture's conditions are columns of labels.csv.
