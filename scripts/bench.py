@@ -539,6 +539,14 @@ def report(summary: dict, startup: dict, args) -> None:
               f" + the template {tiny['template'] - tiny['lightning']:.0f} us")  # fmt: skip
         summary["fixed_overhead_us"] = tiny["template"] - tiny["plain_same"]
         summary["fixed_lightning_us"] = tiny["lightning"] - tiny["plain_same"]
+        # microseconds move with the machine's day; these ratios, of one invocation, do not
+        share = (tiny["template"] - tiny["lightning"]) / (tiny["lightning"] - tiny["plain_same"])
+        print(
+            f"{'  fixed cost, template / lightning':34}{tiny['template'] / tiny['lightning']:7.2f}"
+            f" (median step); the template's own part / Lightning's own: {share:.2f}"
+        )
+        summary["fixed_template_over_lightning"] = tiny["template"] / tiny["lightning"]
+        summary["fixed_template_share"] = share
     print("start-up (median of 3): " + ", ".join(f"{k} {v:.2f}s" for k, v in startup.items()))
     own = t["first_step_s"] - startup["import lightning"]
     print(f"first step: template {t['first_step_s']:.2f}s = import lightning"
