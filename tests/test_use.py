@@ -440,9 +440,8 @@ def test_eval_wild_names_a_bad_option_a_bad_row_and_another_seed(run, wild_set, 
     (broken / "labels.csv").write_text("\n".join(lines) + "\n")
     assert wild.main([f"run={run}", f"data={broken}", "seed=5"]) == 1  # the data, not the command
     err = capsys.readouterr().err.strip()
-    assert (
-        "labels.csv line 4: not a file, a digit 0-9 and its conditions" in err and "\n" not in err
-    )
+    assert "labels.csv line 4: expected a picture's file name, its digit 0-9" in err, err
+    assert "\n" not in err
     older = tmp_path / "older"  # a set made before the bold and heavy part: named, remade
     shutil.copytree(wild_set, older)
     lines = (older / "labels.csv").read_text().splitlines()
@@ -455,6 +454,39 @@ def test_eval_wild_names_a_bad_option_a_bad_row_and_another_seed(run, wild_set, 
     err = capsys.readouterr().err.strip()
     assert "not a wild-set label file of this version (no face, split, weight)" in err, err
     assert "delete the folder to remake it" in err and "\n" not in err
+
+
+def test_eval_wild_refuses_a_damaged_picture_a_repeated_row_and_someone_else_s_folder(
+    run, wild_set, tmp_path, capsys
+):
+    """A picture of the set that cannot be read, a row listed twice or an unknown split are the
+    set's damage, named (exit 1), not scored as wrong answers; a folder of one's own pictures
+    without labels.csv is never filled with the set."""
+    from mnistlab.classify import wild
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(wild_set, damaged)
+    victim = sorted(damaged.glob("*.png"))[3]
+    victim.write_bytes(victim.read_bytes()[:60])  # truncated
+    assert wild.main([f"run={run}", f"data={damaged}", "seed=5"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's line
+    assert victim.name in err and "cannot be read" in err, err
+    for change, said in ((lambda ls: [*ls, ls[5]], "a file listed twice"),
+                         (lambda ls: [ls[0], ls[1].replace(",dev,", ",devv,").replace(
+                             ",held-out,", ",devv,"), *ls[2:]], "split 'devv'")):  # fmt: skip
+        edited = tmp_path / said.replace(" ", "_").replace("'", "")
+        shutil.copytree(wild_set, edited)
+        lines = (edited / "labels.csv").read_text().splitlines()
+        (edited / "labels.csv").write_text("\n".join(change(lines)) + "\n")
+        assert wild.main([f"run={run}", f"data={edited}", "seed=5"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert said in err and "\n" not in err, err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.png").write_bytes(b"mine")
+    assert wild.main([f"run={run}", f"data={mine}", "seed=5"]) == 2
+    assert "no labels.csv, so not a wild set" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["a.png"]
 
 
 def _full_disk(monkeypatch):

@@ -206,8 +206,11 @@ def main(args: dict, overrides: list[str]) -> int:
     if labels is not None:
         print(scores.labelled_summary(rows, labels, datamodule.classes), end="")
     failed = sum(1 for r in rows if r["error"])
+    blank = sum(1 for r in rows if r["error"].startswith("blank picture"))
+    not_read = (f"; {failed - blank} could not be read" if failed > blank else "") + (
+        f"; {blank} blank" if blank else "")  # fmt: skip
     log.info("%d image(s) in %.2f s (%.0f images/s)%s%s", len(rows) - failed, seconds,
-             (len(rows) - failed) / seconds, f"; {failed} could not be read" if failed else "",
+             (len(rows) - failed) / seconds, not_read,
              f"; {uncertain} uncertain (probability below min_confidence={args['min_confidence']})"
              if uncertain else "")  # fmt: skip
     return 1 if failed else 0

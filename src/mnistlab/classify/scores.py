@@ -54,7 +54,7 @@ def text(matrix: torch.Tensor, classes: list[str]) -> str:
     present = table[(table.support > 0) | (counts.sum(axis=0) > 0)]
     shown = table.astype({"support": str})  # counts as integers, the scores to 4 places
     return (f"accuracy {accuracy:.4f} ({int(matrix.diagonal().sum())} of {total}), macro F1"
-            f" {macro_f1(table, matrix):.4f} over the {len(present)} classes present\n\n"
+            f" {macro_f1(table, matrix):.4f} over the {len(present)} classes labelled or predicted\n\n"
             f"{shown.to_markdown(floatfmt='.4f')}\n\n"
             f"confusion matrix (true rows, predicted columns):\n"
             f"{counts.rename_axis('true').to_markdown()}\n")  # fmt: skip
@@ -69,7 +69,11 @@ def folder_labels(root: Path, paths: list[Path], classes: list[str]) -> list[str
     folders = {p[0] for p in parts if len(p) > 1}
     if not folders:
         return None
-    if unknown := sorted(folders - set(classes)) or [p for p in parts if len(p) != 2]:
+    if unknown := sorted(folders - set(classes)) or [
+        "/".join(p)
+        for p in parts
+        if len(p) != 2  # a file beside the class folders, or deeper
+    ]:
         more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
         log.info("Not a labelled folder (root/<class>/<image> with the run's classes %s): %s%s;"
                  " no accuracy", ", ".join(classes[:10]), ", ".join(map(str, unknown[:3])), more)  # fmt: skip

@@ -55,6 +55,10 @@ def main(args: dict, overrides: list[str]) -> int:
     _check_digit_model(datamodule)
     folder, seed = project_path(args["data"]), args["seed"]
     if not (folder / "labels.csv").is_file():
+        if folder.is_dir() and any(folder.iterdir()):  # someone's own files: never mixed in
+            raise UserError(f"data={folder}: files but no labels.csv, so not a wild set (or one"
+                            " whose making was stopped: delete it); point data= at a new or empty"
+                            " folder to make the set there")  # fmt: skip
         log.info("Making the wild digit set in %s (seed %s): once", folder, seed)
         log.info("%d pictures", generate(folder, seed))
     labels = _labels(folder, seed)
@@ -64,6 +68,10 @@ def main(args: dict, overrides: list[str]) -> int:
     for how in ("mnist", "fit"):
         items = list(images(paths, preparer(datamodule, prepare=how)))
         rows = list(predict(model, datamodule, items, datamodule.classes))
+        if unread := [(row["file"], r["error"]) for r, row in zip(rows, labels, strict=True)
+                      if r.get("error") and "blank picture" not in r["error"]]:  # fmt: skip
+            raise BrokenSet(f"{folder / unread[0][0]}: {unread[0][1]} ({len(unread)} picture(s)"
+                            f" of the set cannot be read){_REMAKE}")  # fmt: skip
         results[how] = [r["class"] == row["label"] for r, row in zip(rows, labels, strict=True)]
         if how == "mnist":
             kept, calibration = rows, _calibration(model, datamodule, items, labels)
@@ -77,6 +85,12 @@ def main(args: dict, overrides: list[str]) -> int:
     print(text, end="")
     log.info("Written: %s, %s", out / "accuracy.md", out / "errors.png")
     return 0
+
+
+_REMAKE = (
+    "; delete the folder to remake it (a set made on another machine's fonts differs: copy"
+    " it again from there)"
+)
 
 
 class BrokenSet(UserError):
@@ -123,7 +137,7 @@ def _calibration(model, datamodule, items, labels) -> str:
 
 def _labels(folder: Path, seed: int) -> list[dict]:
     """labels.csv, checked row by row, and the seed the set was made with (set.json)."""
-    path, remake = folder / "labels.csv", "; delete the folder to remake it"
+    path, remake = folder / "labels.csv", _REMAKE
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -133,9 +147,15 @@ def _labels(folder: Path, seed: int) -> list[dict]:
     if not rows or not columns <= set(rows[0]):
         lacking = ", ".join(sorted(columns - set(rows[0] if rows else ())))
         raise BrokenSet(f"{path}: not a wild-set label file of this version (no {lacking}){remake}")
+    seen = set()
     for n, row in enumerate(rows, start=2):
         if row["label"] not in [str(d) for d in range(10)] or None in row.values():
-            raise BrokenSet(f"{path} line {n}: not a file, a digit 0-9 and its conditions{remake}")
+            raise BrokenSet(f"{path} line {n}: expected a picture's file name, its digit 0-9 and"
+                            f" its conditions{remake}")  # fmt: skip
+        if row["split"] not in ("dev", "held-out") or row["file"] in seen:
+            what = f"split {row['split']!r}" if row["file"] not in seen else "a file listed twice"
+            raise BrokenSet(f"{path} line {n}: {what} ({row['file']}){remake}")
+        seen.add(row["file"])
     missing = [r["file"] for r in rows if not (folder / r["file"]).is_file()]
     if missing:
         raise BrokenSet(f"{folder}: {len(missing)} picture(s) listed in labels.csv are missing"
@@ -207,8 +227,9 @@ def table(labels: list[dict], results: dict[str, list[bool]]) -> str:
 
 
 def _error_grid(labels, rows, paths, right, out: Path) -> int:
-    """The wrong pictures as they were given, captioned `predicted (true)`: an equal share for
-    each part of the set (typed, pen, bold and heavy), spread over each part's errors."""
+    """The wrong pictures as they were given, captioned `predicted (true) weight`: an equal
+    share for each part of the set (typed, pen, bold and heavy), spread over each part's
+    errors."""
     import torch
     from PIL import Image
 
@@ -235,7 +256,7 @@ def _error_grid(labels, rows, paths, right, out: Path) -> int:
             square.paste(image, ((76 - image.width) // 2, (76 - image.height) // 2))
         pictures.append(torch.from_numpy(np.asarray(square).transpose(2, 0, 1).copy()))
     stack = torch.stack(pictures) if pictures else torch.zeros(0, 3, 76, 76, dtype=torch.uint8)
-    captions = [f"{rows[i]['class']} ({labels[i]['label']})" for i in wrong]
+    captions = [f"{rows[i]['class']} ({labels[i]['label']}) {labels[i]['weight']}" for i in wrong]
     grid = labelled_grid(stack, captions, wrong=[True] * len(wrong), columns=8)
     with atomic_write(out) as f:
         Image.fromarray(grid).save(f, format="PNG")
