@@ -49,6 +49,24 @@ def test_a_digit_at_10x_size_in_a_corner_comes_out_centred_as_mnist(picture):
     assert out.max() == 255 and out[0].max() == out[:, 0].max() == 0  # light ink, dark field
 
 
+def test_a_photo_of_many_megapixels_is_read_in_little_memory_as_a_smaller_one_is():
+    """A 9000x9000 picture is averaged down in 8 bits before any float copy: its floats alone
+    would take 1 GB (RGB float32); it comes out as the same picture at a tenth of the size."""
+    import tracemalloc
+
+    large = seven(2800, (0, 0, 0), (255, 255, 255), "RGB", corner=(400, 400), canvas=9000)
+    tracemalloc.start()
+    try:
+        big = as_mnist(large)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 300e6, f"{peak / 1e6:.0f} MB"
+    small = as_mnist(seven(280, (0, 0, 0), (255, 255, 255), "RGB", corner=(40, 40), canvas=900))
+    assert np.abs(np.subtract(centre_of_mass(big), centre_of_mass(small))).max() <= 1
+    assert np.abs(np.subtract(extent(big), extent(small))).max() <= 1
+
+
 def test_specks_and_noise_on_the_paper_do_not_move_the_digit():
     rng = np.random.default_rng(0)
     clean = np.asarray(seven(280, 0, 255), dtype=np.float64)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -272,19 +273,25 @@ def test_an_image_past_pil_s_size_guard_is_a_bad_image_in_training_and_in_predic
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 20_000)  # errors past 40,000 pixels
     root = write_image_folder(tmp_path / "f", n_train=4, n_test=2)
     PILImage.new("RGB", (300, 300), "blue").save(root / "train" / "blob" / "huge.png")
+    # Past the limit but under twice it: PIL only warns, and would decode it; refused the same.
+    PILImage.new("RGB", (160, 160), "blue").save(root / "train" / "blob" / "large.png")
     dm = ImageFolderDataModule(root, image_size=16, val_size=2, on_bad_image="skip")
-    dm.prepare_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning on the console
+        dm.prepare_data()
     dm.setup()
-    assert len(dm.train_set) + len(dm.val_set) == 5 * 4  # huge.png left out
+    assert len(dm.train_set) + len(dm.val_set) == 5 * 4  # huge.png and large.png left out
     with pytest.raises(UserError, match=r"huge\.png \(Image size \(90000 pixels\) exceeds limit"):
         ImageFolderDataModule(root, image_size=12, on_bad_image="fail").prepare_data()
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     shutil.copy(root / "train" / "blob" / "huge.png", inputs / "huge.png")
+    shutil.copy(root / "train" / "blob" / "large.png", inputs / "large.png")
     shutil.copy(root / "test" / "blob" / "test_000.jpg", inputs / "small.jpg")
-    assert predict.main([f"input={inputs}", f"run={run}"]) == 1  # one unreadable
+    assert predict.main([f"input={inputs}", f"run={run}"]) == 1  # two unreadable
     rows = capsys.readouterr().out.splitlines()[1:]
-    assert "cannot read: Image size (90000 pixels)" in rows[0] and rows[1].split()[1] == "blob"
+    assert "cannot read: Image size (90000 pixels)" in rows[0] and rows[2].split()[1] == "blob"
+    assert "(25600 pixels) exceeds limit of 20000 pixels: scale the picture down" in rows[1]
 
 
 # ---------------------------------------------------------------------------- slow tier

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab.classify import probabilities, scores
-from mnistlab.data.decode import SUFFIXES, unreadable
+from mnistlab.data.decode import SUFFIXES, open_image, unreadable
 from mnistlab.data.idx import read_idx
 from mnistlab.lab import UserError
 from mnistlab.lab.command import RUN, command, writable
@@ -91,7 +91,7 @@ def images(paths: list[Path], prepare) -> Iterator[tuple[str, np.ndarray | None,
                     yield f"{path}#{i}", None, str(e)
             continue
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 pixels = prepare(image)
         except Blank as e:
             yield str(path), None, str(e)

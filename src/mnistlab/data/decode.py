@@ -1,6 +1,8 @@
 """Image files to uint8 arrays of one shape. No torch: cheap to import in decoding processes."""
 
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +35,25 @@ def unreadable(path: str | Path, error: Exception) -> str:
         return "empty file (0 bytes)"
     why = (str(error).splitlines() or [""])[0][:120] or type(error).__name__
     if isinstance(error, Image.DecompressionBombError):  # PIL's guard against huge images
-        why += " (raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)"
+        why = why.partition(", could be")[0] + ": scale the picture down to read it"
     return why
+
+
+@contextmanager
+def open_image(path: str | Path):
+    """`PIL.Image.open`, a picture over `Image.MAX_IMAGE_PIXELS` refused (DecompressionBombError)
+    as PIL refuses one of twice that, rather than warned of and decoded: a 50 KB PNG of
+    12000x12000 pixels would take GBs."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombWarning as e:
+        raise Image.DecompressionBombError(str(e)) from None
+    with image:
+        yield image
 
 
 def decode_chunk(start: int, files: list[str], shape: tuple[int, int, int]):
@@ -45,7 +64,7 @@ def decode_chunk(start: int, files: list[str], shape: tuple[int, int, int]):
     failed = {}
     for i, path in enumerate(files):
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 out[i] = to_array(image, *shape)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
                 Image.DecompressionBombError) as e:  # fmt: skip

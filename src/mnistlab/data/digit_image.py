@@ -28,6 +28,9 @@ FIELD, BOX = 28, 20  # MNIST's field and the box its digits were fitted into
 # small size, strokes that close the holes of 0, 6, 8, 9) wider than MAX_STROKE is thinned to
 # HEAVY_TARGET, its holes opened as MNIST's writers left them.
 MIN_STROKE, MAX_STROKE, HEAVY_TARGET = 2.5, 4.5, 4.0
+# px: a picture with a longer side is averaged down by a whole factor before its ink is found. As
+# floats a 12000x12000 photo takes GBs; 2048 px still gives a 20x20 box a hundred pixels a side.
+LARGEST = 2048
 
 
 def as_mnist(image, invert: str = "auto") -> np.ndarray:
@@ -36,7 +39,7 @@ def as_mnist(image, invert: str = "auto") -> np.ndarray:
     dark-on-light / light-on-dark for a grayscale reading."""
     from PIL import Image
 
-    ink = _ink(image, invert)
+    ink = _ink(_reduced(image)[0], invert)
     rows, cols = _extent(ink)
     if rows is None:  # a blank picture: nothing to centre
         return np.zeros((FIELD, FIELD), dtype=np.uint8)
@@ -56,11 +59,12 @@ def as_mnist(image, invert: str = "auto") -> np.ndarray:
 def ink_box(image) -> tuple[int, int, int, int] | None:
     """The square (left, top, right, bottom) around the digit's strokes with a margin of half
     their extent, within the picture; None for a blank one. For showing a picture zoomed."""
-    rows, cols = _extent(_ink(image, "auto"))
+    reduced, factor = _reduced(image)
+    rows, cols = _extent(_ink(reduced, "auto"))
     if rows is None:
         return None
-    side = 1.5 * max(rows[1] - rows[0], cols[1] - cols[0])
-    cy, cx = (rows[0] + rows[1]) / 2, (cols[0] + cols[1]) / 2
+    side = 1.5 * factor * max(rows[1] - rows[0], cols[1] - cols[0])
+    cy, cx = factor * (rows[0] + rows[1]) / 2, factor * (cols[0] + cols[1]) / 2
     left, top = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
     return (
         left,
@@ -68,6 +72,19 @@ def ink_box(image) -> tuple[int, int, int, int] | None:
         min(image.width, round(cx + side / 2)),
         min(image.height, round(cy + side / 2)),
     )
+
+
+def _reduced(image) -> tuple:
+    """(the picture, 1), or for one with a side over LARGEST px (the picture averaged down by a
+    whole factor, the factor): an `Image.reduce` of its 8-bit pixels, before any float copy."""
+    factor = -(-max(image.size) // LARGEST)
+    if factor < 2:
+        return image, 1
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        mode = "RGBA"
+    else:
+        mode = "L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+    return image.convert(mode).reduce(factor), factor
 
 
 def _stroke_normalized(crop: np.ndarray) -> np.ndarray:
