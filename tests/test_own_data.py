@@ -291,7 +291,10 @@ def test_an_image_past_pil_s_size_guard_is_a_bad_image_in_training_and_in_predic
     assert predict.main([f"input={inputs}", f"run={run}"]) == 1  # two unreadable
     rows = capsys.readouterr().out.splitlines()[1:]
     assert "cannot read: Image size (90000 pixels)" in rows[0] and rows[2].split()[1] == "blob"
-    assert "(25600 pixels) exceeds limit of 20000 pixels: scale the picture down" in rows[1]
+    assert (
+        "(25600 pixels) exceeds limit of 20000 pixels (a decompression bomb?): scale it down"
+        in rows[1]
+    )
 
 
 # ---------------------------------------------------------------------------- slow tier

@@ -93,6 +93,20 @@ def images(synthetic_mnist, tmp_path_factory):
     return folder, truth
 
 
+def test_a_path_near_a_run_is_refused_with_the_run_or_checkpoint_meant(run, capsys):
+    """run= a folder inside the run, a checkpoint file or a folder of runs; ckpt= a folder: each
+    ends in one line naming what to give instead."""
+    cases = {
+        f"run={run / 'checkpoints'}": f"a folder inside a run; name the run itself: run={run}",
+        f"run={run / 'checkpoints' / 'last.ckpt'}": "a checkpoint is named with ckpt= (CKPT=)",
+        f"run={run.parent}": f"finished run(s); name one, e.g. the newest: run={run}",
+        f"ckpt={run / 'checkpoints'}": "a folder; name a checkpoint file in it (epoch",
+    }
+    for given, said in cases.items():
+        assert evaluation.main([given]) == 2
+        assert said in capsys.readouterr().err, given
+
+
 @pytest.mark.parametrize("output", ["preds.csv", "preds.json"])
 def test_predict_images_in_order_with_probabilities_and_errors(run, images, tmp_path, output):
     folder, truth = images

@@ -35,7 +35,7 @@ def unreadable(path: str | Path, error: Exception) -> str:
         return "empty file (0 bytes)"
     why = (str(error).splitlines() or [""])[0][:120] or type(error).__name__
     if isinstance(error, Image.DecompressionBombError):  # PIL's guard against huge images
-        why = why.partition(", could be")[0] + ": scale the picture down to read it"
+        why = why.partition(", could be")[0] + " (a decompression bomb?): scale it down to read it"
     return why
 
 

@@ -49,12 +49,29 @@ def locate(run: str | None, ckpt: str | None, which: str = "best") -> tuple[Path
         raise UserError(f"which={which}: choose best or last")
     if ckpt:
         path = _existing(ckpt, "ckpt")
+        if path.is_dir():
+            names = sorted(p.name for p in path.glob("*.ckpt"))[:3]
+            raise UserError(f"ckpt={path}: a folder; name a checkpoint file in it"
+                            f" ({', '.join(names) or 'it has none'}), or its run with run=")  # fmt: skip
         run_dir = path.parent.parent if (path.parent.parent / ".hydra").is_dir() else None
         return run_dir, path
     run_dir = _existing(run, "run") if run else _newest_finished_run()
     if not (run_dir / ".hydra" / "config.yaml").is_file():
-        raise UserError(f"run={run_dir}: not a run folder (no .hydra/config.yaml in it)")
+        raise UserError(f"run={run_dir}: {_not_a_run(run_dir)}")
     return run_dir, _checkpoint_of(run_dir, which)
+
+
+def _not_a_run(path: Path) -> str:
+    """Why `path` is not a run folder, and what was likely meant: a checkpoint file (ckpt=), the
+    run a folder is inside of, or the newest finished run of a folder of runs."""
+    if path.is_file():
+        return "a file, not a run folder; a checkpoint is named with ckpt= (CKPT=)"
+    if run := next((p for p in path.parents if (p / ".hydra" / "config.yaml").is_file()), None):
+        return f"a folder inside a run; name the run itself: run={run}"
+    if runs := list(path.glob(f"*/{RESULTS}")) or list(path.glob(f"*/*/{RESULTS}")):
+        newest = max(runs, key=lambda p: p.stat().st_mtime).parent
+        return f"a folder of {len(runs)} finished run(s); name one, e.g. the newest: run={newest}"
+    return "not a run folder (no .hydra/config.yaml in it)"
 
 
 def _existing(given: str, key: str) -> Path:
