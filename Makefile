@@ -92,8 +92,8 @@ eval: $(STAMP) ## Test a run as it was trained: RUN=<run folder> or CKPT=<checkp
 predict: $(STAMP) ## Classify images or an IDX file: INPUT=<file or folder> [RUN=|CKPT=] [OUTPUT=x.csv|x.json]
 	$(WITH_ARGS) mnistlab.classify.predict input=$(INPUT) $(FROM) $(if $(OUTPUT),output=$(OUTPUT))
 
-eval-wild: $(STAMP) ## A run's accuracy per condition on digits typed in fonts and drawn by a pen (RUN=|CKPT=)
-	$(WITH_ARGS) mnistlab.classify.wild $(FROM)
+eval-wild: $(STAMP) ## A run's accuracy per condition on digits typed in fonts and drawn by a pen (RUN=|CKPT=) [OUTPUT=folder]
+	$(WITH_ARGS) mnistlab.classify.wild $(FROM) $(if $(OUTPUT),output=$(OUTPUT))
 
 report: $(STAMP) ## Results over seeds per config (n, mean, std, 95% CI), curve figures: SWEEP=<folder>, RUNS="a b c" or LOGDIR=
 	$(WITH_ARGS) mnistlab.lab.report $(RUNS_ARG)

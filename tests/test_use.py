@@ -404,12 +404,15 @@ def test_heavy_type_keeps_its_apertures_open():
 
 
 @pytest.mark.slow  # two preparations of the set and a predict run: the fast tier stays near 3 min
-def test_eval_wild_scores_each_condition_as_predict_does(run, wild_set, capsys):
+def test_eval_wild_scores_each_condition_as_predict_does(run, wild_set, tmp_path, capsys):
     """`make eval-wild`: the all-pictures accuracy with MNIST's preparation is predict's on the
-    same files; each condition's rows cover every picture once; the error grid is written."""
+    same files; each condition's rows cover every picture once; the error grid is written, into
+    output= when given (a new folder, made) and the run's wild/ is left alone."""
     from mnistlab.classify import predict, wild
 
-    assert wild.main([f"run={run}", f"data={wild_set}", "seed=5"]) == 0
+    scores = tmp_path / "scores" / "seed5"
+    assert wild.main([f"run={run}", f"data={wild_set}", "seed=5", f"output={scores}"]) == 0
+    assert not (run / "wild").exists()
     printed = capsys.readouterr().out
     rows = list(csv.DictReader((wild_set / "labels.csv").open()))
     out = run / "predicted.csv"
@@ -419,14 +422,14 @@ def test_eval_wild_scores_each_condition_as_predict_does(run, wild_set, capsys):
     )
     predicted = {Path(r["file"]).name: r["class"] for r in csv.DictReader(out.open())}
     right = sum(predicted[r["file"]] == r["label"] for r in rows)
-    table = (run / "wild" / "accuracy.md").read_text()
+    table = (scores / "accuracy.md").read_text()
     assert table == printed
     assert f"| all |  | {len(rows)} | {right / len(rows):.1%} ({right}) |" in table
     for condition in ("generator", *wild.CONDITIONS[1:]):
         counts = [int(line.split("|")[3]) for line in table.splitlines()
                   if line.startswith(f"| {condition} |")]  # fmt: skip
         assert sum(counts) == len(rows), condition
-    assert Image.open(run / "wild" / "errors.png").format == "PNG"
+    assert Image.open(scores / "errors.png").format == "PNG"
 
 
 def test_eval_wild_refuses_a_broken_set_in_one_line(run, wild_set, tmp_path, capsys):
@@ -445,6 +448,9 @@ def test_eval_wild_names_a_bad_option_a_bad_row_and_another_seed(run, wild_set, 
 
     assert wild.main([f"run={run}", f"data={wild_set}", "sed=3"]) == 2  # a typo: refused
     assert "sed=3: not an option of eval-wild" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert wild.main([f"run={run}", f"data={wild_set}", f"output={tmp_path / 'a_file'}"]) == 2
+    assert "a_file: a file; name a folder (made if need be)" in capsys.readouterr().err
     assert wild.main([f"run={run}", f"data={wild_set}", "seed=6"]) == 2
     assert "was made with seed 5" in capsys.readouterr().err
     broken = tmp_path / "badrow"

@@ -1,7 +1,8 @@
 """Digits in the wild: a labelled set of digit pictures that were never part of MNIST, made here
 (never downloaded), and a run's accuracy on it per condition.
 
-    python -m mnistlab.classify.wild [run=<run folder> | ckpt=<file>] [data=data/wild_digits]   (make eval-wild)
+    python -m mnistlab.classify.wild [run=<run folder> | ckpt=<file>] [data=data/wild_digits]
+                                     [output=<folder>]   (make eval-wild)
 
 The set (`generate`, seeded, written on first use to `data/wild_digits/`: PNGs and labels.csv):
 - `font`: each digit typed in every TrueType font on the machine and in Pillow's own font;
@@ -15,8 +16,9 @@ colour on colour, the digit at 15-70% of the canvas, rotated up to 15 degrees, b
 noise, JPEG-compressed at quality 25-90. Each picture's conditions are columns of labels.csv.
 
 The evaluation prepares every picture as predict does (MNIST's own construction, `prepare=mnist`,
-and the old whole-canvas fit, `prepare=fit`, beside it), and writes into the run folder
-`wild/accuracy.md` (per condition, both preparations) and `wild/errors.png` (the wrong ones).
+and the old whole-canvas fit, `prepare=fit`, beside it), and writes into the run folder (or
+`output=`) `wild/accuracy.md` (per condition, both preparations) and `wild/errors.png` (the
+wrong ones).
 """
 
 import csv
@@ -35,16 +37,17 @@ from mnistlab.lab.files import atomic_write, write_whole
 log = logging.getLogger("mnistlab.classify.wild")
 
 USAGE = """usage: python -m mnistlab.classify.wild [run=FOLDER | ckpt=FILE] [which=best|last]
-                               [data=data/wild_digits] [seed=0] [trust=...]
+                               [data=data/wild_digits] [seed=0] [output=FOLDER] [trust=...]
 
 A run's accuracy on digits in the wild (typed in the machine's fonts, drawn by a pen), per
 condition, with MNIST's preparation and the whole-canvas fit beside it; the set is made on first
-use. Writes wild/accuracy.md and wild/errors.png into the run folder."""
+use. Writes accuracy.md and errors.png into the run folder's wild/, or into output= (made if
+need be: one folder per set scored)."""
 
 ERRORS_SHOWN = 48
 
 
-@command("mnistlab-wild", USAGE, **RUN, data="data/wild_digits", seed=SEED)
+@command("mnistlab-wild", USAGE, **RUN, data="data/wild_digits", seed=SEED, output="")
 def main(args: dict, overrides: list[str]) -> int:
     from mnistlab.classify.predict import images, load, predict, preparer
     from mnistlab.lab.config import project_path
@@ -53,6 +56,7 @@ def main(args: dict, overrides: list[str]) -> int:
         raise UserError(f"{undotted[0]}: not an option of eval-wild (see --help)")
     model, datamodule, path = load(args, overrides, "eval-wild")  # checked before the set is made
     _check_digit_model(datamodule)
+    out, checkpoint = _out_folder(args)
     folder, seed = project_path(args["data"]), args["seed"]
     if not (folder / "labels.csv").is_file():
         if folder.is_dir() and any(folder.iterdir()):  # someone's own files: never mixed in
@@ -75,7 +79,7 @@ def main(args: dict, overrides: list[str]) -> int:
         results[how] = [r["class"] == row["label"] for r, row in zip(rows, labels, strict=True)]
         if how == "mnist":
             kept, calibration = rows, _calibration(model, datamodule, items, labels)
-    out, checkpoint = _out_folder(args)
+    out.mkdir(parents=True, exist_ok=True)
     shown = _error_grid(labels, kept, paths, results["mnist"], out / "errors.png")
     text = (table(labels, results) + calibration
             + f"\nSet: {folder} (seed {seed}); checkpoint: {checkpoint}; errors.png shows"
@@ -170,12 +174,22 @@ def _labels(folder: Path, seed: int) -> list[dict]:
 
 
 def _out_folder(args: dict) -> tuple[Path, Path]:
-    """The run's `wild/` folder, and the checkpoint scored."""
+    """The folder to write (`output=`, else the run's `wild/`), checked before any work but not
+    made yet, and the checkpoint scored."""
+    import os
+
     from mnistlab.lab.rebuild import locate
 
     run_dir, path = locate(args["run"], args["ckpt"], args["which"])
-    out = (run_dir or path.parent) / "wild"
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args["output"]) if args["output"] else (run_dir or path.parent) / "wild"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output={out}: a file; name a folder (made if need be)")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        error = UserError(f"output={out}: {existing} cannot be written (a read-only file system,"
+                          " or no permission); name another folder with output=")  # fmt: skip
+        error.code = 1  # the machine, not the command line
+        raise error
     return out, path
 
 
