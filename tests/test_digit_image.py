@@ -49,6 +49,18 @@ def test_a_digit_at_10x_size_in_a_corner_comes_out_centred_as_mnist(picture):
     assert out.max() == 255 and out[0].max() == out[:, 0].max() == 0  # light ink, dark field
 
 
+def test_strong_noise_on_a_large_canvas_does_not_set_the_box():
+    """A 40 px digit on a 400 px canvas under noise of sigma 30 (15% of the contrast): hundreds
+    of noise pixels pass the strokes' threshold, scattered over the canvas; the box is still the
+    digit's (it was the whole canvas)."""
+    rng = np.random.default_rng(0)
+    clean = seven(40, 30, 230, corner=(150, 170), canvas=400)
+    noisy = np.asarray(clean, dtype=np.float64) + rng.normal(0, 30, (400, 400))
+    a, b = as_mnist(clean), as_mnist(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)))
+    assert np.abs(np.subtract(extent(a), extent(b))).max() <= 1
+    assert np.abs(np.subtract(centre_of_mass(a), centre_of_mass(b))).max() <= 1
+
+
 def test_a_photo_of_many_megapixels_is_read_in_little_memory_as_a_smaller_one_is():
     """A 9000x9000 picture is averaged down in 8 bits before any float copy: its floats alone
     would take 1 GB (RGB float32); it comes out as the same picture at a tenth of the size."""

@@ -200,6 +200,14 @@ def _stretch(ink: np.ndarray, border: np.ndarray) -> np.ndarray:
 def _extent(ink: np.ndarray) -> tuple:
     """The rows and columns [start, stop) holding the digit's strokes, or (None, None)."""
     strong = ink > 0.25 * ink.max() if ink.max() > 0 else np.zeros_like(ink, dtype=bool)
+    # Noise: a strong pixel with fewer than two strong neighbours of its eight is no stroke (a
+    # line 1 px wide has two). Strong noise (sigma over a tenth of the contrast) leaves hundreds
+    # of such pixels across a large canvas, which would set the box.
+    padded = np.pad(strong, 1).astype(np.uint8)
+    h, w = strong.shape
+    neighbours = sum(padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+                     for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)  # fmt: skip
+    strong &= neighbours >= 2
     if not strong.any():
         return None, None
     ys, xs = np.nonzero(strong)
@@ -209,7 +217,6 @@ def _extent(ink: np.ndarray) -> tuple:
     lo_y, hi_y = np.percentile(ys, [0.25, 99.75]).round().astype(int)
     lo_x, hi_x = np.percentile(xs, [0.25, 99.75]).round().astype(int)
     faint = ink > 0
-    h, w = ink.shape
     rim = max(2, round(0.05 * max(hi_y - lo_y, hi_x - lo_x)))
     for _ in range(rim):
         grown = (
