@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 # The install stamp is re-made whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed
 ARGS ?=
+# Extra flags for every pip install (CI: --no-compile, as a test run imports a fraction of what it installs).
+PIP_FLAGS ?=
 # Every command gets ARGS through scripts/make_args.py: split like quoted shell words, never
 # brace-expanded or globbed (Hydra's {a:1,b:2} and choice(1,2) reach it as typed).
 export ARGS
@@ -39,31 +41,31 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	@echo "Setting up $(VENV) (first use: a few minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"
+	$(BIN)/python -m pip install --progress-bar off $(PIP_FLAGS) -e ".[dev]"
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the project with its dev extras (the others do it on first use)
 
 $(EXPORT_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --progress-bar off -e ".[dev,export]"
+	$(BIN)/python -m pip install --progress-bar off $(PIP_FLAGS) -e ".[dev,export]"
 	@touch $(EXPORT_STAMP)
 
 install-export: $(EXPORT_STAMP) ## Also install the optional ONNX export extras (onnx, onnxruntime, onnxscript)
 
 $(SWEEP_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --progress-bar off -e ".[dev,sweep]"
+	$(BIN)/python -m pip install --progress-bar off $(PIP_FLAGS) -e ".[dev,sweep]"
 	@touch $(SWEEP_STAMP)
 
 install-sweep: $(SWEEP_STAMP) ## Also install the sweep extras (optuna, joblib and submitit launchers)
 
 $(DIGITS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --progress-bar off -e ".[dev,digits]"
+	$(BIN)/python -m pip install --progress-bar off $(PIP_FLAGS) -e ".[dev,digits]"
 	@touch $(DIGITS_STAMP)
 
 install-digits: $(DIGITS_STAMP) ## Also install scikit-learn, whose wheel holds the 8x8 digits of data=digits
 
 $(LOGGERS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --progress-bar off -e ".[dev,loggers]"
+	$(BIN)/python -m pip install --progress-bar off $(PIP_FLAGS) -e ".[dev,loggers]"
 	@touch $(LOGGERS_STAMP)
 
 install-loggers: $(LOGGERS_STAMP) ## Also install the experiment trackers of logger=mlflow|wandb|comet (all offline)
@@ -72,7 +74,7 @@ ALL_STAMP := $(VENV)/.all-installed
 $(ALL_STAMP): pyproject.toml
 	@echo "Setting up $(VENV) with every extra (a few minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --progress-bar off -e ".[dev,export,sweep,digits,loggers]"
+	$(BIN)/python -m pip install --progress-bar off $(PIP_FLAGS) -e ".[dev,export,sweep,digits,loggers]"
 	@touch $(STAMP) $(EXPORT_STAMP) $(SWEEP_STAMP) $(DIGITS_STAMP) $(LOGGERS_STAMP) $(ALL_STAMP)
 
 install-all: $(ALL_STAMP) ## Create .venv with the dev extras and every optional one in one step (as CI does)
