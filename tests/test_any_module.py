@@ -61,6 +61,18 @@ class Plain(L.LightningModule):
 class Broken(Plain):
     def training_step(self, batch, batch_idx):
         raise ValueError("boom in my training_step")
+
+
+class Clashing(Plain):  # saves `seed`, a key of the run's config too
+    def __init__(self, hidden: int = 32, lr: float = 1e-3, dropout: float = 0.25, seed: int = 0):
+        super().__init__(hidden, lr, dropout)
+        self.save_hyperparameters()
+
+
+class Lazy(Plain):  # its first layer's input size is found on the first batch
+    def __init__(self, hidden: int = 32, lr: float = 1e-3, dropout: float = 0.25):
+        super().__init__(hidden, lr, dropout)
+        self.layers[1] = nn.LazyLinear(hidden)
 """
 
 # What a researcher adds to plug it in: a config file, and these settings.
@@ -179,6 +191,38 @@ def test_the_classification_tools_refuse_a_module_that_is_not_a_classifier_in_on
     trainer = SimpleNamespace(datamodule=build(cfg, "data"))
     with pytest.raises(UserError, match=r"callbacks\.pictures .* needs a classifier"):
         Pictures().setup(trainer, build_model(cfg, checkpoint, path), "fit")
+
+
+def test_own_hyperparameters_and_lazy_layers_resume_evaluate_and_export(
+    project, importable, synthetic_mnist, tmp_path, capsys
+):
+    """A module that saves its own hyperparameters (`self.save_hyperparameters()`, as Lightning's
+    docs say) and has a lazy layer: continued with more epochs it warns of that change alone (its
+    own keys beside the run's config are no change), and its lone checkpoint evaluates and
+    exports (a lazy layer's shape is no mismatch)."""
+    searchpath = f"hydra.searchpath=[file://{project / 'conf'}]"
+    lazy = [*MODELS["plain"], "model._target_=plainmod.Lazy"]
+    first = run_cli(*base_args(synthetic_mnist, tmp_path, searchpath, *lazy), cwd=tmp_path,
+                    env=env(project))  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = only_run(tmp_path)
+    more = run_cli(f"resume={run}", "trainer.max_epochs=3", searchpath, cwd=tmp_path,
+                   env=env(project))  # fmt: skip
+    assert more.returncode == 0, more.stderr[-3000:]
+    (warned,) = [line for line in more.stderr.splitlines() if "changed config" in line]
+    changed = "log_hparams.max_epochs 2 -> 3, trainer.max_epochs 2 -> 3"  # the first follows
+    assert warned.endswith(f"Resuming with a changed config: {changed}"), warned
+    best = Path(results(run)["best_checkpoint"])
+    assert evaluation.main([f"ckpt={best}"]) == 0
+    assert export.main([f"run={run}"]) == 0
+    assert "safetensors 0.00e+00" in capsys.readouterr().out
+    # Its own hyperparameter named as a key of the run's config: one would overwrite the other.
+    clash = run_cli(*base_args(synthetic_mnist, tmp_path / "c", searchpath, *MODELS["plain"],
+                               "model._target_=plainmod.Clashing"), cwd=tmp_path, env=env(project))  # fmt: skip
+    assert clash.returncode == 1
+    assert "Clashing's own save_hyperparameters() saves ['seed'], which the run's config" in (
+        clash.stderr
+    )
 
 
 EXACT = ["trainer.max_epochs=2", "trainer.deterministic=true", "trainer.limit_train_batches=null",

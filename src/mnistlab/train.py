@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnistlab.lab import quiet_lightning
+from mnistlab.lab import UserError, quiet_lightning
 from mnistlab.lab.config import build, to_plain
 from mnistlab.lab.run_folder import write_results
 from mnistlab.lab.schema import validate
@@ -42,7 +42,13 @@ def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
         datamodule, model = build(cfg, "data"), build(cfg, "model")
         # The whole resolved config as plain data: enough to rebuild the run, loads with weights_only.
-        model.save_hyperparameters(to_plain(cfg), logger=False)
+        # Lightning adds it to what the module saved itself (`self.save_hyperparameters()`).
+        plain = to_plain(cfg)
+        if clash := sorted(set(model.hparams) & set(plain)):
+            raise UserError(f"{type(model).__name__}'s own save_hyperparameters() saves {clash},"
+                            " which the run's config holds too: rename the argument, or leave it"
+                            f" out with save_hyperparameters(ignore={clash})")  # fmt: skip
+        model.save_hyperparameters(plain, logger=False)
         ckpt_path, resumed_step = resume_point(cfg, model, datamodule)
         loggers = _loggers(cfg, resumed_step)
         record = RunRecord(cfg.paths.output_dir)

@@ -197,11 +197,14 @@ def _moved(value, old: str, new: str):
 
 def check_fits(state_dict: dict, model: torch.nn.Module, path: Path) -> None:
     """UserError in one line when the checkpoint's weights do not fit the configured model."""
+    from torch.nn.parameter import is_lazy
+
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
+    # A lazy layer's (nn.LazyLinear) shape is known once it has seen an input or loads weights.
     reshaped = [f"{k} {list(state_dict[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
-                if k in state_dict and state_dict[k].shape != v.shape]  # fmt: skip
+                if k in state_dict and not is_lazy(v) and state_dict[k].shape != v.shape]  # fmt: skip
     if missing or unexpected or reshaped:
         parts = [f"{name}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                  for name, keys in (("missing", missing), ("unexpected", unexpected),

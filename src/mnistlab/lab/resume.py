@@ -51,7 +51,10 @@ def resume_point(cfg: DictConfig, model, datamodule) -> tuple[str | None, int | 
         return None, 0
     checkpoint = load(path)
     _quiet_lightning_about_resuming(datamodule)
-    warn_changes(checkpoint.get("hyper_parameters", {}), to_plain(cfg))
+    now = to_plain(cfg)
+    own = set(model.hparams) - set(now)  # what the module saved itself (save_hyperparameters())
+    stored = checkpoint.get("hyper_parameters") or {}
+    warn_changes({k: v for k, v in stored.items() if k not in own}, now)
     check_fits(checkpoint["state_dict"], model, path)
     log.info(
         "Resuming from %s (epoch %d, step %d)%s",
