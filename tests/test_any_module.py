@@ -63,6 +63,11 @@ class Broken(Plain):
         raise ValueError("boom in my training_step")
 
 
+class BrokenTest(Plain):
+    def test_step(self, batch, batch_idx):
+        raise ValueError("boom in my test_step")
+
+
 class Clashing(Plain):  # saves `seed`, a key of the run's config too
     def __init__(self, hidden: int = 32, lr: float = 1e-3, dropout: float = 0.25, seed: int = 0):
         super().__init__(hidden, lr, dropout)
@@ -163,6 +168,17 @@ def test_trained_then_evaluated_and_exported_with_parity(kind, trained_runs, imp
     images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
     shape = (3, 10) if kind == "plain" else (3, 1, 28, 28)
     assert loaded(images).shape == shape
+
+
+def test_a_failure_in_the_module_s_code_ends_eval_in_one_line_naming_where(
+    trained_runs, importable, capsys, monkeypatch
+):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    run = trained_runs["plain"]
+    assert evaluation.main([f"run={run}", "model._target_=plainmod.BrokenTest"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("mnistlab-eval: failed: ValueError: boom in my test_step (plainmod.py:")
+    assert err.endswith(", in test_step); HYDRA_FULL_ERROR=1 shows the traceback"), err
 
 
 def test_the_classification_tools_refuse_a_module_that_is_not_a_classifier_in_one_line(

@@ -24,6 +24,18 @@ def refuse(command: str, error: UserError, code: int = 2) -> int:
     return code
 
 
+def failure(e: Exception) -> str:
+    """An unexpected exception in one line: its type, its first line, and where it was raised (the
+    innermost frame outside the installed libraries: a line of your module, say)."""
+    import traceback
+
+    first = (str(e).strip().splitlines() or [""])[0]
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if "site-packages" not in f.filename and "/lib/python" not in f.filename]  # fmt: skip
+    where = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno}, in {frames[-1].name})"
+    return f"{type(e).__name__}: {first}{where if frames else ''}"
+
+
 def quiet_lightning() -> None:
     """What every command that runs a Trainer silences: Lightning's own console handler (its
     messages reach the run's log through the root logger, and would print twice) and a warning

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 
-from mnistlab.lab import UserError, refuse
+from mnistlab.lab import UserError, failure, refuse
 
 Body = Callable[[dict, list[str]], int | None]
 TRUE, FALSE = ("true", "yes", "1"), ("false", "no", "0")
@@ -48,6 +48,12 @@ def command(name: str, usage: str, overrides: bool = True, **options) -> Callabl
                 return refuse(name, e, getattr(e, "code", 2))
             except OSError as e:  # a full disk, a read-only or missing folder: what was, stays
                 return refuse(name, UserError(file_error(e)), 1)
+            except Exception as e:  # in a module's own code, say: where, not a traceback wall
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"{name}: failed: {failure(e)}; HYDRA_FULL_ERROR=1 shows the traceback",
+                      file=sys.stderr)  # fmt: skip
+                return 1
 
         return main
 

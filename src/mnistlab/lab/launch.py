@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from mnistlab.lab import UserError, refuse
+from mnistlab.lab import UserError, failure, refuse
 from mnistlab.lab.cli import prepare
 from mnistlab.lab.config import CONF_DIR
 from mnistlab.lab.resume import NothingToDo
@@ -179,20 +179,11 @@ def _report_failure(e: Exception, what: str = "Job", folder: str | None = None) 
     """A failure in the run's code: one line on the console naming where it was raised (the
     innermost frame outside the installed libraries: your module's line), the traceback in the
     run's train.log only (HYDRA_FULL_ERROR=1 shows it on the console instead)."""
-    import traceback
-
-    first = (str(e).strip().splitlines() or [""])[0]
-    frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if "site-packages" not in f.filename and "/lib/python" not in f.filename]  # fmt: skip
-    where = (
-        f" ({Path(frames[-1].filename).name}:{frames[-1].lineno}, in {frames[-1].name})"
-        if frames
-        else ""
-    )
+    said = failure(e)
     found = f"; the traceback is in {Path(folder) / 'train.log'}" if folder else ""
-    log.error("%s failed: %s: %s%s%s", what, type(e).__name__, first, where, found)
+    log.error("%s failed: %s%s", what, said, found)
     logging.getLogger("mnistlab.traceback").error("%s failed", what, exc_info=True)
-    return f"{type(e).__name__}: {first}{where}"
+    return said
 
 
 def _job_overrides(hc) -> list[str]:
