@@ -564,3 +564,10 @@ def test_a_damaged_checkpoint_is_a_fault_of_the_file_exit_1(run, images, tmp_pat
         assert command.main([f"ckpt={damaged}", *args]) == 1
         err = capsys.readouterr().err.strip()
         assert str(damaged) in err and "\n" not in err, err
+    # In a copy of the run: its last.ckpt is named as what to use instead.
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "checkpoints" / best.name).write_bytes(bytes(data))
+    assert evaluation.main([f"run={copy}"]) == 1
+    assert "another of its folder may be intact (last.ckpt): which=last" in capsys.readouterr().err
+    assert evaluation.main([f"run={copy}", "which=last"]) == 0

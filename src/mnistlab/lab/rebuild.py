@@ -33,10 +33,17 @@ BUILT = ("data", "model", "trainer")  # what a run's config must hold
 def restore(args: dict, overrides: list[str], task: str) -> tuple:
     """The run that a command's `command.RUN` options name: its folder (None for a lone
     checkpoint), its checkpoint file, the checkpoint (verified), and its config for `task`."""
-    from mnistlab.lab.checkpoint import load, say_unverified
+    from mnistlab.lab.checkpoint import CheckpointError, load, say_unverified
 
     run_dir, path = locate(args["run"], args["ckpt"], args["which"])
-    checkpoint = load(path, require_checksum=False, quiet=True)
+    try:
+        checkpoint = load(path, require_checksum=False, quiet=True)
+    except CheckpointError as e:
+        others = sorted({p.name for p in path.parent.glob("*.ckpt")} - {path.name})
+        if others:  # what to do: another checkpoint of the run
+            e.args = (f"{e}; another of its folder may be intact ({', '.join(others[:3])}):"
+                      f" {'which=last' if 'last.ckpt' in others else 'CKPT=<file>'}",)  # fmt: skip
+        raise
     cfg = run_config(run_dir, checkpoint, path, overrides, task, args["trust"])
     say_unverified(path)  # once its config is accepted: a refusal stays one line
     return run_dir, path, checkpoint, cfg

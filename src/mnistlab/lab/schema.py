@@ -144,7 +144,9 @@ def arguments(target: str, path: str, errors: list[str]) -> dict[str, bool] | No
     try:
         obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        return errors.append(f"{path}._target_={target}: cannot be imported ({e})")
+        where = ("; a module of your own goes in src/ or in a folder on PYTHONPATH"
+                 if isinstance(e, ModuleNotFoundError) and e.name == module.split(".")[0] else "")  # fmt: skip
+        return errors.append(f"{path}._target_={target}: cannot be imported ({e}){where}")
     except Exception as e:  # the module itself fails to import: say so in one line
         return errors.append(f"{path}._target_={target}: importing {module} fails: {type(e).__name__}: {e}")  # fmt: skip
     found: dict[str, bool] = {}
