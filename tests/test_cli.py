@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -148,6 +149,11 @@ def test_resume_picks_the_newest_run_of_the_same_command(tmp_path):
     (chosen / "results.json").write_text(json.dumps(results))
     with pytest.raises(NothingToDo, match=r"has already finished \(test/acc 0\.9800\)"):
         prepare(command, "train")
+    for near, said in ((chosen / ".hydra", f"a folder inside a run; name the run itself: resume={chosen}"),
+                       (chosen / "results.json", "a file, not a run folder; ckpt_path=<file> starts"),
+                       (tmp_path / "train", f"a folder of 1 finished run(s); name one, e.g. the newest: resume={chosen}")):  # fmt: skip
+        with pytest.raises(UserError, match=re.escape(f"resume={near}: {said}")):
+            prepare([f"resume={near}"], "train")
     longer = [f"resume={chosen}", "trainer.max_epochs=3"]  # a named run, to train it further
     recorded = [f"paths.log_dir={tmp_path}"]  # the run's own overrides, those given now on top
     assert prepare(longer, "train") == [*recorded, *longer, f"hydra.run.dir={chosen}"]

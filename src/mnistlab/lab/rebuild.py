@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mnistlab.lab import UserError
 from mnistlab.lab.config import CONF_DIR, ROOT, build, project_path, to_plain
-from mnistlab.lab.run_folder import RESULTS
+from mnistlab.lab.run_folder import RESULTS, not_a_run
 from mnistlab.lab.schema import validate
 from mnistlab.lab.signing import made_here, signed
 from mnistlab.lab.spec import check_spec, take_spec
@@ -64,21 +64,8 @@ def locate(run: str | None, ckpt: str | None, which: str = "best") -> tuple[Path
         return run_dir, path
     run_dir = _existing(run, "run") if run else _newest_finished_run()
     if not (run_dir / ".hydra" / "config.yaml").is_file():
-        raise UserError(f"run={run_dir}: {_not_a_run(run_dir)}")
+        raise UserError(not_a_run(run_dir, "run", "a checkpoint is named with ckpt= (CKPT=)"))
     return run_dir, _checkpoint_of(run_dir, which)
-
-
-def _not_a_run(path: Path) -> str:
-    """Why `path` is not a run folder, and what was likely meant: a checkpoint file (ckpt=), the
-    run a folder is inside of, or the newest finished run of a folder of runs."""
-    if path.is_file():
-        return "a file, not a run folder; a checkpoint is named with ckpt= (CKPT=)"
-    if run := next((p for p in path.parents if (p / ".hydra" / "config.yaml").is_file()), None):
-        return f"a folder inside a run; name the run itself: run={run}"
-    if runs := list(path.glob(f"*/{RESULTS}")) or list(path.glob(f"*/*/{RESULTS}")):
-        newest = max(runs, key=lambda p: p.stat().st_mtime).parent
-        return f"a folder of {len(runs)} finished run(s); name one, e.g. the newest: run={newest}"
-    return "not a run folder (no .hydra/config.yaml in it)"
 
 
 def _existing(given: str, key: str) -> Path:

@@ -17,7 +17,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mnistlab.lab import UserError
 from mnistlab.lab.config import project_path, to_plain
-from mnistlab.lab.run_folder import POLICIES, find_run, finished, identity, without_resume
+from mnistlab.lab.run_folder import (
+    POLICIES,
+    find_run,
+    finished,
+    identity,
+    not_a_run,
+    without_resume,
+)
 from mnistlab.lab.signing import made_here
 from mnistlab.lab.trust import recorded_command
 
@@ -102,9 +109,9 @@ def named_run(overrides: list[str]) -> Path | None:
     policy = values[-1]
     run = Path(policy).resolve() if Path(policy).exists() else project_path(policy)
     if not (run / ".hydra" / "overrides.yaml").is_file():
-        raise UserError(
-            f"resume={policy}: not {', '.join(POLICIES)} or a run folder (one holding .hydra/)"
-        )
+        if not run.exists():
+            raise UserError(f"resume={policy}: not {', '.join(POLICIES)} or a run folder")
+        raise UserError(not_a_run(run, "resume", "ckpt_path=<file> starts a new run from it"))
     return run
 
 

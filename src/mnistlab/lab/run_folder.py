@@ -130,3 +130,17 @@ def _remove_leftovers(folder: Path) -> None:
     for tmp in folder.rglob(".*.tmp"):
         if re.fullmatch(r"\..+\.\d+\.tmp", tmp.name):
             tmp.unlink(missing_ok=True)
+
+
+def not_a_run(path: Path, key: str, file_hint: str) -> str:
+    """Why `path`, given as `key=`, is not a run folder, and what was likely meant: for a file,
+    `file_hint`; the run a folder is inside of; the newest finished run of a folder of runs."""
+    if path.is_file():
+        return f"{key}={path}: a file, not a run folder; {file_hint}"
+    if run := next((p for p in path.parents if (p / ".hydra").is_dir()), None):
+        return f"{key}={path}: a folder inside a run; name the run itself: {key}={run}"
+    if runs := list(path.glob(f"*/{RESULTS}")) or list(path.glob(f"*/*/{RESULTS}")):
+        newest = max(runs, key=lambda p: p.stat().st_mtime).parent
+        return (f"{key}={path}: a folder of {len(runs)} finished run(s); name one, e.g. the"
+                f" newest: {key}={newest}")  # fmt: skip
+    return f"{key}={path}: not a run folder (no .hydra/config.yaml in it)"
