@@ -136,7 +136,17 @@ def trained_runs(project, synthetic_mnist, tmp_path_factory) -> dict[str, Path]:
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[kind] = only_run(log_dir)
+        if kind == "plain":  # its monitored metric on each epoch's line, though not on the bar
+            (epoch,) = [ln for ln in proc.stderr.splitlines() if " - epoch 1/" in ln]
+            assert " val_loss " in epoch, epoch
     return runs
+
+
+def test_a_tiny_metric_is_shown_with_its_digits_not_as_zero():
+    from mnistlab.lab.progress import number
+
+    assert [number(v) for v in (0.98351, 0.0473, 3.21e-05, 0.0)] == [
+        "0.9835", "0.0473", "3.21e-05", "0.0000"]  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", MODELS)

@@ -66,6 +66,11 @@ def test_eval_from_a_checkpoint_alone_and_with_overrides(run, capsys):
     assert evaluation.main([f"ckpt={best}", "data.eval_batch_size=7", "trainer=cpu"]) == 0
     assert last_metrics(capsys)["test/acc"] == round(trained_test_acc(run), 4)
     assert evaluation.main([f"run={run}", "which=last"]) == 0
+    capsys.readouterr()
+    assert evaluation.main([f"run={run}", "trainer.limit_test_batches=2"]) == 0  # a debug setting
+    assert "trainer.limit_test_batches=2: part of the test set is scored; add" in (
+        capsys.readouterr().err
+    )
     assert evaluation.main([f"run={run}", "model.net.hiden=3"]) == 2
     assert "did you mean model.net.hidden?" in capsys.readouterr().err
 

@@ -201,7 +201,9 @@ def _tensorboard_in(trainer) -> bool:
 
 def _summarize(metrics: dict[str, float], reported: list[str], best: str, output_dir: str,
                tensorboard: bool) -> None:  # fmt: skip
-    shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in reported if k in metrics)
+    from mnistlab.lab.progress import number
+
+    shown = "  ".join(f"{k} {number(metrics[k])}" for k in reported if k in metrics)
     log.info("Done: %s", shown)
     log.info("Best checkpoint: %s", best or "(none saved)")
     log.info("Run folder: %s", output_dir)

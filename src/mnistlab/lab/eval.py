@@ -55,10 +55,16 @@ def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:
 
 @command("mnistlab-eval", USAGE, **RUN)
 def main(args: dict, overrides: list[str]) -> int:
+    from mnistlab.lab.progress import number  # Lightning: imported once the command is checked
+
     run_dir, path, _, cfg = restore(args, overrides, "eval")
     out = new_folder(Path(cfg.paths.output_dir))  # `_1` when another eval took it this second
     _log_to(out)
     log.info("Evaluating %s (run %s)", path, run_dir or "unknown")
+    limit = cfg.trainer.get("limit_test_batches")
+    if limit is not None and (isinstance(limit, int) or limit < 1.0):  # the run's debug setting
+        log.warning("trainer.limit_test_batches=%s: part of the test set is scored; add"
+                    " trainer.limit_test_batches=1.0 to score all of it", limit)  # fmt: skip
     try:
         metrics = evaluate(cfg, path)
     except UserError as e:
@@ -67,7 +73,7 @@ def main(args: dict, overrides: list[str]) -> int:
     record = {"run": str(run_dir) if run_dir else None, "checkpoint": str(path),
               "overrides": overrides, "metrics": metrics}  # fmt: skip
     write_whole(out / "metrics.json", json.dumps(record, indent=2) + "\n")
-    print("  ".join(f"{k} {v:.0f}" if k.endswith("/images") else f"{k} {v:.4f}"
+    print("  ".join(f"{k} {v:.0f}" if k.endswith("/images") else f"{k} {number(v)}"
                     for k, v in sorted(metrics.items())))  # fmt: skip
     log.info("Metrics: %s", out / "metrics.json")
     return 0

@@ -9,6 +9,12 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 log = logging.getLogger(__name__)
 
 
+def number(value: float) -> str:
+    """A metric as the console shows it: four decimals (an accuracy, a loss), or three significant
+    digits for one under 0.001 (a regressor's loss), which four decimals would show as 0.0000."""
+    return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+
+
 def progress_bar(refresh_rate: int = 1) -> ProgressBar:
     if sys.stdout.isatty():
         return RichProgressBar(refresh_rate=refresh_rate)
@@ -56,8 +62,11 @@ class LineProgressBar(ProgressBar):
         if ended is None or not (self._enabled and trainer.is_global_zero):
             return
         logged = trainer.callback_metrics
+        # The monitored metric too, where the module did not put it on the progress bar.
+        monitor = getattr(trainer.checkpoint_callback, "monitor", None)
         metrics = {**self.get_metrics(trainer, pl_module),
-                   **{k: float(v) for k, v in logged.items() if k.endswith("_epoch")}}  # fmt: skip
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                   **{k: float(v) for k, v in logged.items() if k.endswith("_epoch")
+                      or k == monitor}}  # fmt: skip
+        shown = "  ".join(f"{k} {number(v)}" for k, v in metrics.items()
                           if isinstance(v, float) and f"{k}_epoch" not in metrics)  # fmt: skip
         log.info("epoch %d/%d  %.1fs  %s", ended[0] + 1, trainer.max_epochs, ended[1], shown)
