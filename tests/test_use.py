@@ -181,7 +181,10 @@ def test_dark_on_light_is_detected_and_can_be_forced():
 
 def test_export_round_trip_and_parity(run, synthetic_mnist, capsys):
     assert export.main([f"run={run}"]) == 0
-    output = capsys.readouterr().out
+    output, err = capsys.readouterr()
+    assert (
+        "PassManager" not in err and "constant folding" not in err
+    )  # the ONNX optimizer's chatter
     folder = run / "checkpoints"
     assert (folder / "model.safetensors").is_file() and (folder / "model.json").is_file()
     assert "safetensors 0.00e+00" in output  # bitwise

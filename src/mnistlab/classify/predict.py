@@ -182,7 +182,10 @@ OPTIONS = {**RUN, "input": str, "output": str, "invert": str, "prepare": str,
 @command("mnistlab-predict", USAGE, **OPTIONS)
 def main(args: dict, overrides: list[str]) -> int:
     if not args["input"]:
-        raise UserError("input=: name an image, a folder of images or an IDX file")
+        raise UserError(
+            "input= (make predict INPUT=) is empty: name an image, a folder of images"
+            " or an IDX file"
+        )
     if not 0.0 <= args["min_confidence"] <= 1.0:
         raise UserError(f"min_confidence={args['min_confidence']}: a probability between 0 and 1")
     for key in ("invert", "prepare"):

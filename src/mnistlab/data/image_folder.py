@@ -255,7 +255,7 @@ class _progress:
         if self.bar is not None:
             self.bar.update(self.task, advance=n)
         elif before * 4 // max(1, self.total) != self.done * 4 // max(1, self.total):
-            log.info("Decoded %d/%d images", self.done, self.total)
+            log.info("Read %d/%d image files", self.done, self.total)
 
     def __exit__(self, *exc):
         if self.bar is not None:

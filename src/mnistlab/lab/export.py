@@ -173,6 +173,8 @@ def _onnx_available() -> bool:
 
 def _to_onnx(model: nn.Module, path: Path, example: Tensor) -> None:
     batch = torch.export.Dim("batch", min=1)
+    for name in ("onnxscript", "onnx_ir"):  # their optimizer's passes, a dozen INFO lines a model
+        logging.getLogger(name).setLevel(logging.WARNING)
     program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: batch},),
                                 input_names=["inputs"], output_names=["outputs"], verbose=False)  # fmt: skip
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
