@@ -1,6 +1,8 @@
 """The config rules stay in step with the constructors; keys are checked against the real ones."""
 
 import importlib
+import re
+from typing import Literal
 
 import pytest
 
@@ -66,3 +68,26 @@ def test_top_level_keys_of_the_config_are_yours_but_a_plus_typo_is_refused():
     validate({"my_setting": 3})  # a key of conf/train.yaml the schema does not list
     with pytest.raises(UserError, match="unknown key sed; did you mean seed"):
         validate({"sed": 3}, added=["sed"])  # `+sed=3` on the command line
+
+
+class Own:  # a constructor of one's own, outside the installed libraries: its hints are checked
+    def __init__(self, hidden: int = 8, mode: Literal["min", "max"] = "min",
+                 ratio: float | None = None, name: str = "x", net=None):  # fmt: skip
+        pass
+
+
+def test_the_type_hints_of_one_s_own_constructor_are_checked():
+    for key, value, said in (("hidden", "abc", "model.hidden=abc: expected an integer"),
+                             ("hidden", 1.5, "model.hidden=1.5: expected an integer"),
+                             ("mode", "maxx", "model.mode=maxx: expected one of min, max"),
+                             ("ratio", "half", "model.ratio=half: expected a finite number or null")):  # fmt: skip
+        with pytest.raises(UserError, match=re.escape(said)):
+            validate({"model": {"_target_": "test_schema.Own", key: value}}, deep=True)
+    fine = {
+        "hidden": 3,
+        "mode": "max",
+        "ratio": 1,
+        "name": 123,
+        "net": {"a": 1},
+    }  # str: not checked
+    validate({"model": {"_target_": "test_schema.Own", **fine}}, deep=True)
