@@ -7,7 +7,8 @@ from typing import Literal
 import pytest
 
 from mnistlab.lab import UserError
-from mnistlab.lab.schema import RULES, arguments, validate
+from mnistlab.lab.schema import RULES, validate
+from mnistlab.lab.signatures import arguments
 
 OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True}
 MODULE_TARGETS = {"torch.optim.": ["torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"]}
