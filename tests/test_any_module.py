@@ -191,6 +191,12 @@ def test_a_failure_in_the_module_s_code_ends_eval_in_one_line_naming_where(
     assert err.endswith(", in test_step); HYDRA_FULL_ERROR=1 shows the traceback"), err
 
 
+def test_a_failure_with_no_frame_of_one_s_own_is_still_one_line():
+    from mnistlab.lab import failure
+
+    assert failure(ValueError("first\nsecond")) == "ValueError: first"  # never raised: no frames
+
+
 def test_the_classification_tools_refuse_a_module_that_is_not_a_classifier_in_one_line(
     trained_runs, tmp_path, capsys
 ):

@@ -32,8 +32,10 @@ def failure(e: Exception) -> str:
     first = (str(e).strip().splitlines() or [""])[0]
     frames = [f for f in traceback.extract_tb(e.__traceback__)
               if "site-packages" not in f.filename and "/lib/python" not in f.filename]  # fmt: skip
-    where = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno}, in {frames[-1].name})"
-    return f"{type(e).__name__}: {first}{where if frames else ''}"
+    if not frames:  # raised and caught within the libraries alone
+        return f"{type(e).__name__}: {first}"
+    return (f"{type(e).__name__}: {first} ({os.path.basename(frames[-1].filename)}:"
+            f"{frames[-1].lineno}, in {frames[-1].name})")  # fmt: skip
 
 
 def quiet_lightning() -> None:
