@@ -2,10 +2,10 @@
 
 A node with a `_target_` (this project's, torch's, Lightning's or yours) has its keys checked
 against the real signature of its target (mnistlab.lab.signatures): an unknown key gets a "did
-you mean", a missing required argument is named, a value against a type hint of this project's
-or your constructor (int, float, bool, Literal) is checked. That imports the target's module (Lightning: a second or two), so the
-command line does it only for keys added with `+` or refused by Hydra, where typos are; a run
-(`deep=True`) does it for all. RULES check values without importing anything: types and limits
+you mean", a missing required argument is named, and a value is checked against the type hint
+of this project's or your constructor (int, float, bool, Literal). That imports the target's
+module (Lightning: a second or two), so the command line does it only for keys added with `+` or
+refused by Hydra, where typos are; a run (`deep=True`) does it for all. RULES check values without importing anything: types and limits
 where a wrong value would cost a run (`lr` > 0, `max_epochs` >= 1 or -1, `precision`, ...).
 """
 
