@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The install stamp is re-made whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed
 ARGS ?=
-# Extra flags for every pip install (CI: --no-compile, as a test run imports a fraction of what it installs).
+# Extra flags for every pip install (PIP_FLAGS="--no-cache-dir", say).
 PIP_FLAGS ?=
 # Every command gets ARGS through scripts/make_args.py: split like quoted shell words, never
 # brace-expanded or globbed (Hydra's {a:1,b:2} and choice(1,2) reach it as typed).
