@@ -166,12 +166,15 @@ def squeue(cluster: dict, job: str) -> str | None:
 def wait_for_job(cluster: dict, job: str, timeout: float = 300) -> None:
     """Until the job has left the queue, said twice a second apart (a requeued job is between
     two runs for a moment). SLURM holds a requeued job for about two minutes (pending, reason
-    BeginTime) before it may start again: released at once here."""
-    deadline, gone = time.monotonic() + timeout, 0
+    BeginTime) before it may start again: released here after 5 s, once its old run is cleaned
+    up (released within a second, it was started while its old credential was being revoked,
+    and killed: "Killing non-startable batch JobId=9: Job credential revoked")."""
+    deadline, gone, held = time.monotonic() + timeout, 0, None
     while gone < 2:
         state = squeue(cluster, job)
         gone = gone + 1 if state == "" else 0
-        if state == "PENDING BeginTime":
+        held = (held or time.monotonic()) if state == "PENDING BeginTime" else None
+        if held is not None and time.monotonic() - held > 5:
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster,
                            capture_output=True)  # fmt: skip
         assert time.monotonic() < deadline, f"job {job} still {state} after {timeout} s"
