@@ -132,6 +132,34 @@ def test_a_correct_command_line_is_checked_without_importing_torch(tmp_path):
     assert "max_epochs: 2" in proc.stdout and proc.stdout.strip().splitlines()[-1] == "[]"
 
 
+COUNT_COMPOSITIONS = (  # Hydra's one door to a composed config: compose(), hydra.main, sweeps
+    "import atexit, sys, runpy\n"
+    "from hydra._internal.config_loader_impl import ConfigLoaderImpl as C\n"
+    "load, n = C.load_configuration, []\n"
+    "C.load_configuration = lambda *a, **k: n.append(1) or load(*a, **k)\n"
+    "atexit.register(lambda: print('compositions', len(n)))\n"
+    "sys.argv = ['mnistlab-train', *sys.argv[1:]]\n"
+    "runpy.run_module('mnistlab.train', run_name='__main__')\n"
+)
+
+
+def test_a_run_is_composed_once_and_recorded_as_hydra_main_records_it(tmp_path):
+    """Checked, then run on the config the check composed (hydra.main would compose it twice
+    more): a run's `.hydra/` is the same as Hydra's own run writes. The data is missing: the run
+    fails at its start, exit 1, with its log."""
+    run = tmp_path / "run"
+    args = [f"paths.data_dir={tmp_path / 'none'}", "data.sources=[local]", f"hydra.run.dir={run}"]
+    proc = subprocess.run([sys.executable, "-c", COUNT_COMPOSITIONS, *args], cwd=tmp_path,
+                          env=cli_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and "compositions 1" in proc.stdout, proc.stderr[-2000:]
+    assert "MNIST" in (run / "train.log").read_text()
+    hydra_cfg = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert hydra_cfg["overrides"] == {"hydra": [f"hydra.run.dir={run}", "hydra.mode=RUN"],
+                                      "task": args[:2]}  # fmt: skip
+    assert hydra_cfg["mode"] == "RUN" and hydra_cfg["runtime"]["output_dir"] == str(run)
+    assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) == args[:2]
+
+
 def test_resume_picks_the_newest_run_of_the_same_command(tmp_path):
     runs = tmp_path / "train" / "runs"
     command = [f"paths.log_dir={tmp_path}", "trainer.max_epochs=2", "resume=auto"]
@@ -238,7 +266,7 @@ def test_a_settled_folder_reads_back_as_it_is_whatever_its_characters(folder):
 
     from mnistlab.lab.cli import _with
 
-    (line,) = _with([], "hydra.run.dir", folder)
+    (line,), _ = _with([], "hydra.run.dir", folder, None)
     assert OverridesParser.create().parse_override(line).value() == folder
 
 

@@ -52,6 +52,15 @@ def prepare(
     the command names its own. `processes`: how many processes a launcher (torchrun, srun)
     started with this command; they all run in the folder settled here once
     (mnistlab.lab.distributed)."""
+    return settle(argv, config_name, processes, claim)[0]
+
+
+def settle(
+    argv: list[str], config_name: str, processes: int = 1, claim: bool = False
+) -> tuple[list[str], DictConfig | None]:
+    """`prepare`'s command line, and for one run (not -m, --cfg, --help, ...) the config
+    composed from it with its folder set, the very one Hydra would compose from that command
+    line: the run is composed once (mnistlab.lab.launch.run_composed)."""
     parser = hydra_args_parser()
     parser.error = _refuse  # one line, not argparse's usage block
     args = parser.parse_args(argv)
@@ -64,7 +73,7 @@ def prepare(
     if args.multirun and (args.cfg or args.info):
         raise UserError("--cfg and --info print one config: drop -m/--multirun")
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir:
-        return argv  # nothing to run, or configs from elsewhere: Hydra alone handles those
+        return argv, None  # nothing to run, or configs from elsewhere: Hydra alone handles those
     name = args.config_name or config_name
     overrides, foreign = list(args.overrides), False
     if not args.multirun and (folder := named_run(overrides)) is not None:
@@ -87,7 +96,7 @@ def prepare(
         if OmegaConf.is_dict(pruner) and "_target_" in pruner:  # built by Hydra: checked first
             check_node(OmegaConf.to_container(pruner, resolve=True), "hydra.sweeper.pruner")
     if args.cfg:
-        return argv
+        return argv, None
     hydra_cfg = configs[0].hydra
     key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
     folder = Path(hydra_cfg.sweep.dir if args.multirun else hydra_cfg.run.dir)
@@ -96,15 +105,16 @@ def prepare(
         found = sweep_to_continue(configs[0], overrides)
     else:
         found = run_to_resume(configs[0], overrides)
+    one = None if args.multirun or args.config_path or args.experimental_rerun else configs[0]
     if found is not None:
-        return _with(argv, key, _writable(found) if claim else found)
+        return _with(argv, key, _writable(found) if claim else found, one)
     if not claim or any(o.startswith(f"{key}=") for o in overrides):
-        return argv  # a check only, or a folder of one's choosing: used as it is
+        return argv, one  # a check only, or a folder of one's choosing: used as it is
     # A new folder, made now: two commands in the same second get two (a suffix), and the
     # processes of a DDP run (torchrun, srun) all get the one rank 0 made.
     made = new_folder(folder)
     try:
-        return _with(argv, key, _writable(made))
+        return _with(argv, key, _writable(made), one)
     except UserError:
         made.rmdir()  # still empty: nothing of the command is left behind
         raise
@@ -150,8 +160,20 @@ def _creatable(folder: Path) -> None:
         raise error from None
 
 
-def _with(argv: list[str], key: str, value: Path) -> list[str]:
-    return [a for a in argv if not a.startswith(f"{key}=")] + [f"{key}={quoted(value)}"]
+def _with(
+    argv: list[str], key: str, value: Path, cfg: DictConfig | None
+) -> tuple[list[str], DictConfig | None]:
+    """`argv` with `key` (a run's or a sweep's folder) set to `value`; `cfg` (a run's) too, as
+    Hydra composes it from that command line."""
+    override = f"{key}={quoted(value)}"
+    if cfg is not None:
+        with read_write(cfg.hydra):
+            cfg.hydra.run.dir = str(value)
+            cfg.hydra.overrides.hydra = [
+                *(o for o in cfg.hydra.overrides.hydra if not o.startswith(f"{key}=")),
+                override,
+            ]
+    return [a for a in argv if not a.startswith(f"{key}=")] + [override], cfg
 
 
 def quoted(value: Path) -> str:

@@ -13,10 +13,12 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from mnistlab.lab import UserError
 from mnistlab.lab.cli import quoted
 from mnistlab.lab.distributed import JOB_PROCESS_ENV
 from mnistlab.lab.preemption import Interrupted
@@ -29,10 +31,11 @@ class JobFailed(Exception):
     """A job run as its own command ended with an error (its message is the job's error line)."""
 
 
-def run(cfg: DictConfig, overrides: list[str], module: str) -> dict[str, float]:
-    """Run the job `cfg` (started with `overrides`) as `python -m module` in its folder; its
-    metrics, Interrupted if a forwarded signal stopped it, else JobFailed with its first error."""
-    folder = Path(cfg.paths.output_dir)
+def run(cfg: DictConfig, overrides: list[str], train: Callable) -> dict[str, float]:
+    """Run the job `cfg` (started with `overrides`) as `python -m <train's module>` in its
+    folder; its metrics, Interrupted if a forwarded signal stopped it, else JobFailed with its
+    first error."""
+    module, folder = _module_of(train), Path(cfg.paths.output_dir)
     overrides = [*without_resume(overrides), f"resume={cfg.resume}"]  # as this job resolved it
     command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={quoted(folder)}",
                "hydra.output_subdir=null"]  # fmt: skip
@@ -63,3 +66,14 @@ def run(cfg: DictConfig, overrides: list[str], module: str) -> dict[str, float]:
         raise Interrupted(code - 128, str(last) if last.is_file() else None)
     error = errors[0].removeprefix("Job failed: ") if errors else f"exit status {code}"
     raise JobFailed(error)
+
+
+def _module_of(run: Callable) -> str:
+    """The module to run with `python -m` for `run`: its own, also when that module is running
+    as `__main__` (`python -m mnistlab.train`)."""
+    if run.__module__ != "__main__":
+        return run.__module__
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None:
+        raise UserError("a DDP job of a sweep needs the command started as python -m <module>")
+    return spec.name

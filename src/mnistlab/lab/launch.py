@@ -1,10 +1,9 @@
 """The `mnistlab-train` command around `train(cfg)`: the process and job layer.
 
-`mnistlab.train` is the run itself; this module is everything around it that a run needs as a
-command: the command line checked before Hydra acts on it (`mnistlab.lab.cli`), the exit status and
-one-line errors, a sweep's job and its status file, SLURM's requeue, parallel jobs sharing the
-cores, and a DDP job of a sweep started as its own command. Under DDP, rank 0 settles the command
-line and the other processes run the one it settled (`mnistlab.lab.distributed`).
+`mnistlab.train` is the run itself; this is all a run needs as a command: the command line checked
+and composed once (`mnistlab.lab.cli`), the exit status and one-line errors, a sweep's job and its
+status file, SLURM's requeue, parallel jobs sharing the cores, and a DDP job of a sweep run as its
+own command. Under DDP, rank 0 settles the command and the others run it (`lab.distributed`).
 """
 
 import logging
@@ -13,15 +12,17 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, open_dict, read_write
 
 from mnistlab.lab import UserError, failure, refuse
-from mnistlab.lab.cli import prepare
+from mnistlab.lab.cli import settle
 from mnistlab.lab.config import CONF_DIR
 from mnistlab.lab.resume import NothingToDo
+from mnistlab.lab.run_folder import hold
 
 log = logging.getLogger("mnistlab.train")  # the run's logger: one name in train.log
 
@@ -50,7 +51,7 @@ def _run(cfg: DictConfig, run: Run) -> float | None:
     try:
         # One process writes a run folder: rank 0 (the others follow it), and for a sweep's job
         # run as its own command, the sweep (which holds the lock already).
-        with _holding(cfg.paths.output_dir, distributed.launched_rank() == 0 and not as_job):
+        with _hold(cfg.paths.output_dir, distributed.launched_rank() == 0 and not as_job):
             metrics = _train(cfg, run)
     except Exception as e:
         expected = isinstance(e, UserError | Interrupted)
@@ -69,6 +70,10 @@ def _run(cfg: DictConfig, run: Run) -> float | None:
         log.warning("Stopped by SIGTERM; resume with the same command and resume=auto")
         sys.exit(128 + signal.SIGTERM)
     return _objective(cfg, metrics, sweep=as_job)
+
+
+def _hold(folder: str, lock: bool):  # the run folder's lock when `lock`
+    return hold(Path(folder)) if lock else nullcontext()
 
 
 def _sweep_job(cfg: DictConfig, run: Run) -> float:
@@ -100,12 +105,12 @@ def _one_job(cfg: DictConfig, run: Run) -> float:
     _continue_if_requeued(cfg)
     start = time.perf_counter()
     try:
-        with _holding(folder, distributed.launched_rank() == 0):
+        with _hold(folder, distributed.launched_rank() == 0):
             if (
                 distributed.several_processes(cfg.trainer)
                 and distributed.launched_world_size() == 1
             ):
-                metrics = ddp_job.run(cfg, _job_overrides(hc), _module_of(run))
+                metrics = ddp_job.run(cfg, _job_overrides(hc), run)
                 objective = _objective(cfg, metrics)
             else:
                 objective = _objective(cfg, _train(cfg, run))
@@ -139,15 +144,6 @@ def _train(cfg: DictConfig, run: Run) -> dict[str, float]:
     if epoch is not None and distributed.launched_rank() == 0:
         sweeps.record(cfg.paths.output_dir, pruned_after_epoch=epoch)
     return metrics
-
-
-def _holding(folder: str, lock: bool):
-    """The run folder's lock (`run_folder.hold`) when `lock`, else nothing."""
-    from contextlib import nullcontext
-
-    from mnistlab.lab.run_folder import hold
-
-    return hold(Path(folder)) if lock else nullcontext()
 
 
 def _continue_if_requeued(cfg: DictConfig) -> None:
@@ -194,17 +190,6 @@ def _job_overrides(hc) -> list[str]:
     return [*hc.overrides.task, *composing]
 
 
-def _module_of(run: Run) -> str:
-    """The module to run with `python -m` for `run`: its own, also when that module is running
-    as `__main__` (`python -m mnistlab.train`)."""
-    if run.__module__ != "__main__":
-        return run.__module__
-    spec = getattr(sys.modules["__main__"], "__spec__", None)
-    if spec is None:
-        raise UserError("a DDP job of a sweep needs the command started as python -m <module>")
-    return spec.name
-
-
 def _objective(cfg: DictConfig, metrics: dict[str, float], sweep: bool = True) -> float | None:
     """The metric sweeps optimize (`optimized_metric`), returned to Hydra's sweeper; a run
     outside a sweep only warns when it has none (nothing reads it)."""
@@ -246,35 +231,67 @@ def main(run: Run) -> None:
     mnistlab.train`): check the command line, then run it. Under DDP, rank 0 settles the command
     and every other process runs the same one. `run`'s module, run with `python -m`, must call
     this (a DDP job of a sweep is started that way)."""
+    from mnistlab.lab import distributed
 
     def task(cfg: DictConfig) -> float | None:  # a closure: a sweep's launcher pickles `run` too
         return _run(cfg, run)
 
-    hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-    _run_hydra = hydra_main(task)
-    from mnistlab.lab import distributed
-
-    worker = distributed.worker_argv()
-    if worker is not None:  # started by Lightning's DDP for a job of ours: checked already
-        sys.argv[1:] = worker
-        _run_hydra()
-        return
-    if os.environ.get(distributed.JOB_PROCESS_ENV) == "1":  # a sweep's job: checked by the sweep
-        _run_hydra()
-        return
+    settled = {}  # rank 0's (or the only process's) composed config
+    # Checked already: the job of the process whose DDP started this one, a sweep's job run as
+    # its own command; and (from `agree`) the command rank 0 settled, to a rank > 0.
+    argv = distributed.worker_argv()
+    if argv is None and os.environ.get(distributed.JOB_PROCESS_ENV) == "1":
+        argv = sys.argv[1:]
     try:
-        sys.argv[1:] = distributed.agree(sys.argv[1:], _settle)
+        if argv is None:
+            argv = distributed.agree(sys.argv[1:], lambda a: _settle(a, settled))
     except distributed.Outcome as e:  # rank 0 said why
         sys.exit(e.code)
-    _run_hydra()
+    sys.argv[1:] = argv
+    cfg = settled["cfg"] if "cfg" in settled else _composed(argv)
+    if cfg is None or cfg.hydra.callbacks:  # -m, --cfg, --help, ...; Hydra's callbacks
+        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(task)()
+    else:
+        run_composed(cfg, task)
 
 
-def _settle(argv: list[str]) -> list[str]:
+def _composed(argv: list[str]) -> DictConfig | None:
+    """The config of a process that runs a command settled elsewhere (overrides only)."""
+    from hydra import compose, initialize_config_dir
+
+    if any(a.startswith("-") for a in argv):
+        return None
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="train"):
+        return compose("train", argv, return_hydra_config=True)
+
+
+def run_composed(cfg: DictConfig, task: Callable[[DictConfig], object]) -> None:
+    """Run `task` on a config `mnistlab.lab.cli` composed and checked, as `hydra.main` would
+    run it (Hydra's logging, the run folder, its `.hydra/`, HydraConfig) through Hydra's
+    launcher API, `run_job`: `hydra.main` would compose it twice more (`Hydra.get_mode`, then
+    `Hydra.run`), ~0.12 s each. A config with `hydra.callbacks` goes through `hydra.main`."""
+    from types import SimpleNamespace
+
+    from hydra.core.utils import configure_log, run_job
+    from hydra.types import HydraContext, RunMode
+
+    with read_write(cfg.hydra):  # as Hydra's own run records it
+        cfg.hydra.mode = RunMode.RUN
+        cfg.hydra.overrides.hydra = [*cfg.hydra.overrides.hydra, "hydra.mode=RUN"]
+    configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+    none = SimpleNamespace(on_job_start=lambda **_: None, on_job_end=lambda **_: None)
+    context = HydraContext(config_loader=None, callbacks=none)  # what run_job calls on them
+    job = run_job(task, cfg, "hydra.run.dir", None, hydra_context=context)
+    _ = job.return_value  # raises what the task raised, as hydra.main does
+
+
+def _settle(argv: list[str], settled: dict) -> list[str]:
     from mnistlab.lab.distributed import launched_world_size
 
     argv = _resume_if_requeued(argv)
     try:
-        return prepare(argv, "train", processes=launched_world_size(), claim=True)
+        argv, settled["cfg"] = settle(argv, "train", processes=launched_world_size(), claim=True)
+        return argv
     except NothingToDo as e:
         print(e)
         sys.exit(0)
