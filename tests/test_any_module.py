@@ -174,6 +174,7 @@ def test_trained_then_evaluated_and_exported_with_parity(kind, trained_runs, imp
     described = json.loads((best.parent / "model.json").read_text())
     assert described["input"]["shape"] == [1, 28, 28] and described["input"]["dtype"] == "uint8"
     assert described["network"]["kind"] == {"plain": "module", "autoencoder": "net"}[kind]
+    assert ("classes" in described) == (kind == "plain")  # its logits: a score per digit
     loaded = export.load_exported(best.parent)
     images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
     shape = (3, 10) if kind == "plain" else (3, 1, 28, 28)

@@ -550,15 +550,19 @@ def test_a_full_disk_ends_eval_predict_and_export_in_one_line_and_keeps_their_fi
 
 
 def test_predict_checks_its_output_before_predicting(run, images, tmp_path, capsys):
-    folder, _ = images
+    folder, truth = images
+    (tmp_path / "a_file").write_text("")
     for output, message in [
-        (tmp_path / "no" / "such" / "rows.csv", "no folder"),
+        (tmp_path / "a_file" / "rows.csv", "a_file is a file, not a folder"),
         (tmp_path / "rows.txt", "name a .csv or .json file"),
         (tmp_path, "a folder"),
     ]:
         assert predict.main([f"input={folder}", f"run={run}", f"output={output}"]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and "image(s) in" not in err, err
+    made = tmp_path / "new" / "folders" / "rows.json"  # made, as eval-wild's output= is
+    assert predict.main([f"input={folder}", f"run={run}", f"output={made}"]) == 1  # one unreadable
+    assert len(json.loads(made.read_text())) == len(truth) + 1
 
 
 def test_a_damaged_checkpoint_is_a_fault_of_the_file_exit_1(run, images, tmp_path, capsys):

@@ -137,7 +137,8 @@ def predict(model, datamodule, items, classes: list[str]) -> Iterator[dict]:
 
 
 def write(rows: list[dict], output: str | None) -> None:
-    """The rows to `output` (.csv or .json, written whole or not at all), or a table on stdout."""
+    """The rows to `output` (.csv or .json, written whole or not at all, its folder made if need
+    be), or a table on stdout."""
     if not output:
         _table(rows, sys.stdout)
         return
@@ -146,6 +147,7 @@ def write(rows: list[dict], output: str | None) -> None:
     else:
         _csv(rows, buffer := io.StringIO(newline=""))
         text = buffer.getvalue()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
     write_whole(Path(output), text)
 
 

@@ -84,14 +84,15 @@ def file_error(e: OSError) -> str:
 
 def writable(path: Path, key: str, suffixes: tuple[str, ...] = ()) -> Path:
     """`path` as an output the command can write, checked before any work: of one of `suffixes`
-    (when given), not a folder, in a folder that exists and takes files."""
-    path, folder = Path(path), Path(path).parent
+    (when given), not a folder, in a folder that takes files or can be made (by the writer)."""
+    path = Path(path)
     if path.is_dir():
         raise UserError(f"{key}={path}: a folder; name a file in it")
     if suffixes and path.suffix.lower() not in suffixes:
         raise UserError(f"{key}={path}: name a {' or '.join(suffixes)} file")
+    folder = next(p for p in path.parents if p.exists())  # the folder, or where it will be made
     if not folder.is_dir():
-        raise UserError(f"{key}={path}: no folder {folder}; make it first")
+        raise UserError(f"{key}={path}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         error = UserError(f"{key}={path}: cannot be written (a read-only file system, or no"
                           " permission)")  # fmt: skip

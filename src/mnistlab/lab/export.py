@@ -124,12 +124,19 @@ def network_of(cfg, model) -> tuple[nn.Module, dict, str]:
 
 
 def export(
-    cfg, model, path: Path, example: Tensor, spec=None, prepare: str | None = None
+    cfg,
+    model,
+    path: Path,
+    example: Tensor,
+    spec=None,
+    prepare: str | None = None,
+    classifier: bool = True,
 ) -> tuple[dict[str, Path], Exported]:
     """Write `model`'s network (its weights from checkpoint `path`) beside `path`, for inputs
     like `example` (a batch as the data module loads it); with the data's input spec (an
     InputSpec), uint8 images made from new pictures by `prepare` (the data module's, if it
-    says). Return the files by kind, and the model read back from them."""
+    says), and its classes when `classifier`. Return the files by kind, and the model read back
+    from them."""
     from safetensors.torch import save
 
     from mnistlab.lab.files import write_whole
@@ -149,7 +156,8 @@ def export(
             "mean": list(spec.mean), "std": list(spec.std),
             "channels_last": bool(cfg.model.get("channels_last", False)),
             **({"prepare": PREPARE[prepare]} if prepare in PREPARE else {})}  # fmt: skip
-        described["classes"] = list(spec.classes)
+        if classifier:  # a regressor's or an autoencoder's data may have classes too
+            described["classes"] = list(spec.classes)
     if isinstance(getattr(model, "temperature", None), Tensor):
         # Calibrated probabilities: softmax(logits / temperature), the temperature fitted on the
         # validation split (mnistlab.classify.calibration).
@@ -248,7 +256,9 @@ def _main(args: dict, overrides: list[str]) -> int:
         inputs, prepared = test_batch(datamodule)
         spec = getattr(datamodule, "spec", None)  # an image data module's input spec
         prepare = getattr(datamodule, "prepare", None)
-        files, exported = export(cfg, model, path, inputs, spec, prepare)
+        with torch.inference_mode():  # a score per class of the data, or another output
+            classifier = spec is not None and model(prepared[:1]).shape == (1, len(spec.classes))
+        files, exported = export(cfg, model, path, inputs, spec, prepare, classifier)
         gaps = parity(model, exported, files, inputs, prepared)
     except UserError as e:
         e.code = 1  # the command line was right: the run or its data is at fault
