@@ -158,6 +158,11 @@ def test_a_run_is_composed_once_and_recorded_as_hydra_main_records_it(tmp_path):
                                       "task": args[:2]}  # fmt: skip
     assert hydra_cfg["mode"] == "RUN" and hydra_cfg["runtime"]["output_dir"] == str(run)
     assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) == args[:2]
+    # Hydra's own logging options replace ours whole (they once failed on our console's stream)
+    quiet = [*args[:2], "hydra/job_logging=disabled", f"hydra.run.dir={tmp_path / 'quiet'}"]
+    proc = subprocess.run([sys.executable, "-m", "mnistlab.train", *quiet], cwd=tmp_path,
+                          env=cli_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_resume_picks_the_newest_run_of_the_same_command(tmp_path):

@@ -278,10 +278,13 @@ def run_composed(cfg: DictConfig, task: Callable[[DictConfig], object]) -> None:
     with read_write(cfg.hydra):  # as Hydra's own run records it
         cfg.hydra.mode = RunMode.RUN
         cfg.hydra.overrides.hydra = [*cfg.hydra.overrides.hydra, "hydra.mode=RUN"]
-    configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
     none = SimpleNamespace(on_job_start=lambda **_: None, on_job_end=lambda **_: None)
     context = HydraContext(config_loader=None, callbacks=none)  # what run_job calls on them
-    job = run_job(task, cfg, "hydra.run.dir", None, hydra_context=context)
+    try:  # the task reports its own failures: these are Hydra's (a logging config, say)
+        configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+        job = run_job(task, cfg, "hydra.run.dir", None, hydra_context=context)
+    except Exception as e:
+        sys.exit(refuse("mnistlab-train", UserError(failure(e)), 1))
     _ = job.return_value  # raises what the task raised, as hydra.main does
 
 
