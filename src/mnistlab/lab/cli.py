@@ -2,10 +2,10 @@
 
 Hydra creates the run folder and its log before the task function runs, reports a bad override
 in several lines, and its hint for an unknown key (`+key=...`) leads to a key nobody reads. So a
-command is composed here first, exactly as Hydra will compose it, and checked against the schema
+command is composed here first, exactly as Hydra would compose it, and checked against the schema
 (mnistlab.lab.schema): any mistake ends in one line within a second or two, with nothing loaded or
 written. The run folder that `resume=` continues (mnistlab.lab.resume) is settled here too, as Hydra
-needs it before it starts.
+needs it before it starts; a run then starts on the config composed here (`settle`).
 """
 
 import difflib

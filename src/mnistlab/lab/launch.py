@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 from omegaconf import DictConfig, open_dict, read_write
@@ -255,8 +256,7 @@ def main(run: Run) -> None:
         run_composed(cfg, task)
 
 
-def _composed(argv: list[str]) -> DictConfig | None:
-    """The config of a process that runs a command settled elsewhere (overrides only)."""
+def _composed(argv: list[str]) -> DictConfig | None:  # of a command settled elsewhere
     from hydra import compose, initialize_config_dir
 
     if any(a.startswith("-") for a in argv):
@@ -270,8 +270,6 @@ def run_composed(cfg: DictConfig, task: Callable[[DictConfig], object]) -> None:
     run it (Hydra's logging, the run folder, its `.hydra/`, HydraConfig) through Hydra's
     launcher API, `run_job`: `hydra.main` would compose it twice more (`Hydra.get_mode`, then
     `Hydra.run`), ~0.12 s each. A config with `hydra.callbacks` goes through `hydra.main`."""
-    from types import SimpleNamespace
-
     from hydra.core.utils import configure_log, run_job
     from hydra.types import HydraContext, RunMode
 
