@@ -199,7 +199,7 @@ def test_a_failure_with_no_frame_of_one_s_own_is_still_one_line():
 
 
 def test_the_classification_tools_refuse_a_module_that_is_not_a_classifier_in_one_line(
-    trained_runs, tmp_path, capsys
+    trained_runs, tmp_path, capsys, monkeypatch
 ):
     from PIL import Image
 
@@ -217,6 +217,11 @@ def test_the_classification_tools_refuse_a_module_that_is_not_a_classifier_in_on
     err = capsys.readouterr().err
     assert "needs a classifier: AutoEncoder's forward on a (1, 1, 28, 28) batch gives" in err
     assert len(err.strip().splitlines()) == 1
+    monkeypatch.setattr("mnistlab.lab.rebuild._newest_finished_run", lambda: run)  # no run=
+    assert predict.main([f"input={image}"]) == 2
+    assert "logits for the 10 classes; name a classifier's run with run= (RUN=)" in (
+        capsys.readouterr().err
+    )
 
     path = Path(results(run)["best_checkpoint"])
     checkpoint = load(path, require_checksum=False)

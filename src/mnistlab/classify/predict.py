@@ -282,7 +282,12 @@ def load(args: dict, overrides: list[str], what: str = "predict"):
 
     _, path, checkpoint, cfg = restore(args, overrides, what)
     model, datamodule = build_model(cfg, checkpoint, path), build(cfg, "data")
-    check(model, datamodule, f"{what} ({path})")
+    try:
+        check(model, datamodule, f"{what} ({path})")
+    except UserError as e:
+        if not (args["run"] or args["ckpt"]):  # taken as the newest finished run
+            e.args = (f"{e}; name a classifier's run with run= (RUN=)",)
+        raise
     return model, datamodule, path
 
 
