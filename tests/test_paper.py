@@ -60,6 +60,20 @@ def test_scores_per_class_agree_with_scikit_learn():
     assert table.precision.tolist() == pytest.approx(p.tolist(), abs=1e-12)
 
 
+def test_two_metrics_alike_in_words_keep_their_names_in_the_tex_table(tmp_path):
+    """test/loss (a classifier's) and test_loss (a module of one's own) both read "Test loss"."""
+    runs = []
+    for n, name in enumerate(("test/loss", "test_loss")):
+        written_run(folder := tmp_path / f"r{n}", [f"seed={n}"], 0.9)
+        results = {"metrics": {name: 0.5}, "reported": [name]}
+        (folder / "results.json").write_text(json.dumps(results))
+        runs.append(str(folder))
+    out = tmp_path / "out"
+    assert report.main([f"runs=[{','.join(runs)}]", f"out={out}", "figures=false"]) == 0
+    tex = (out / "report.tex").read_text()
+    assert r"test/loss" in tex and r"test\_loss" in tex
+
+
 @pytest.mark.parametrize(
     ("mean", "spread", "shown"),
     [(46.2029, 38.9523, ("46", "39")), (0.98123, 0.00234, ("0.9812", "0.0023")),
