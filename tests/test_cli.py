@@ -61,6 +61,13 @@ def test_a_bad_override_is_named_in_one_line(override):
     assert BAD[override] in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_config_file_that_is_not_yaml_is_named_in_one_line(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "bad.yaml").write_text("# @package _global_\ntrainer: [unclosed\n")
+    with pytest.raises(UserError, match=r"bad\.yaml, line 3: not valid YAML \(expected ','"):
+        prepare(["experiment=bad", f"hydra.searchpath=[file://{tmp_path}]"], "train")
+
+
 def test_sweeps_check_every_value():
     with pytest.raises(UserError, match=r"data\.batch_size=0: must be >= 1"):
         prepare(["-m", "data.batch_size=32,0"], "train")

@@ -11,10 +11,12 @@ needs it before it starts; a run then starts on the config composed here (`settl
 import difflib
 import os
 import re
+import tempfile
 from contextlib import suppress
 from importlib.util import find_spec
 from pathlib import Path
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -58,9 +60,8 @@ def prepare(
 def settle(
     argv: list[str], config_name: str, processes: int = 1, claim: bool = False
 ) -> tuple[list[str], DictConfig | None]:
-    """`prepare`'s command line, and for one run (not -m, --cfg, --help, ...) the config
-    composed from it with its folder set, the very one Hydra would compose from that command
-    line: the run is composed once (mnistlab.lab.launch.run_composed)."""
+    """`prepare`'s command line, and for one run (not -m, --cfg, ...) the config Hydra would
+    compose from it, its folder set: the run starts on it (mnistlab.lab.launch.run_composed)."""
     parser = hydra_args_parser()
     parser.error = _refuse  # one line, not argparse's usage block
     args = parser.parse_args(argv)
@@ -146,8 +147,6 @@ def _writable(folder: Path) -> Path:
 def _creatable(folder: Path) -> None:
     """Refuse in one line a run folder that cannot be made (a read-only or special file
     system), before Hydra tries and fails with a traceback; nothing is left behind."""
-    import tempfile
-
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     try:
         os.rmdir(tempfile.mkdtemp(dir=existing))
@@ -198,6 +197,10 @@ def _compose_checked(name: str, overrides: list[str], restored: bool = False) ->
         raise UserError(_composition_error(e, name, overrides, restored)) from None
     except OmegaConfBaseException as e:
         raise UserError(_first_line(e)) from None
+    except yaml.MarkedYAMLError as e:  # a config file of one's own that is not YAML
+        mark = e.problem_mark or e.context_mark
+        where = f"{mark.name}, line {mark.line + 1}" if mark else "a config file"
+        raise UserError(f"{where}: not valid YAML ({e.problem or e.context}); fix it") from None
     except ValueError as e:  # Hydra's check of a group override's value (`data=null`, `~data=1`)
         raise UserError(f"{' '.join(overrides)}: {_first_line(e)}; see --help") from None
     resolved = _resolved(cfg)

@@ -191,8 +191,9 @@ def csv_text(table: pd.DataFrame) -> str:
 def latex(table: pd.DataFrame, style: Style, label: str) -> str:
     """A `table` float for `\\usepackage{booktabs}`: caption (n, what ± is, the order), label."""
     shown = _cells(table, style, r" $\pm$ ", "--").drop(columns="failed")
-    titles = [column(m, style) for m in metrics_of(table)]  # two in words alike: their names
-    titles = [t if titles.count(t) == 1 else m for t, m in zip(titles, metrics_of(table))]
+    metrics = metrics_of(table)
+    titles = [column(m, style) for m in metrics]  # two alike in words: their names instead
+    titles = [t if titles.count(t) == 1 else m for t, m in zip(titles, metrics, strict=True)]
     shown.columns = ["n", *map(tex_text, titles)]
     shown.insert(0, "Configuration", [tex_text(style.label(g)) for g in table.index])
     styler = shown.style.hide(axis="index")
