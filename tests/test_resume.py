@@ -182,6 +182,14 @@ def test_weights_that_are_not_finite_are_never_checkpointed(tiny_cfg):
         record.RunRecord().on_save_checkpoint(trainer, model, {})
 
 
+def test_a_loss_that_is_not_one_number_is_named_with_the_step_that_made_it():
+    """A training_step of one's own returning per-sample losses: said of training_step, not as
+    a crash in the finiteness check that runs before backward."""
+    trainer = SimpleNamespace(world_size=1, current_epoch=0, global_step=0)
+    with pytest.raises(UserError, match=r"Linear\.training_step returned a loss of shape \(4, 1\)"):
+        record.RunRecord().on_before_backward(trainer, torch.nn.Linear(1, 1), torch.ones(4, 1))
+
+
 def test_a_checkpoint_from_before_stage_metrics_is_refused_in_one_line(tiny_cfg, tmp_path):
     """Checkpoints written with torchmetrics' MulticlassAccuracy and MeanMetric as the train
     metrics (before StageMetrics, 0.1.0's development) are not migrated: named and refused."""

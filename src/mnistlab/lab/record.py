@@ -91,6 +91,10 @@ class RunRecord(Callback):
             provenance.end(self.folder, "interrupted" if stopped else "failed")
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        if loss.numel() != 1 and getattr(pl_module, "automatic_optimization", True):
+            # what backward would refuse (manual_backward may pass a gradient), said of its step
+            raise UserError(f"{type(pl_module).__name__}.training_step returned a loss of shape"
+                            f" {tuple(loss.shape)}: the loss must be one number (.mean()?)")  # fmt: skip
         finite = bool(torch.isfinite(loss))
         if trainer.world_size > 1:  # by every process together, or the others wait forever
             finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
