@@ -39,6 +39,7 @@ BAD = {
     "data=null": "Config group override must be a string",
     "~paths.log_dir=null": "paths.log_dir",
     "--nope": "unrecognized arguments: --nope (see --help)",
+    "~model._target_": "model._target_ is not set, and the config refers to it: set it, model._t",
 }
 
 

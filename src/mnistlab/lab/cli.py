@@ -162,8 +162,7 @@ def _creatable(folder: Path) -> None:
 def _with(
     argv: list[str], key: str, value: Path, cfg: DictConfig | None
 ) -> tuple[list[str], DictConfig | None]:
-    """`argv` with `key` (a run's or a sweep's folder) set to `value`; `cfg` (a run's) too, as
-    Hydra composes it from that command line."""
+    """`argv` with `key` (a run's or a sweep's folder) set to `value`, and `cfg` (a run's)."""
     override = f"{key}={quoted(value)}"
     if cfg is not None:
         with read_write(cfg.hydra):
@@ -211,8 +210,7 @@ def _compose_checked(name: str, overrides: list[str], restored: bool = False) ->
 
 
 def _added(overrides: list[str]) -> set[str]:
-    """Keys added with `+key=...`: unlike keys of the config files, they may be typos, so their
-    nodes are checked against the real signatures (mnistlab.lab.schema)."""
+    """Keys added with `+key=...`: maybe typos, checked against real signatures (lab.schema)."""
     added = (o.split("=", 1)[0].lstrip("+") for o in overrides if o.startswith("+"))
     return {key for key in added if "/" not in key}
 
@@ -263,6 +261,8 @@ def _first_line(e: Exception) -> str:
     text = re.sub(r"^\w+ (raised )?while resolving interpolation: ", "", str(e))
     if missing := re.match(r"Missing mandatory value: ([\w.]+)", text):
         return f"{missing[1]} is not set: give it on the command line, {missing[1]}=..."
+    if absent := re.match(r"Interpolation key '([\w.]+)' not found", text):  # a file of one's own
+        return f"{absent[1]} is not set, and the config refers to it: set it, {absent[1]}=..."
     lines = [line.strip() for line in text.splitlines()
              if line.strip() and not line.strip().startswith(("full_key:", "object_type="))]  # fmt: skip
     cause = e.__cause__
