@@ -39,8 +39,13 @@ def failure(e: Exception) -> str:
 
 
 def quiet_lightning() -> None:
-    """What every command that runs a Trainer silences: Lightning's own console handler (its
+    """What every command that runs a Trainer silences: Lightning's own console handlers (its
     messages reach the run's log through the root logger, and would print twice) and a warning
-    Lightning 2.6 on torch >= 2.10 gives about its own pytree code on every run."""
+    Lightning 2.6 on torch >= 2.10 gives about its own pytree code on every run. Imported before
+    Hydra set up logging (a key checked against Lightning's signatures), lightning.pytorch and
+    lightning.fabric kept their messages to themselves: they go to the root logger again."""
     logging.getLogger("lightning").handlers.clear()
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
