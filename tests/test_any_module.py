@@ -149,6 +149,21 @@ def test_a_tiny_metric_is_shown_with_its_digits_not_as_zero():
         "0.9835", "0.0473", "3.21e-05", "0.0000"]  # fmt: skip
 
 
+def test_a_wrong_value_for_one_s_own_module_is_refused_before_a_sweep_starts(
+    project, synthetic_mnist, tmp_path
+):
+    """Its constructor's type hints, for every value of a sweep (a single run's the same way),
+    on the command line: exit 2, one line, no folder made."""
+    logs = tmp_path / "logs"
+    proc = run_cli("-m", *args("plain", project, synthetic_mnist, logs, "model.hidden=16,abc"),
+                   cwd=tmp_path, env=env(project))  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "mnistlab-train: error: model.hidden=abc: expected an integer"
+    ]
+    assert not logs.exists()
+
+
 @pytest.mark.parametrize("kind", MODELS)
 def test_trained_then_evaluated_and_exported_with_parity(kind, trained_runs, importable, capsys):
     run = trained_runs[kind]
@@ -160,6 +175,8 @@ def test_trained_then_evaluated_and_exported_with_parity(kind, trained_runs, imp
     )
     best = Path(trained["best_checkpoint"])
     assert best.name.startswith("epoch") and ("val_loss" in best.name)  # monitored, minimized
+    # Lightning, imported by the command line's check before Hydra set up logging, still logs
+    assert "`Trainer.fit` stopped: `max_epochs=" in (run / "train.log").read_text()
 
     assert evaluation.main([f"run={run}"]) == 0  # the run's own config, this checkout's run
     (record,) = [json.loads(p.read_text()) for p in (run.parents[2] / "eval").rglob("metrics.json")]

@@ -166,8 +166,13 @@ def test_a_run_is_composed_once_and_recorded_as_hydra_main_records_it(tmp_path):
                                       "task": args[:2]}  # fmt: skip
     assert hydra_cfg["mode"] == "RUN" and hydra_cfg["runtime"]["output_dir"] == str(run)
     assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) == args[:2]
-    # Hydra's own logging options replace ours whole (they once failed on our console's stream)
-    quiet = [*args[:2], "hydra/job_logging=disabled", f"hydra.run.dir={tmp_path / 'quiet'}"]
+
+
+@pytest.mark.slow  # 6-10 s: the fast tier stays near 3 minutes
+def test_hydra_s_own_logging_options_replace_ours_whole(tmp_path):
+    """hydra/job_logging=disabled once failed on our console's stream, merged into it."""
+    quiet = [f"paths.data_dir={tmp_path / 'none'}", "data.sources=[local]",
+             "hydra/job_logging=disabled", f"hydra.run.dir={tmp_path / 'quiet'}"]  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "mnistlab.train", *quiet], cwd=tmp_path,
                           env=cli_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]

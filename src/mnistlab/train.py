@@ -21,9 +21,9 @@ log = logging.getLogger("mnistlab.train")  # not "__main__" under `python -m`
 def train(cfg: DictConfig, extra_callbacks: list = ()) -> dict[str, float]:
     """Seed, build, fit (or resume), test the best checkpoint; return the final metrics.
     `extra_callbacks`: the command's own, beside the config's (a sweep trial's report)."""
-    validate(to_plain(cfg), deep=True)  # every key against the real signatures, now imported
-    # Imported here rather than at the top: `--help`, `--cfg job` and a bad override stay fast,
-    # and Lightning, imported after Hydra configured logging, sends its messages to the run's log.
+    validate(to_plain(cfg), deep=True)  # every key against the real signatures (the command
+    # line did too: this is for train(cfg) from Python). Imported here rather than at the top:
+    # `--help`, `--cfg job` and a bad value stay fast.
     import lightning as L
 
     from mnistlab.lab.checkpoint import AtomicCheckpointIO

@@ -86,6 +86,8 @@ def settle(
     with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=name):
         try:
             configs = [_compose_checked(name, v, foreign) for v in variants]
+            for cfg in configs if claim and not args.cfg else ():  # to run: every key against
+                validate(_resolved(cfg), deep=True)  # its signature, importing what the run will
         except UserError as e:  # what fails may be the run's: say which run
             raise (UserError(f"resume={folder}: {e}") if foreign else e) from None
     if "Optuna" in str(configs[0].hydra.sweeper.get("_target_")):
@@ -102,10 +104,7 @@ def settle(
     key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
     folder = Path(hydra_cfg.sweep.dir if args.multirun else hydra_cfg.run.dir)
     _creatable(folder)
-    if args.multirun:
-        found = sweep_to_continue(configs[0], overrides)
-    else:
-        found = run_to_resume(configs[0], overrides)
+    found = (sweep_to_continue if args.multirun else run_to_resume)(configs[0], overrides)
     one = None if args.multirun or args.config_path or args.experimental_rerun else configs[0]
     if found is not None:
         return _with(argv, key, _writable(found) if claim else found, one)
