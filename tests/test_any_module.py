@@ -149,6 +149,32 @@ def test_a_tiny_metric_is_shown_with_its_digits_not_as_zero():
         "0.9835", "0.0473", "3.21e-05", "0.0000"]  # fmt: skip
 
 
+def test_a_run_continues_with_its_own_config_folder_which_is_signed(
+    trained_runs, project, tmp_path
+):
+    """resume=<run> of a run started with hydra.searchpath= (a config folder of one's own) finds
+    its configs without being told again; a searchpath written into its hydra.yaml afterwards
+    makes it a run from elsewhere."""
+    import shutil
+
+    from mnistlab.lab.cli import prepare
+    from mnistlab.lab.signing import made_here
+
+    run = trained_runs["plain"]
+    argv = prepare([f"resume={run}", "trainer.max_epochs=9"], "train")  # model=plain: its conf/
+    assert [a for a in argv if a.startswith("hydra.searchpath=")] == [
+        f"hydra.searchpath=[file://{project / 'conf'}]"
+    ], argv
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    assert made_here(copy)
+    hydra = copy / ".hydra" / "hydra.yaml"
+    hydra.write_text(
+        hydra.read_text().replace("searchpath=[file://", "searchpath=[file:///tmp/x,file://")
+    )
+    assert not made_here(copy)
+
+
 def test_a_wrong_value_for_one_s_own_module_is_refused_before_a_sweep_starts(
     project, synthetic_mnist, tmp_path
 ):

@@ -25,7 +25,7 @@ from mnistlab.lab.run_folder import (
     not_a_run,
     without_resume,
 )
-from mnistlab.lab.signing import made_here
+from mnistlab.lab.signing import config_folders, made_here
 from mnistlab.lab.trust import recorded_command
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,9 @@ def recorded_overrides(run: Path) -> tuple[list[str], bool]:
     import yaml
 
     path = run / ".hydra" / "overrides.yaml"
-    if made_here(run):
-        return without_resume(yaml.safe_load(path.read_text()) or []), True
+    if made_here(run):  # and its config folders of one's own, signed too
+        folders = config_folders(run / ".hydra")
+        return without_resume(yaml.safe_load(path.read_text()) or []) + folders, True
     try:
         recorded = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:

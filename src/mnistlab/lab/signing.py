@@ -12,7 +12,8 @@ from pathlib import Path
 log = logging.getLogger("mnistlab.lab.trust")
 
 KEY_FILE = Path(".mnistlab") / "run-key"  # in the project root (mnistlab.lab.config.ROOT)
-SIGNED = ("config.yaml", "overrides.yaml")  # what in a run's .hydra/ decides what it builds
+SIGNED = ("config.yaml", "overrides.yaml")  # what in a run's .hydra/ decides what it builds,
+# with the config folders hydra.yaml names (`config_folders`)
 
 
 def signature(data) -> str | None:
@@ -55,8 +56,23 @@ def made_here(run_dir: Path | None) -> bool:
         return False
 
 
+def config_folders(hydra: Path) -> list[str]:
+    """The `hydra.searchpath=` overrides a run was started with (config folders of one's own,
+    which Hydra records in hydra.yaml, apart from the task's): signed with the SIGNED files."""
+    import yaml
+
+    try:
+        recorded = yaml.safe_load((hydra / "hydra.yaml").read_text())["hydra"]["overrides"]["hydra"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return []
+    if not isinstance(recorded, list):
+        return []
+    return [o for o in recorded if isinstance(o, str) and o.startswith("hydra.searchpath=")]
+
+
 def _run_bytes(hydra: Path) -> bytes:
-    return b"\0".join((hydra / f).read_bytes() for f in SIGNED)
+    files = [(hydra / f).read_bytes() for f in SIGNED]
+    return b"\0".join(files + [o.encode() for o in config_folders(hydra)])
 
 
 def _key(create: bool) -> bytes | None:
