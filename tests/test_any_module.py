@@ -143,7 +143,7 @@ def trained_runs(project, synthetic_mnist, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_a_tiny_metric_is_shown_with_its_digits_not_as_zero():
-    from mnistlab.lab.progress import number
+    from mnistlab.lab.stats import number
 
     assert [number(v) for v in (0.98351, 0.0473, 3.21e-05, 0.0)] == [
         "0.9835", "0.0473", "3.21e-05", "0.0000"]  # fmt: skip

@@ -116,4 +116,9 @@ def test_the_best_checkpoint_s_name_follows_the_monitored_metric(monitor, name):
     cfg = compose_train([f"monitor={monitor}", "mode=min" if "loss" in monitor else "mode=max"])
     node = cfg.callbacks.model_checkpoint
     assert node.monitor == monitor
-    assert node.filename == f"epoch{{epoch:03d}}-{name}{{{monitor}:.4f}}"
+    assert node.filename == f"epoch{{epoch:03d}}-{name}{{{monitor}:.4g}}"
+    # four significant digits: a regressor's small losses get names of their own
+    checkpoint = instantiate(node, dirpath="/tmp/x")
+    names = [checkpoint.format_checkpoint_name({"epoch": 2, monitor: torch.tensor(value)})
+             for value in (0.98361, 1.431e-05, 1.52e-05)]  # fmt: skip
+    assert names[0].endswith(f"epoch002-{name}0.9836.ckpt") and len(set(names)) == 3, names

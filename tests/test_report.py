@@ -361,3 +361,14 @@ def test_report_checks_its_output_folder_first(tmp_path, capsys):
     taken.write_text("mine\n")
     assert report.main([f"sweep={sweep}", f"out={taken}"]) == 2
     assert "out=" in capsys.readouterr().err and taken.read_text() == "mine\n"
+
+
+def test_small_metrics_keep_their_digits_in_compare_and_the_sweep_summary():
+    """A regressor's loss of 1.4e-05 is not 0.0000 (three significant digits below 0.001)."""
+    from mnistlab.lab import compare, sweeps
+
+    assert compare._metric_cell({1: 1.431e-05}, {}, True, False) == "1.43e-05"
+    assert (
+        compare._metric_cell({1: 1.431e-05}, {1: 2.5e-05}, False, False) == "1.43e-05, Δ -1.07e-05"
+    )
+    assert sweeps._num(1.431e-05) == "1.43e-05" and sweeps._num(0.97) == "0.9700"

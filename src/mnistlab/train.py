@@ -201,7 +201,7 @@ def _tensorboard_in(trainer) -> bool:
 
 def _summarize(metrics: dict[str, float], reported: list[str], best: str, output_dir: str,
                tensorboard: bool) -> None:  # fmt: skip
-    from mnistlab.lab.progress import number
+    from mnistlab.lab.stats import number
 
     shown = "  ".join(f"{k} {number(metrics[k])}" for k in reported if k in metrics)
     log.info("Done: %s", shown)

@@ -22,7 +22,7 @@ from mnistlab.lab.command import command
 from mnistlab.lab.files import write_whole
 from mnistlab.lab.provenance import commit_of
 from mnistlab.lab.report import SELECT, override_key, selected
-from mnistlab.lab.stats import describe
+from mnistlab.lab.stats import describe, number
 
 log = logging.getLogger("mnistlab.lab.compare")
 
@@ -208,14 +208,15 @@ def _metric_cell(by_seed: dict, base_by_seed: dict, is_base: bool, several: bool
     if not values:
         return "-"
     stats = describe(values)
-    shown = f"{stats['mean']:.4f}"
+    shown = number(stats["mean"])
     if several:
         shown += (
-            f" ± {stats['ci95']:.4f}" if stats["ci95"] is not None else ""
+            f" ± {number(stats['ci95'])}" if stats["ci95"] is not None else ""
         ) + f" (n={len(values)})"
     if is_base or not base:
         return shown
-    shown += f", Δ {stats['mean'] - statistics.fmean(base):+.4f}"
+    delta = stats["mean"] - statistics.fmean(base)
+    shown += f", Δ {'+' if delta >= 0 else ''}{number(delta)}"
     if not several:
         return shown
     if test := paired(base_by_seed, by_seed):

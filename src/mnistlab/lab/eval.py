@@ -55,7 +55,7 @@ def evaluate(cfg, checkpoint_path: Path) -> dict[str, float]:
 
 @command("mnistlab-eval", USAGE, **RUN)
 def main(args: dict, overrides: list[str]) -> int:
-    from mnistlab.lab.progress import number  # Lightning: imported once the command is checked
+    from mnistlab.lab.stats import number
 
     run_dir, path, _, cfg = restore(args, overrides, "eval")
     out = new_folder(Path(cfg.paths.output_dir))  # `_1` when another eval took it this second

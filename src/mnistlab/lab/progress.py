@@ -6,13 +6,9 @@ import time
 
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
+from mnistlab.lab.stats import number
+
 log = logging.getLogger(__name__)
-
-
-def number(value: float) -> str:
-    """A metric as the console shows it: four decimals (an accuracy, a loss), or three significant
-    digits for one under 0.001 (a regressor's loss), which four decimals would show as 0.0000."""
-    return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
 
 
 def progress_bar(refresh_rate: int = 1) -> ProgressBar:

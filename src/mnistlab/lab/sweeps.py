@@ -20,6 +20,7 @@ import yaml
 
 from mnistlab.lab.files import read_object, write_whole
 from mnistlab.lab.run_folder import RESULTS
+from mnistlab.lab.stats import number as shown_number
 
 JOB = "job.json"
 REPORTED = ("val/acc_best", "test/acc", "test/loss")  # conf/train.yaml's report_metrics
@@ -222,4 +223,4 @@ def write(sweep_dir: Path, table: list[dict], objective: str, reported=REPORTED)
 
 
 def _num(value, digits: int = 4) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
+    return "" if value is None else shown_number(value) if digits == 4 else f"{value:.{digits}f}"
