@@ -110,6 +110,8 @@ def test_compare_lists_exactly_the_keys_that_differ(tmp_path, capsys):
     printed = capsys.readouterr().out
     configs = [compare.flat_config(tmp_path / r) for r in "ab"]
     assert compare.differing(configs, ignore=[]) == ["data.batch_size", "model.optimizer.lr"]
+    configs[1]["resume"] = "auto"  # continued after a stop: the same run
+    assert compare.differing(configs, ignore=[]) == ["data.batch_size", "model.optimizer.lr"]
     assert "| data.batch_size | 64 | 128 |" in printed
     assert "| model.optimizer.lr | 0.001 | 0.0003 |" in printed
     assert "| test/acc | 0.9000 | 0.9300, Δ +0.0300 |" in printed

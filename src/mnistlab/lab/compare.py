@@ -37,7 +37,7 @@ Printed, and written as compare.md into the sweep folder, or `out` (default: no 
 """
 
 SKIPPED = ("hydra.", "paths.")  # where a run is, not what it is
-LABELS = ("name",)  # what a run is called: its column's title already
+LABELS = ("name", "resume")  # what a run is called (its column's title), how it was continued
 
 
 @command("mnistlab-compare", USAGE, overrides=False, **SELECT, baseline=str)
