@@ -38,13 +38,19 @@ def failure(e: Exception) -> str:
             f"{frames[-1].lineno}, in {frames[-1].name})")  # fmt: skip
 
 
+def _no_tips(record: logging.LogRecord) -> bool:
+    """Lightning 2.6's advertisements for its cloud services (litlogger, litmodels), every run."""
+    return not str(record.msg).startswith("💡 Tip")
+
+
 def quiet_lightning() -> None:
     """What every command that runs a Trainer silences: Lightning's own console handlers (its
-    messages reach the run's log through the root logger, and would print twice) and a warning
-    Lightning 2.6 on torch >= 2.10 gives about its own pytree code on every run. Imported before
+    messages reach the run's log through the root logger, and would print twice), its tips, and
+    a warning Lightning 2.6 on torch >= 2.10 gives about its own pytree code on every run. Imported before
     Hydra set up logging (a key checked against Lightning's signatures), lightning.pytorch and
     lightning.fabric kept their messages to themselves: they go to the root logger again."""
     logging.getLogger("lightning").handlers.clear()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)  # once
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
