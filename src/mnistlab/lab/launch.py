@@ -117,7 +117,7 @@ def _one_job(cfg: DictConfig, run: Run) -> float:
                 objective = _objective(cfg, _train(cfg, run))
     except Interrupted as e:
         note_stop(e.signum)
-        _report_interrupted(e)
+        _report_interrupted(e, sweep=True)
         record(folder, status="interrupted", signal=e.signum, error=str(e),
                wall_s=time.perf_counter() - start)  # fmt: skip
         raise
@@ -148,8 +148,7 @@ def _train(cfg: DictConfig, run: Run) -> dict[str, float]:
 
 
 def _continue_if_requeued(cfg: DictConfig) -> None:
-    """A job that SLURM requeued (after a preemption or its time limit) continues from its
-    checkpoint in its folder, rather than starting over there."""
+    """A job SLURM requeued (preempted, timed out) continues from its checkpoint in its folder."""
     if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0 and str(cfg.resume) == "never":
         log.info(
             "Requeued job (SLURM_RESTART_COUNT=%s): resume=auto", os.environ["SLURM_RESTART_COUNT"]
@@ -219,9 +218,10 @@ def _share_cores(launcher: DictConfig) -> None:
              torch.get_num_threads())  # fmt: skip
 
 
-def _report_interrupted(e) -> None:
+def _report_interrupted(e, sweep: bool = False) -> None:
     where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no checkpoint"
     then = "Continue with the same command and resume=auto"
+    then = "The same sweep command continues it" if sweep else then
     if "SLURM_JOB_ID" in os.environ:
         then += " (a job SLURM requeues does that by itself)"
     log.warning("%s: %s%s. %s", e, where, ", job requeued" if e.requeued else "", then)
