@@ -74,7 +74,7 @@ def test_a_sweep_stopped_anywhere_continues_to_each_job_completed_once(synthetic
             states = [r["status"] for r in summary(folder)]
             assert len(states) == 3 and "running" not in states, (point, states)
             assert "interrupted" in states, (point, states)
-            assert "resume=auto" not in err, f"{point}: a sweep's job is continued by its sweep"
+            assert "same command and resume=auto" not in err, f"{point}: the sweep continues it"
         deadline = time.monotonic() + 60
         while (alive := {p for p in processes if Path(f"/proc/{p}").exists()}) and (
             time.monotonic() < deadline
