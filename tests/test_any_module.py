@@ -274,6 +274,7 @@ def test_the_classification_tools_refuse_a_module_that_is_not_a_classifier_in_on
         Pictures().setup(trainer, build_model(cfg, checkpoint, path), "fit")
 
 
+@pytest.mark.slow  # 20-25 s of runs: the fast tier stays near 3 minutes
 def test_own_hyperparameters_and_lazy_layers_resume_evaluate_and_export(
     project, importable, synthetic_mnist, tmp_path, capsys
 ):
