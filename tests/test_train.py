@@ -342,3 +342,16 @@ def test_make_tensorboard_pins_the_validation_curves(capsys):
     assert json.loads(query["pinnedCards"][0]) == [
         {"plugin": "scalars", "tag": "val/acc"}, {"plugin": "scalars", "tag": "val/loss"}]  # fmt: skip
     assert url.endswith("#timeseries")
+
+
+def test_lightning_s_tips_are_not_printed_and_its_messages_reach_the_run_s_log(caplog):
+    import logging
+
+    from mnistlab.lab import quiet_lightning
+
+    quiet_lightning()
+    said = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with caplog.at_level("INFO"):
+        said.info("💡 Tip: For seamless cloud logging, try installing litlogger")
+        said.info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]

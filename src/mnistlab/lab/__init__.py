@@ -46,9 +46,9 @@ def _no_tips(record: logging.LogRecord) -> bool:
 def quiet_lightning() -> None:
     """What every command that runs a Trainer silences: Lightning's own console handlers (its
     messages reach the run's log through the root logger, and would print twice), its tips, and
-    a warning Lightning 2.6 on torch >= 2.10 gives about its own pytree code on every run. Imported before
-    Hydra set up logging (a key checked against Lightning's signatures), lightning.pytorch and
-    lightning.fabric kept their messages to themselves: they go to the root logger again."""
+    a warning Lightning 2.6 on torch >= 2.10 gives about its own pytree code on every run.
+    Imported before Hydra set up logging (the command line's check imports it), lightning.pytorch
+    and lightning.fabric keep their messages to themselves: they go to the root logger again."""
     logging.getLogger("lightning").handlers.clear()
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)  # once
     for name in ("lightning.pytorch", "lightning.fabric"):
