@@ -8,7 +8,6 @@ written. The run folder that `resume=` continues (mnistlab.lab.resume) is settle
 needs it before it starts; a run then starts on the config composed here (`settle`).
 """
 
-import difflib
 import os
 import re
 import tempfile
@@ -27,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mnistlab.lab import UserError
 from mnistlab.lab.compat import hydra_args_parser
 from mnistlab.lab.config import CONF_DIR
+from mnistlab.lab.errors import first_line, missing_option, not_yaml
 from mnistlab.lab.files import new_folder
 from mnistlab.lab.resume import (
     merged,
@@ -190,17 +190,15 @@ def _compose_checked(name: str, overrides: list[str], restored: bool = False) ->
     try:
         cfg = compose(name, overrides, return_hydra_config=True)
     except MissingConfigException as e:
-        raise UserError(_missing_option(e, overrides)) from None
+        raise UserError(missing_option(e, overrides)) from None
     except HydraException as e:
         raise UserError(_composition_error(e, name, overrides, restored)) from None
     except OmegaConfBaseException as e:
-        raise UserError(_first_line(e)) from None
+        raise UserError(first_line(e)) from None
     except yaml.MarkedYAMLError as e:  # a config file of one's own that is not YAML
-        mark = e.problem_mark or e.context_mark
-        where = f"{mark.name}, line {mark.line + 1}" if mark else "a config file"
-        raise UserError(f"{where}: not valid YAML ({e.problem or e.context}); fix it") from None
+        raise UserError(not_yaml(e)) from None
     except ValueError as e:  # Hydra's check of a group override's value (`data=null`, `~data=1`)
-        raise UserError(f"{' '.join(overrides)}: {_first_line(e)}; see --help") from None
+        raise UserError(f"{' '.join(overrides)}: {first_line(e)}; see --help") from None
     resolved = _resolved(cfg)
     if restored:
         check_config(resolved, trusted(), opt_in=f"export {ENV}=")
@@ -223,19 +221,7 @@ def _resolved(cfg: DictConfig) -> dict:
         return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                 for k, v in cfg.items() if k != "hydra"}  # fmt: skip
     except OmegaConfBaseException as e:
-        raise UserError(_first_line(e)) from None
-
-
-def _missing_option(e: MissingConfigException, overrides: list[str]) -> str:
-    missing = (e.missing_cfg_file or "").strip("/")
-    group, _, option = missing.rpartition("/")
-    if not group or e.options is None:
-        return _first_line(e)
-    close = difflib.get_close_matches(option, e.options, n=1, cutoff=0.5)
-    hint = f"; did you mean {group}={close[0]}?" if close else ""
-    if group.startswith("hydra/launcher"):
-        hint += " (joblib, submitit_local and slurm come with `make install-sweep`)"
-    return f"{group}={option}: no such option{hint} (options: {', '.join(sorted(e.options))})"
+        raise UserError(first_line(e)) from None
 
 
 def _composition_error(e: HydraException, name: str, overrides: list[str], restored: bool) -> str:
@@ -245,7 +231,7 @@ def _composition_error(e: HydraException, name: str, overrides: list[str], resto
         return f"{present[1]} is in the config already: set it without the +, {present[1]}=..."
     match = re.match(r"Could not override '([^']+)'", str(e))
     if not match:
-        return _first_line(e)
+        return first_line(e)
     key = match.group(1)
     forced = [f"++{o}" if o.split("=", 1)[0] == key else o for o in overrides]
     try:
@@ -256,26 +242,12 @@ def _composition_error(e: HydraException, name: str, overrides: list[str], resto
     return f"{key} is not in the config; to set this argument, add it: +{key}={value}"
 
 
-def _first_line(e: Exception) -> str:
-    text = re.sub(r"^\w+ (raised )?while resolving interpolation: ", "", str(e))
-    if missing := re.match(r"Missing mandatory value: ([\w.]+)", text):
-        return f"{missing[1]} is not set: give it on the command line, {missing[1]}=..."
-    if absent := re.match(r"Interpolation key '([\w.]+)' not found", text):  # a file of one's own
-        return f"{absent[1]} is not set, and the config refers to it: set it, {absent[1]}=..."
-    lines = [line.strip() for line in text.splitlines()
-             if line.strip() and not line.strip().startswith(("full_key:", "object_type="))]  # fmt: skip
-    cause = e.__cause__
-    if cause is not None and str(cause).strip() and len(lines) < 2:
-        lines.append(str(cause).strip().splitlines()[0])
-    return " ".join(lines[:2]) or type(e).__name__
-
-
 def _variants(overrides: list[str]) -> list[list[str]]:
     """For a sweep: the first value of every swept key, then each other value changed alone."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise UserError(_first_line(e)) from None
+        raise UserError(first_line(e)) from None
     for o in parsed:
         if o.is_sweep_override() and o.get_key_element() == "name":
             raise UserError(
