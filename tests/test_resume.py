@@ -278,3 +278,13 @@ def test_hydra_s_own_settings_are_not_part_of_what_makes_two_commands_the_same_r
 
     given = ["model=plain", "hydra.searchpath=[file:///x/conf]", "resume=auto", "seed=1"]
     assert identity(given) == identity(["seed=1", "model=plain"])
+
+
+def test_a_damaged_results_json_is_said_and_the_run_taken_as_unfinished(tmp_path, caplog):
+    from mnistlab.lab.run_folder import finished
+
+    (tmp_path / "results.json").write_text('{"metrics": {"test/acc": 0.9')  # cut short
+    with caplog.at_level("WARNING"):
+        assert finished(tmp_path, 5, -1) is None
+    assert "results.json cannot be read" in caplog.text and "taken as unfinished" in caplog.text
+    assert finished(tmp_path / "none", 5, -1) is None  # no results yet: nothing to say

@@ -55,7 +55,14 @@ def finished(run_dir: Path, max_epochs, max_steps) -> dict | None:
     """The results of `run_dir` if it finished training to these limits, else None."""
     try:
         results = json.loads((Path(run_dir) / RESULTS).read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:  # written whole: damaged since
+        logging.getLogger(__name__).warning(
+            "%s cannot be read (%s): the run is taken as unfinished", Path(run_dir) / RESULTS,
+            str(e).splitlines()[0])  # fmt: skip
+        return None
+    if not isinstance(results, dict):
         return None
     if (results.get("max_epochs"), results.get("max_steps")) != (max_epochs, max_steps):
         return None  # the limits were raised since: there is more to train
