@@ -374,3 +374,14 @@ def test_small_metrics_keep_their_digits_in_compare_and_the_sweep_summary():
         compare._metric_cell({1: 1.431e-05}, {1: 2.5e-05}, False, False) == "1.43e-05, Δ -1.07e-05"
     )
     assert sweeps._num(1.431e-05) == "1.43e-05" and sweeps._num(0.97) == "0.9700"
+
+
+def test_a_continued_sweep_job_s_wall_time_adds_its_earlier_attempts(tmp_path):
+    from mnistlab.lab import sweeps
+
+    sweeps.begin(tmp_path, ["seed=1"])
+    sweeps.record(tmp_path, status="interrupted", wall_s=3.5)
+    sweeps.begin(tmp_path, ["seed=1", "resume=auto"])  # continued by the same sweep command
+    sweeps.record(tmp_path, status="completed", wall_s=2.0)
+    job = sweeps.read_job(tmp_path)
+    assert (job["status"], job["wall_s"], job["overrides"]) == ("completed", 5.5, ["seed=1"])

@@ -115,17 +115,24 @@ def read_yaml(path: Path):
 
 def begin(folder: Path, overrides: list[str]) -> None:
     """A job starts (or starts again, continued): a new record, nothing of an earlier attempt's
-    (its error, its signal) kept; its overrides without `resume=`, which is how it runs, not
-    what, so a continued job stays in its group."""
+    (its error, its signal) kept but its time; its overrides without `resume=`, which is how it
+    runs, not what, so a continued job stays in its group."""
     from mnistlab.lab.run_folder import without_resume
 
-    write_whole(Path(folder) / JOB, json.dumps({"overrides": without_resume(overrides),
-                                                "status": "running"}, indent=2) + "\n")  # fmt: skip
+    job = {"overrides": without_resume(overrides), "status": "running"}
+    earlier = read_job(folder).get("wall_s")  # what the job's `wall_s` adds this attempt to
+    if isinstance(earlier, int | float) and not isinstance(earlier, bool) and earlier >= 0:
+        job["wall_s_before"] = earlier
+    write_whole(Path(folder) / JOB, json.dumps(job, indent=2) + "\n")
 
 
 def record(folder: Path, **fields) -> None:
-    """Merge `fields` into the job's job.json, atomically."""
-    data = read_job(folder) | fields
+    """Merge `fields` into the job's job.json, atomically; `wall_s`: this attempt's, to which
+    the earlier attempts' are added."""
+    data = read_job(folder)
+    if "wall_s" in fields:
+        fields["wall_s"] += data.get("wall_s_before", 0.0)
+    data |= fields
     write_whole(Path(folder) / JOB, (json.dumps(data, indent=2) + "\n").encode())
 
 
