@@ -67,15 +67,11 @@ def test_a_config_file_that_is_not_yaml_is_named_in_one_line(tmp_path):
     (tmp_path / "experiment" / "bad.yaml").write_text("# @package _global_\ntrainer: [unclosed\n")
     with pytest.raises(UserError, match=r"bad\.yaml, line 3: not valid YAML \(expected ','"):
         prepare(["experiment=bad", f"hydra.searchpath=[file://{tmp_path}]"], "train")
-    # a config folder that is not there: Hydra only warns; its options are not found
-    with (
-        pytest.warns(UserWarning),
-        pytest.raises(
-            UserError,
-            match=r"experiment=bad: no such option; hydra.searchpath names /nope/conf: no",
-        ),
-    ):
-        prepare(["experiment=bad", "hydra.searchpath=[file:///nope/conf]"], "train")
+    # a config folder that is not there (Hydra only warns, then looks elsewhere): refused
+    with pytest.raises(UserError, match=r"^hydra.searchpath names /nope/conf: no such folder$"):
+        prepare(["experiment=reference", "hydra.searchpath=[file:///nope/conf]"], "train")
+    with pytest.raises(UserError, match=r"no such option; one of your own: its config folder wit"):
+        prepare(["experiment=intensity"], "train")
 
 
 def test_sweeps_check_every_value():

@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mnistlab.lab import UserError
 from mnistlab.lab.compat import hydra_args_parser
 from mnistlab.lab.config import CONF_DIR
-from mnistlab.lab.errors import first_line, missing_option, not_yaml
+from mnistlab.lab.errors import absent_config_folders, first_line, missing_option, not_yaml
 from mnistlab.lab.files import new_folder
 from mnistlab.lab.resume import (
     merged,
@@ -82,6 +82,8 @@ def settle(
         recorded, own = recorded_overrides(folder)
         overrides, foreign = merged(recorded, overrides), not own
         argv = [*flags, *overrides]
+    if absent := absent_config_folders(overrides):
+        raise UserError(f"hydra.searchpath names {', '.join(absent)}: no such folder")
     variants = _variants(overrides) if args.multirun else [overrides]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=name):
         try:

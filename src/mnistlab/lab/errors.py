@@ -9,22 +9,27 @@ import yaml
 from hydra.errors import MissingConfigException
 
 
-def missing_option(e: MissingConfigException, overrides: list[str]) -> str:
-    """A group option that is not there: the option meant, and a config folder of one's own
-    (`hydra.searchpath=`) that is not a folder, which Hydra only warns of."""
+def absent_config_folders(overrides: list[str]) -> list[str]:
+    """The config folders of one's own (`hydra.searchpath=[file://...]`) that are not there,
+    which Hydra only warns of: it then looks for their options elsewhere."""
     given = " ".join(o.split("=", 1)[1] for o in overrides if "hydra.searchpath=" in o[:19])
-    absent = [f for f in re.findall(r"file://([^,\]'\"]+)", given) if not Path(f).is_dir()]
-    folders = f"; hydra.searchpath names {', '.join(absent)}: no such folder" if absent else ""
+    return [f for f in re.findall(r"file://([^,\]'\"]+)", given) if not Path(f).is_dir()]
+
+
+def missing_option(e: MissingConfigException, overrides: list[str]) -> str:
+    """A group option that is not there: the option meant, or where one's own would be."""
     missing = (e.missing_cfg_file or "").strip("/")
     group, _, option = missing.rpartition("/")
     if not group or e.options is None:
-        return first_line(e) + folders
+        return first_line(e)
     close = difflib.get_close_matches(option, e.options, n=1, cutoff=0.5)
     hint = f"; did you mean {group}={close[0]}?" if close else ""
     if group.startswith("hydra/launcher"):
         hint += " (joblib, submitit_local and slurm come with `make install-sweep`)"
+    elif not close and not any("hydra.searchpath=" in o[:19] for o in overrides):
+        hint += "; one of your own: its config folder with hydra.searchpath=[file://<folder>]"
     options = ", ".join(sorted(e.options))
-    return f"{group}={option}: no such option{hint}{folders} (options: {options})"
+    return f"{group}={option}: no such option{hint} (options: {options})"
 
 
 def not_yaml(e: yaml.MarkedYAMLError) -> str:
