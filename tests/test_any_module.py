@@ -203,6 +203,9 @@ def test_trained_then_evaluated_and_exported_with_parity(kind, trained_runs, imp
     assert best.name.startswith("epoch") and ("val_loss" in best.name)  # monitored, minimized
     # Lightning, imported by the command line's check before Hydra set up logging, still logs
     assert "`Trainer.fit` stopped: `max_epochs=" in (run / "train.log").read_text()
+    if kind == "plain":  # the HParams tab shows its own lr and hidden (no model.optimizer here)
+        hparams = (run / "hparams.yaml").read_text().splitlines()
+        assert "lr: 0.001" in hparams and "hidden: 32" in hparams, hparams
 
     assert evaluation.main([f"run={run}"]) == 0  # the run's own config, this checkout's run
     (record,) = [json.loads(p.read_text()) for p in (run.parents[2] / "eval").rglob("metrics.json")]
