@@ -35,7 +35,9 @@ def read_curve(folder: Path, metric: str) -> list[float]:
     A resumed run's events are read as TensorBoard shows them: the stretch it redid once."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its per-file chatter
+    # its per-file chatter, and its "out of order event.step ... TensorFlow restart" warning for
+    # every resumed run: the purge it announces is how a resumed run is read, on purpose
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)
     if not any(Path(folder).glob("events.out.tfevents.*")):  # a sweep job's: <job>/<its label>/
         folder = next(
             (p.parent for p in sorted(Path(folder).glob("*/events.out.tfevents.*"))), folder
