@@ -563,6 +563,7 @@ def test_predict_checks_its_output_before_predicting(run, images, tmp_path, caps
     made = tmp_path / "new" / "folders" / "rows.json"  # made, as eval-wild's output= is
     assert predict.main([f"input={folder}", f"run={run}", f"output={made}"]) == 1  # one unreadable
     assert len(json.loads(made.read_text())) == len(truth) + 1
+    assert f"{len(truth) + 1} row(s) written to {made}" in capsys.readouterr().err
 
 
 def test_a_damaged_checkpoint_is_a_fault_of_the_file_exit_1(run, images, tmp_path, capsys):

@@ -207,6 +207,8 @@ def main(args: dict, overrides: list[str]) -> int:
     seconds = time.perf_counter() - start
     uncertain = _mark_uncertain(rows, args["min_confidence"])
     write(rows, args["output"])
+    if args["output"]:
+        log.info("%d row(s) written to %s", len(rows), args["output"])
     labels = scores.folder_labels(Path(args["input"]), paths, datamodule.classes)
     if labels is not None:
         print(scores.labelled_summary(rows, labels, datamodule.classes), end="")
